@@ -1,0 +1,3 @@
+"""Importing this package registers every shipped LM family (one module each)."""
+
+from encoders.families import minilm, opt  # noqa: F401

@@ -1,0 +1,84 @@
+"""The inserted block: adapter in, frozen LM layer(s), adapter out.
+
+Semantics the paper relies on, each enforced here and tested:
+- bidirectional: an explicit additive 4-D mask (zeros, ``-inf``-like only on padded keys) is
+  always passed, and every attention module's ``is_causal`` is cleared, because transformers'
+  SDPA path applies a causal mask whenever it is given no mask;
+- no positional encoding: the LM's position embeddings (learned for OPT/BERT) live in the
+  model's embedding module, which is never built; only the layers are;
+- frozen: ``requires_grad=False`` and excluded from ``trainable_parameters`` (so no optimizer
+  state), and kept in eval mode (no dropout) whatever ``train()`` is called with;
+- gradients still flow through the block to the visual layers below it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+CONTROLS = ("pretrained", "random", "adapters", "none")
+WEIGHT_SOURCE = {"pretrained": "pretrained", "random": "random", "adapters": "none", "none": "none"}
+
+
+def bidirectional_mask(
+    padding_mask: torch.Tensor | None, batch: int, length: int, dtype: torch.dtype, device
+) -> torch.Tensor:
+    """Additive attention mask (B, 1, T, T): 0 for every real key, dtype-min for padded keys.
+
+    ``padding_mask`` is (B, T), True/1 where the token is real.
+    """
+    if padding_mask is None:
+        return torch.zeros(batch, 1, length, length, dtype=dtype, device=device)
+    blocked = ~padding_mask.bool()  # (B, T)
+    mask = torch.zeros(batch, 1, 1, length, dtype=dtype, device=device)
+    mask = mask.masked_fill(blocked[:, None, None, :], torch.finfo(dtype).min)
+    return mask.expand(batch, 1, length, length)
+
+
+class FrozenLMBlock(nn.Module):
+    """Visual tokens (B, T, visual_dim) -> same shape, through frozen LM layers.
+
+    ``layers`` empty means the ``adapters`` control: the two linear maps alone.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], visual_dim: int, lm_dim: int) -> None:
+        super().__init__()
+        self.proj_in = nn.Linear(visual_dim, lm_dim, bias=False)
+        self.layers = nn.ModuleList(layers)
+        self.proj_out = nn.Linear(lm_dim, visual_dim, bias=False)
+        for p in self.layers.parameters():
+            p.requires_grad_(False)
+        for module in self.layers.modules():
+            if hasattr(module, "is_causal"):
+                module.is_causal = False
+        self.layers.eval()
+
+    def train(self, mode: bool = True) -> FrozenLMBlock:
+        super().train(mode)
+        self.layers.eval()  # frozen means frozen statistics and no dropout, too
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.proj_in.parameters()
+        yield from self.proj_out.parameters()
+
+    def forward(
+        self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, **_: object
+    ) -> torch.Tensor:
+        h = self.proj_in(x)  # (B, T, lm_dim)
+        if len(self.layers):
+            dtype = next(self.layers.parameters()).dtype
+            h = h.to(dtype)
+            mask = bidirectional_mask(padding_mask, h.shape[0], h.shape[1], dtype, h.device)
+            for layer in self.layers:
+                h = layer(h, attention_mask=mask)
+            h = h.to(x.dtype)
+        return self.proj_out(h)
+
+
+def frozen_parameter_count(block: nn.Module | None) -> int:
+    if not isinstance(block, FrozenLMBlock):
+        return 0
+    return sum(p.numel() for p in block.layers.parameters())

@@ -1,0 +1,47 @@
+"""The task registry: one small module per task, registered by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a trial needs from a task: its data, its model around a block, its metric.
+
+    ``build_model(block)`` receives the inserted module (or ``None`` for the ``none``
+    control) and returns the full trainable model; ``visual_dim`` is the token width at the
+    insertion point, which sizes the block's adapters.
+    """
+
+    name: str
+    description: str
+    visual_dim: int
+    build_data: Callable[[], tuple[Dataset, Dataset]]
+    build_model: Callable[[nn.Module | None], nn.Module]
+    metric: str = "val_acc"
+    mode: str = "max"
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    if task.name in _TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    _TASKS[task.name] = task
+    return task
+
+
+def list_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    if name not in _TASKS:
+        raise KeyError(f"unknown task {name!r}; valid: {', '.join(list_tasks())}")
+    return _TASKS[name]

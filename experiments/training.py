@@ -1,0 +1,128 @@
+"""One trial's training: seeded, resumable per epoch, reporting per-epoch metrics.
+
+Knows nothing of Ray or MLflow: ``report(metrics, state)`` is how results leave, and
+``restore`` is how a checkpointed state comes back, so the same loop runs under Ray Tune,
+in a test, or in a benchmark's bare loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+import experiments.tasks  # noqa: F401  (registers the tasks)
+from encoders.block_factory import BlockInfo, build_block
+from encoders.frozen_block import frozen_parameter_count
+from experiments.tasks.registry import get_task
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds: trainable weights only (the frozen block is re-read)."""
+
+    epoch: int  # epochs completed
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    best: float = 0.0  # best validation metric so far
+
+
+Report = Callable[[dict[str, object], TrainState], None]
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in frozen}
+
+
+def train_epoch(model, loader, optimizer, device) -> float:
+    model.train()
+    total, n = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(y)
+        n += len(y)
+    return total / n
+
+
+@torch.no_grad()
+def evaluate(model, loader, device) -> tuple[float, float]:
+    model.eval()
+    total, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        total += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+        n += len(y)
+    return total / n, correct / n
+
+
+def run_trial(
+    trial,  # orchestrator.plan.TrialSpec (duck-typed: experiments must not import orchestrator)
+    report: Report,
+    *,
+    weights_dir: str | Path | None = None,
+    restore: TrainState | None = None,
+    device: str | torch.device = "cpu",
+) -> BlockInfo:
+    hp = trial.hparams
+    task = get_task(trial.task)
+    torch.manual_seed(trial.seed)
+    block, info = build_block(
+        family=trial.family,
+        size=trial.size,
+        layers=trial.layers,
+        control=trial.control,
+        seed=trial.seed,
+        visual_dim=task.visual_dim,
+        weights_dir=weights_dir,
+        dtype=getattr(torch, hp.compute_dtype),
+    )
+    model = task.build_model(block).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    start = 0
+    if restore is not None:
+        missing = model.load_state_dict(restore.model, strict=False).missing_keys
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        if set(missing) - frozen:
+            raise RuntimeError(f"checkpoint lacks trainable tensors {sorted(set(missing) - frozen)}")
+        optimizer.load_state_dict(restore.optimizer)
+        start = restore.epoch
+
+    train_ds, val_ds = task.build_data()
+    val_loader = DataLoader(val_ds, batch_size=256)
+    static = {
+        "frozen_params": frozen_parameter_count(block),
+        "trainable_params": sum(p.numel() for p in params),
+    }
+    best = restore.best if restore is not None else 0.0
+    for epoch in range(start, hp.epochs):
+        # Shuffling seeded per (seed, epoch): a resumed trial sees the same batches.
+        gen = torch.Generator().manual_seed(trial.seed * 100_003 + epoch)
+        loader = DataLoader(train_ds, batch_size=hp.batch_size, shuffle=True, generator=gen)
+        train_loss = train_epoch(model, loader, optimizer, device)
+        val_loss, val_acc = evaluate(model, val_loader, device)
+        best = max(best, val_acc)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "best_val_acc": best,
+            **static,
+            "layers_sha256": info.layers_sha256,
+        }
+        state = TrainState(epoch + 1, trainable_state(model), optimizer.state_dict(), best)
+        report(metrics, state)
+    return info

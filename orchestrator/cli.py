@@ -1,0 +1,158 @@
+"""``python sweep.py``: validate, plan, pre-flight the weights, run with Ray Tune, report.
+
+Everything that can be wrong with the input is found before Ray starts or a byte of
+weights is read, and reported as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from orchestrator.spec import SpecError, SweepSpec, list_presets, load_spec
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        raise SpecError(message)
+
+
+def _csv(values: list[str] | None) -> tuple[str, ...] | None:
+    if values is None:
+        return None
+    return tuple(v for item in values for v in item.split(",") if v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sweep", description="Layer-sweep ablations of frozen LM blocks in visual encoders.")
+    p.add_argument("--preset", default="default",
+                   help=f"preset name ({', '.join(list_presets())}) or a YAML file")
+    g = p.add_argument_group("sweep axes (override the preset; comma or space separated)")
+    g.add_argument("--family", "--families", dest="families", nargs="+")
+    g.add_argument("--sizes", nargs="+", help="sizes, 'all' or 'default'")
+    g.add_argument("--layers", nargs="+", help="last, all, 5, -1, 2..5 (one trial each), 3:5 (a span)")
+    g.add_argument("--tasks", nargs="+")
+    g.add_argument("--controls", nargs="+", help="pretrained, random, adapters, none")
+    g.add_argument("--seeds", nargs="+")
+    h = p.add_argument_group("hyperparameters")
+    h.add_argument("--epochs", type=int)
+    h.add_argument("--lr", type=float)
+    h.add_argument("--weight-decay", type=float)
+    h.add_argument("--batch-size", type=int)
+    h.add_argument("--compute-dtype")
+    r = p.add_argument_group("where it runs and records")
+    r.add_argument("--name", help="sweep name (default: the preset's)")
+    r.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
+    r.add_argument("--weights-dir", help="folder of checkpoints: DIR/facebook/opt-125m, ...")
+    r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    r.add_argument("--storage", help="Ray results/checkpoints (default: ./lmblocks-runs)")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite ./mlflow.db)")
+    r.add_argument("--report-dir", help="where the report goes (default: ./lmblocks-reports/NAME)")
+    r.add_argument("--dry-run", action="store_true", help="print the trial plan and exit")
+    r.add_argument("--quiet", action="store_true", help="no Ray progress output")
+    return p
+
+
+def spec_from_args(args: argparse.Namespace) -> SweepSpec:
+    spec = load_spec(args.preset)
+    changes: dict[str, object] = {}
+    for axis in ("families", "sizes", "layers", "tasks", "controls"):
+        if (v := _csv(getattr(args, axis))) is not None:
+            changes[axis] = v
+    if "families" in changes and "sizes" not in changes and set(changes["families"]) != set(
+        spec.families
+    ):
+        changes["sizes"] = ("default",)  # the preset's sizes belong to the preset's families
+    if (seeds := _csv(args.seeds)) is not None:
+        try:
+            changes["seeds"] = tuple(int(s) for s in seeds)
+        except ValueError:
+            raise SpecError(f"bad seeds {list(seeds)}; valid: integers") from None
+    for name in ("epochs", "lr", "weight_decay", "batch_size", "compute_dtype", "name"):
+        if (v := getattr(args, name)) is not None:
+            changes[name] = v
+    return spec.replace(**changes)
+
+
+def print_plan(plan) -> None:
+    from orchestrator.plan import human_bytes, plan_table
+
+    table = plan_table(plan)
+    shown = table.assign(
+        block_params=table["block_params"].map(lambda n: f"{n:,}"),
+        read_bytes=table["read_bytes"].map(human_bytes),
+    )
+    print(shown.to_string(index=False))
+    print(
+        f"\n{len(table)} trials; frozen block parameters {table['block_params'].sum():,}; "
+        f"weights to read {human_bytes(table['read_bytes'].sum())} "
+        f"({human_bytes(table.drop_duplicates(['family', 'size', 'layers'])['read_bytes'].sum())}"
+        " distinct)"
+    )
+
+
+def preflight_weights(plan, weights_dir: str | None) -> dict[tuple[str, str], str]:
+    """Every pretrained (family, size) must be findable and match the registry; config only."""
+    from encoders.block_factory import check_checkpoint
+
+    if weights_dir is not None and not Path(weights_dir).is_dir():
+        raise SpecError(f"--weights-dir {weights_dir!r} is not a directory")
+    identities: dict[tuple[str, str], str] = {}
+    for t in plan:
+        key = (t.family, t.size)
+        if t.control == "pretrained" and key not in identities:
+            try:
+                identities[key] = check_checkpoint(t.family, t.size, weights_dir)
+            except (FileNotFoundError, ValueError) as e:
+                raise SpecError(str(e)) from None
+    return identities
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        spec = spec_from_args(args)
+        from orchestrator.plan import build_plan
+
+        plan = build_plan(spec)
+        if args.dry_run:
+            print_plan(plan)
+            return 0
+        identities = preflight_weights(plan, args.weights_dir)
+    except SpecError as e:
+        print(f"sweep: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    from orchestrator.tracking import default_tracking_uri
+    from orchestrator.tuner import run_sweep
+    from results.report import build_report
+
+    experiment = args.experiment or spec.name
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    storage = args.storage or str(Path("lmblocks-runs").resolve())
+    outcome = run_sweep(
+        spec,
+        plan,
+        identities=identities,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        storage=storage,
+        address=args.address,
+        weights_dir=str(Path(args.weights_dir).resolve()) if args.weights_dir else None,
+        quiet=args.quiet,
+    )
+    report_dir = Path(args.report_dir or Path("lmblocks-reports") / experiment).resolve()
+    report = build_report(tracking_uri, experiment, report_dir, outcome.parent_run_id)
+    print()
+    print(report.table.to_markdown())
+    print(
+        f"\n{outcome.finished} trials finished, {outcome.failed} failed in {outcome.seconds:.0f} s"
+        f"\nMLflow: experiment {experiment!r}, sweep run {outcome.parent_run_id} at {tracking_uri}"
+        f"\n  browse: mlflow ui --backend-store-uri {tracking_uri}"
+        f"\nRay Tune results: {outcome.storage}"
+        f"\nreport: {report_dir}"
+    )
+    return 0 if outcome.failed == 0 else 1

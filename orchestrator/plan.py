@@ -1,0 +1,189 @@
+"""Expand a SweepSpec into one TrialSpec per (family, size, layers, task, control, seed).
+
+Controls and the layer axis:
+- ``pretrained``: one trial per layer selection;
+- ``random``: one trial per family/size, a randomly initialised frozen block shaped like the
+  LAST layer selection (every layer of a size has the same shape);
+- ``adapters``: one trial per family/size (the two linear maps at that LM's width, no layer);
+- ``none``: one trial per task and seed, not tied to any LM (family and size are empty).
+Validation happens here, before any weights, Ray or MLflow are touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+import encoders.families  # noqa: F401  (registers the families)
+import experiments.tasks  # noqa: F401  (registers the tasks)
+from encoders.frozen_block import CONTROLS, WEIGHT_SOURCE
+from encoders.registry import get_family, list_families
+from experiments.tasks.registry import list_tasks
+from orchestrator.layers import LayerSpecError, Selection, label, parse_label, resolve_layers
+from orchestrator.spec import Hyperparameters, SpecError, SweepSpec
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial, fully resolved; a dict only at the Ray/MLflow boundary."""
+
+    family: str
+    size: str
+    layers: Selection
+    task: str
+    control: str
+    seed: int
+    hparams: Hyperparameters = Hyperparameters()
+
+    @property
+    def layer_label(self) -> str:
+        return label(self.layers)
+
+    @property
+    def weights_source(self) -> str:
+        return WEIGHT_SOURCE[self.control]
+
+    def to_config(self) -> dict[str, object]:
+        """Flat, JSON-able config: Ray Tune's trial config and MLflow's params."""
+        cfg = {
+            "family": self.family,
+            "size": self.size,
+            "layers": self.layer_label,
+            "task": self.task,
+            "control": self.control,
+            "seed": self.seed,
+        }
+        cfg.update(dataclasses.asdict(self.hparams))
+        return cfg
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, object]) -> TrialSpec:
+        hp = {f.name: cfg[f.name] for f in dataclasses.fields(Hyperparameters) if f.name in cfg}
+        return cls(
+            family=str(cfg["family"]),
+            size=str(cfg["size"]),
+            layers=parse_label(str(cfg["layers"])),
+            task=str(cfg["task"]),
+            control=str(cfg["control"]),
+            seed=int(cfg["seed"]),
+            hparams=Hyperparameters(**hp),
+        )
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the full config (later: skip cells already finished)."""
+        blob = json.dumps(self.to_config(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _choose(kind: str, values: tuple[str, ...], valid: list[str]) -> None:
+    for v in values:
+        if v not in valid:
+            raise SpecError(f"unknown {kind} {v!r}; valid: {', '.join(valid)}")
+
+
+def resolve_sizes(spec: SweepSpec, family: str) -> list[str]:
+    fam = get_family(family)
+    out: list[str] = []
+    for s in spec.sizes:
+        names = list(fam.sizes) if s == "all" else [fam.default_size] if s == "default" else [s]
+        for name in names:
+            if name not in fam.sizes:
+                raise SpecError(
+                    f"unknown size {name!r} for family {family!r}; "
+                    f"valid: {', '.join(fam.sizes)}, all, default"
+                )
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def build_plan(spec: SweepSpec) -> list[TrialSpec]:
+    """Validate ``spec`` and expand it; raises SpecError with a one-line message."""
+    if not spec.families or not spec.tasks or not spec.controls or not spec.seeds:
+        raise SpecError(
+            "empty sweep: families, tasks, controls and seeds each need at least one value"
+        )
+    _choose("family", spec.families, list_families())
+    _choose("task", spec.tasks, list_tasks())
+    _choose("control", spec.controls, list(CONTROLS))
+    if spec.hparams.compute_dtype not in DTYPES:
+        raise SpecError(
+            f"unknown compute dtype {spec.hparams.compute_dtype!r}; valid: {', '.join(DTYPES)}"
+        )
+    if spec.hparams.epochs < 1 or spec.hparams.batch_size < 1 or spec.hparams.lr <= 0:
+        raise SpecError(f"epochs, batch_size and lr must be positive (got {spec.hparams})")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise SpecError(f"duplicate seeds {list(spec.seeds)}")
+    lm_controls = [c for c in spec.controls if c != "none"]
+    if "pretrained" in lm_controls or "random" in lm_controls:
+        if not spec.layers:
+            raise SpecError("empty sweep: no layers; valid: last, all, 5, -1, 2..5, 3:5")
+
+    trials: list[TrialSpec] = []
+    hp = spec.hparams
+    for task in spec.tasks:
+        for seed in spec.seeds:
+            if "none" in spec.controls:
+                trials.append(TrialSpec("", "", (), task, "none", seed, hp))
+    for family in spec.families:
+        fam = get_family(family)
+        for size in resolve_sizes(spec, family):
+            n = fam.size(size).num_layers
+            try:
+                selections = resolve_layers(list(spec.layers), n, f"{family}/{size}")
+            except LayerSpecError as e:
+                raise SpecError(str(e)) from None
+            for task in spec.tasks:
+                for control in lm_controls:
+                    if control == "pretrained":
+                        sels = selections
+                    elif control == "random":
+                        sels = selections[-1:]
+                    else:
+                        sels = [()]
+                    for sel in sels:
+                        for seed in spec.seeds:
+                            trials.append(TrialSpec(family, size, sel, task, control, seed, hp))
+    if not trials:
+        raise SpecError("empty sweep: the spec expands to no trial")
+    return trials
+
+
+def plan_table(trials: list[TrialSpec]) -> pd.DataFrame:
+    """One row per trial with the block's frozen parameters and the bytes of weights to read."""
+    rows = []
+    for t in trials:
+        params = read = 0
+        if t.layers:
+            fam = get_family(t.family)
+            params = fam.layer_params(t.size) * len(t.layers)
+            if t.control == "pretrained":
+                read = params * fam.size(t.size).dtype.itemsize
+        rows.append(
+            {
+                "family": t.family or "-",
+                "size": t.size or "-",
+                "layers": t.layer_label or "-",
+                "task": t.task,
+                "control": t.control,
+                "seed": t.seed,
+                "block_params": params,
+                "read_bytes": read,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n} B"
