@@ -56,8 +56,10 @@ def weights_dir_candidates(weights_dir: Path, size: LMSize) -> list[Path]:
 
 def locate(family: LMFamily, size: LMSize, weights_dir: str | Path | None = None) -> CheckpointDir:
     if weights_dir is not None:
-        for cand in weights_dir_candidates(Path(weights_dir), size):
-            if (cand / "config.json").is_file() and _config_matches(cand, size):
+        root = Path(weights_dir)
+        for cand in weights_dir_candidates(root, size):
+            found = (cand / "config.json").is_file()
+            if found and (cand != root or _config_matches(cand, size)):
                 return CheckpointDir(cand.resolve(), "weights-dir", size.repo_id)
     if family.locate is not None:
         return CheckpointDir(Path(family.locate(size)), "package", size.repo_id)

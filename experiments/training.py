@@ -7,6 +7,7 @@ in a test, or in a benchmark's bare loop.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,8 @@ Report = Callable[[dict[str, object], TrainState], None]
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    return {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in frozen}
+    # clone: on CPU, .cpu() aliases the live tensors, which the next step would overwrite
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in frozen}
 
 
 def train_epoch(model, loader, optimizer, device) -> float:
@@ -123,6 +125,7 @@ def run_trial(
             **static,
             "layers_sha256": info.layers_sha256,
         }
-        state = TrainState(epoch + 1, trainable_state(model), optimizer.state_dict(), best)
+        opt_state = copy.deepcopy(optimizer.state_dict())  # a snapshot, not live references
+        state = TrainState(epoch + 1, trainable_state(model), opt_state, best)
         report(metrics, state)
     return info

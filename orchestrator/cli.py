@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     report_dir = Path(args.report_dir or Path("lmblocks-reports") / experiment).resolve()
     report = build_report(tracking_uri, experiment, report_dir, outcome.parent_run_id)
     print()
-    print(report.table.to_markdown())
+    print(report.table.to_markdown(index=False))
     print(
         f"\n{outcome.finished} trials finished, {outcome.failed} failed in {outcome.seconds:.0f} s"
         f"\nMLflow: experiment {experiment!r}, sweep run {outcome.parent_run_id} at {tracking_uri}"

@@ -16,10 +16,10 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    epochs: int = 8
+    epochs: int = 12
     lr: float = 1e-3
     weight_decay: float = 0.05
-    batch_size: int = 64
+    batch_size: int = 32
     compute_dtype: str = "float32"
 
 

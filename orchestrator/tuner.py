@@ -23,7 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 from experiments.tasks.registry import get_task
 from orchestrator.plan import TrialSpec
 from orchestrator.spec import SweepSpec
-from orchestrator.tracking import MlflowTrialLogger, start_parent_run
+from orchestrator.tracking import MlflowTrialLogger, run_name, start_parent_run
 from orchestrator.trainable import tune_trial
 
 AXES = ("family", "size", "layers", "task", "control", "seed")
@@ -75,7 +75,8 @@ def run_sweep(
     quiet: bool = False,
 ) -> SweepOutcome:
     start = time.time()
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Per-epoch checkpoints of a seconds-long epoch trip Tune's snapshot-frequency warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Workers must read the same tracking store and our packages; both come from the driver.
     ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
              configure_logging=not quiet)
@@ -94,6 +95,7 @@ def run_sweep(
             tune_config=tune.TuneConfig(
                 search_alg=optuna_exhaustive(plan, task.metric, task.mode),
                 num_samples=len(plan),
+                trial_dirname_creator=lambda t: f"{run_name(TrialSpec.from_config(t.config))}-{t.trial_id}",
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -104,7 +106,11 @@ def run_sweep(
                 verbose=0 if quiet else 1,
             ),
         )
-        tuner.fit()
+        try:
+            tuner.fit()
+        except BaseException:
+            client.set_terminated(parent, "FAILED")
+            raise
         client.set_tag(parent, "trials_finished", str(logger.finished))
         client.set_tag(parent, "trials_failed", str(logger.failed))
         client.set_tag(parent, "ray.experiment_path", str(Path(storage) / name))

@@ -125,7 +125,7 @@ def ablation_table(summary: pd.DataFrame) -> pd.DataFrame:
         index=["task", "family", "control", "layers"], columns="size", values="cell",
         aggfunc="first", sort=False,
     )
-    return table.fillna("")
+    return table.fillna("").reset_index().rename_axis(columns=None)
 
 
 def plot_metric_vs_layer(summary: pd.DataFrame, path: Path, metric: str = "val_acc") -> Path:
@@ -166,7 +166,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc")
     md = out / "ablation.md"
     md.write_text(
         f"# Ablation: final {metric} (mean ± std over seeds; Δ = paired difference vs no block)\n\n"
-        + table.to_markdown()
+        + table.to_markdown(index=False)
         + "\n"
     )
     csv = out / "ablation.csv"
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2
-    print(report.table.to_markdown())
+    print(report.table.to_markdown(index=False))
     print("\nreport written:", *(str(f) for f in report.files), sep="\n  ")
     return 0
 

@@ -1,0 +1,51 @@
+"""Tiny Hugging Face checkpoints built with transformers' own classes, in a temp dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import OPTConfig, OPTForCausalLM
+
+import encoders.families  # noqa: F401
+from encoders.checkpoints import CheckpointDir
+
+
+def tiny_opt_config(*, post_ln: bool = False, layers: int = 4) -> OPTConfig:
+    """A 4-layer OPT; ``post_ln`` mirrors opt-350m (post-LN, 32 <-> 16 projections)."""
+    return OPTConfig(
+        hidden_size=32,
+        num_hidden_layers=layers,
+        ffn_dim=64,
+        num_attention_heads=4,
+        vocab_size=100,
+        max_position_embeddings=64,
+        word_embed_proj_dim=16 if post_ln else 32,
+        do_layer_norm_before=not post_ln,
+        dropout=0.5,  # large, so a block left in train mode would be visibly stochastic
+        attention_dropout=0.5,
+    )
+
+
+def save_tiny_opt(
+    path: Path, *, post_ln: bool = False, shard: str | None = "20KB", seed: int = 0
+) -> tuple[OPTForCausalLM, CheckpointDir]:
+    torch.manual_seed(seed)
+    model = OPTForCausalLM(tiny_opt_config(post_ln=post_ln)).eval()
+    if shard:
+        model.save_pretrained(path, max_shard_size=shard)
+    else:
+        model.save_pretrained(path)
+    return model, CheckpointDir(path, "weights-dir", f"tiny/opt-{'post' if post_ln else 'pre'}")
+
+
+def weight_map(path: Path) -> dict[str, str]:
+    return json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+
+
+@pytest.fixture(params=[False, True], ids=["pre-ln", "post-ln-projected"])
+def tiny_opt(request, tmp_path):
+    model, ckpt = save_tiny_opt(tmp_path / "ckpt", post_ln=request.param)
+    return model, ckpt

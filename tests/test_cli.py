@@ -1,0 +1,139 @@
+"""CLI: plans, presets, and every bad input exiting 2 with one line before anything starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+
+from orchestrator import cli, tuner
+from orchestrator.plan import build_plan
+from orchestrator.spec import SpecError, list_presets, load_spec
+from tests.conftest import save_tiny_opt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_sweep_may_start(monkeypatch, tmp_path):
+    """Fail loudly if a bad input reaches Ray; run in a scratch dir."""
+
+    def forbidden(*a, **k):
+        raise AssertionError("run_sweep reached")
+
+    monkeypatch.setattr(tuner, "run_sweep", forbidden)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def run_bad(capsys, *argv: str) -> str:
+    assert cli.main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("sweep: error: ")
+    assert not ray.is_initialized()
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--family", "gpt9"], "unknown family 'gpt9'; valid: minilm, opt"),
+        (["--family", "opt", "--sizes", "7b"], "unknown size '7b' for family 'opt'; valid: 125m"),
+        (["--family", "opt", "--layers", "12"], "layer '12' out of range for opt/125m (12 layers"),
+        (["--layers", "-7"], "layer '-7' out of range for minilm/l6 (6 layers: valid -6..5)"),
+        (["--layers", "5:3"], "empty layer span '5:3'"),
+        (["--layers", "x"], "bad layer 'x'; valid: last, all"),
+        (["--tasks", "imagenet"], "unknown task 'imagenet'; valid: digits"),
+        (["--controls", "frozen"], "unknown control 'frozen'; valid: pretrained, random"),
+        (["--seeds", "a"], "bad seeds ['a']"),
+        (["--preset", "nope"], "unknown preset 'nope'; valid: default"),
+        (["--compute-dtype", "int3"], "unknown compute dtype 'int3'"),
+        (["--epochs", "0"], "must be positive"),
+        (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, argv, expected):
+    assert expected in run_bad(capsys, *argv)
+
+
+def test_empty_sweep(capsys, tmp_path):
+    preset = tmp_path / "empty.yaml"
+    preset.write_text("controls: []\n")
+    assert "empty sweep" in run_bad(capsys, "--preset", str(preset))
+    preset.write_text("families: [minilm]\nbogus: 1\n")
+    assert "unknown field(s) ['bogus']" in run_bad(capsys, "--preset", str(preset))
+
+
+def test_missing_weights_offline_names_the_repo_and_writes_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"existing results")
+    err = run_bad(capsys, "--family", "opt", "--sizes", "125m", "1.3b")
+    assert "facebook/opt-125m" in err and "--weights-dir" in err
+    assert db.read_bytes() == b"existing results"
+    assert not (tmp_path / "lmblocks-runs").exists()
+
+
+def test_checkpoint_not_matching_the_registry(capsys, tmp_path):
+    save_tiny_opt(tmp_path / "w" / "facebook" / "opt-125m", shard=None)
+    capsys.readouterr()  # drop transformers' progress bar
+    err = run_bad(capsys, "--family", "opt", "--weights-dir", str(tmp_path / "w"))
+    assert "config.json" in err and "registry's opt/125m is (768, 12, 12)" in err
+
+
+def test_weights_dir_must_exist(capsys, tmp_path):
+    err = run_bad(capsys, "--weights-dir", str(tmp_path / "nowhere"))
+    assert "nowhere" in err and "not a directory" in err
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_every_preset_dry_runs_without_weights(capsys, preset):
+    assert cli.main(["--preset", preset, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    n = len(build_plan(load_spec(preset)))
+    assert f"{n} trials" in out
+    assert not ray.is_initialized()
+
+
+def test_dry_run_opt_all_sizes_plans_offline(capsys):
+    assert cli.main(["--family", "opt", "--sizes", "all", "--layers", "last", "--controls", "pretrained",
+                     "--seeds", "0", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 trials" in out
+    assert "66b" in out and "1,019,335,680" in out  # OPT-66B, one layer: params
+    assert "2.04 GB" in out  # ... and its fp16 bytes
+
+
+def test_default_preset_plan():
+    plan = build_plan(load_spec("default"))
+    controls = [t.control for t in plan]
+    assert {"pretrained", "random", "adapters", "none"} == set(controls)
+    pre = sorted({t.layers for t in plan if t.control == "pretrained"})
+    assert pre == [(0,), (2,), (4,), (5,)]
+    assert {t.seed for t in plan} == {0, 1}
+    assert len({t.key for t in plan}) == len(plan)
+
+
+def test_layer_syntax_ranges_spans_negative():
+    from orchestrator.layers import resolve_layers
+
+    assert resolve_layers(["2..4"], 12, "x") == [(2,), (3,), (4,)]
+    assert resolve_layers(["-2..-1", "last"], 12, "x") == [(10,), (11,)]
+    assert resolve_layers(["10:12"], 12, "x") == [(10, 11)]
+    assert resolve_layers(["all"], 3, "x") == [(0,), (1,), (2,)]
+    with pytest.raises(SpecError.__mro__[1]):
+        resolve_layers(["3..1"], 12, "x")
+
+
+def test_sweep_script_subprocess_exit_code(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "--family", "nope"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "sweep: error: unknown family 'nope'; valid: minilm, opt"

@@ -1,0 +1,117 @@
+"""Semantics of the inserted block: bidirectional, no positions, frozen, eval, grads flow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from encoders.block_factory import build_block
+from encoders.frozen_block import FrozenLMBlock
+from encoders.layer_loading import load_layers, random_layers
+from encoders.registry import get_family
+from experiments.tasks.digits import build_model
+from tests.conftest import save_tiny_opt, tiny_opt_config
+
+OPT = get_family("opt")
+
+
+@pytest.fixture
+def block(tmp_path):
+    _, ckpt = save_tiny_opt(tmp_path / "ckpt", post_ln=False)
+    layers = load_layers(OPT, ckpt, [3]).layers
+    torch.manual_seed(0)
+    return FrozenLMBlock(layers, visual_dim=16, lm_dim=32)
+
+
+def test_bidirectional_last_token_changes_first_output(block):
+    x = torch.randn(1, 6, 16)
+    y = x.clone()
+    y[:, -1] += 1.0
+    assert not torch.allclose(block(x)[:, 0], block(y)[:, 0], atol=1e-6)
+
+
+def test_padding_is_masked_out(block):
+    x = torch.randn(1, 6, 16)
+    y = x.clone()
+    y[:, -1] += 5.0
+    pad = torch.tensor([[1, 1, 1, 1, 1, 0]])
+    torch.testing.assert_close(block(x, pad)[:, :5], block(y, pad)[:, :5])
+
+
+def test_no_positional_encoding_block_is_permutation_equivariant(block):
+    x = torch.randn(2, 6, 16)
+    perm = torch.randperm(6)
+    torch.testing.assert_close(block(x)[:, perm], block(x[:, perm]), atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_not_in_optimizer_and_unchanged_by_training(block):
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), block)
+    assert all(not p.requires_grad for p in block.layers.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
+    frozen_ids = {id(p) for p in block.layers.parameters()}
+    assert frozen_ids.isdisjoint(id(p) for p in params)
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    before = {k: v.clone() for k, v in block.layers.state_dict().items()}
+    model.train()
+    for _ in range(3):
+        loss = model(torch.randn(4, 6, 16)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert frozen_ids.isdisjoint(id(p) for p in opt.state)
+    assert len(opt.state) == len(params)
+    for k, v in block.layers.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    # gradients reach the layer below the block
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
+
+
+def test_block_stays_in_eval_mode_no_dropout(block):
+    block.train()
+    assert block.training and not block.layers.training
+    assert all(not m.training for m in block.layers.modules())
+    x = torch.randn(2, 6, 16)
+    torch.testing.assert_close(block(x), block(x))  # dropout=0.5 in the tiny config
+
+
+def test_adapters_are_bias_free_and_the_only_trainables(block):
+    assert block.proj_in.bias is None and block.proj_out.bias is None
+    assert block.proj_in.weight.shape == (32, 16) and block.proj_out.weight.shape == (16, 32)
+    trainable = {id(p) for p in block.parameters() if p.requires_grad}
+    assert trainable == {id(block.proj_in.weight), id(block.proj_out.weight)}
+
+
+def test_random_control_same_shape_seeded_and_not_pretrained(tmp_path):
+    _, ckpt = save_tiny_opt(tmp_path / "ckpt")
+    pre = load_layers(OPT, ckpt, [2]).layers[0]
+    cfg = tiny_opt_config()
+    a = random_layers(OPT, cfg, [2], seed=1)[0]
+    b = random_layers(OPT, cfg, [2], seed=1)[0]
+    c = random_layers(OPT, cfg, [2], seed=2)[0]
+    assert {k: v.shape for k, v in a.state_dict().items()} == {
+        k: v.shape for k, v in pre.state_dict().items()
+    }
+    torch.testing.assert_close(a.fc1.weight, b.fc1.weight)
+    assert not torch.allclose(a.fc1.weight, c.fc1.weight)
+    assert not torch.allclose(a.fc1.weight, pre.fc1.weight)
+    # the LM's own init (normal, std=init_std), not torch's default Linear init
+    assert abs(a.fc1.weight.std().item() - cfg.init_std) < 0.01
+    assert torch.all(a.fc1.bias == 0)
+
+
+@pytest.mark.parametrize("control", ["pretrained", "random", "adapters", "none"])
+def test_controls_build_and_insert_after_last_vit_block(control):
+    layers = (5,) if control in ("pretrained", "random") else ()
+    block, info = build_block(
+        family="minilm", size="l6", layers=layers, control=control, seed=0, visual_dim=64
+    )
+    model = build_model(block)
+    if control == "none":
+        assert block is None and len(model.blocks) == 2 and info.weights_source == "none"
+    else:
+        assert model.blocks[-1] is block and len(model.blocks) == 3
+        assert len(block.layers) == len(layers)
+    if control == "pretrained":
+        assert info.weights_source == "pretrained" and len(info.layers_sha256) == 64
+    x = torch.randn(3, 1, 8, 8)
+    assert model(x).shape == (3, 10)

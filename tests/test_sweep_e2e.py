@@ -1,0 +1,55 @@
+"""End to end: sweep.py -> Ray Tune (Optuna searcher) -> MLflow -> report, for real."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.plan import build_plan
+from orchestrator.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--quiet",
+         "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "e2e"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    plan = build_plan(load_spec("smoke"))
+    assert len(plan) >= 4
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["e2e"], output_format="pandas")
+    parent = runs[runs["tags.lmblocks.kind"] == "sweep"]
+    children = runs[runs["tags.lmblocks.kind"] == "trial"]
+    assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
+    assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
+    # exactly one FINISHED child per plan row, nothing else
+    assert sorted(children["tags.lmblocks.trial_key"]) == sorted(t.key for t in plan)
+    assert (children["status"] == "FINISHED").all()
+    for _, row in children.iterrows():
+        assert row["params.epochs"] == "2" and row["params.lr"] == "0.001"
+        assert row["tags.weights.source"] in {"pretrained", "random", "none"}
+        history = MlflowClient(uri).get_metric_history(row["run_id"], "val_acc")
+        assert sorted(m.step for m in history) == [1, 2]
+    pre = children[children["params.control"] == "pretrained"]
+    assert pre["tags.checkpoint.identity"].str.startswith("sentence-transformers/all-MiniLM").all()
+    assert pre["tags.checkpoint.layers_sha256"].str.len().eq(64).all()
+    assert pre["tags.checkpoint.layers_sha256"].nunique() == len(pre)  # layer 0 != layer 5
+
+    report = tmp_path / "lmblocks-reports" / "e2e"
+    assert (report / "ablation.md").read_text().count("minilm") == len(plan) - 1
+    assert (report / "metric_vs_layer.png").stat().st_size > 1000
+    assert "report:" in proc.stdout and "| digits" in proc.stdout
+    # per-epoch Tune checkpoints hold the trainable weights as safetensors
+    assert list((tmp_path / "ray").rglob("checkpoint_*/trainable.safetensors"))
