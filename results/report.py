@@ -136,9 +136,10 @@ def plot_metric_vs_layer(summary: pd.DataFrame, path: Path, metric: str = "val_a
         ax.errorbar(grp["x"], grp["mean"], yerr=grp["std"].fillna(0), marker="o", capsize=3,
                     label=f"{family}-{size} pretrained block ({task})")
     styles = {"random": ":", "adapters": "-.", "none": "--"}
+    colors = {"random": "tab:red", "adapters": "tab:green", "none": "grey"}
     for _, row in summary[summary["control"] != "pretrained"].iterrows():
         name = "no block" if row["control"] == "none" else f"{row['family']}-{row['size']} {row['control']}"
-        ax.axhline(row["mean"], linestyle=styles[row["control"]], color="grey" if row["control"] == "none" else None,
+        ax.axhline(row["mean"], linestyle=styles[row["control"]], color=colors[row["control"]],
                    label=f"{name} ({row['task']})")
     ax.set_xlabel("index of the frozen LM layer inserted after the last ViT block")
     ax.set_ylabel(f"final {metric.replace('_', ' ')} (mean ± std over seeds)")

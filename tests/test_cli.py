@@ -114,7 +114,7 @@ def test_default_preset_plan():
     controls = [t.control for t in plan]
     assert {"pretrained", "random", "adapters", "none"} == set(controls)
     pre = sorted({t.layers for t in plan if t.control == "pretrained"})
-    assert pre == [(0,), (2,), (4,), (5,)]
+    assert pre == [(0,), (3,), (5,)]
     assert {t.seed for t in plan} == {0, 1}
     assert len({t.key for t in plan}) == len(plan)
 

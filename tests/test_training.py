@@ -8,7 +8,7 @@ import torch
 from experiments.training import run_trial
 from orchestrator.plan import TrialSpec
 from orchestrator.spec import Hyperparameters
-from orchestrator.trainable import load_state, save_state
+from experiments.checkpointing import load_state, save_state
 
 
 def trial(control="pretrained", layers=(0,), epochs=4, seed=0):
