@@ -95,6 +95,7 @@ def run_sweep(
             tune_config=tune.TuneConfig(
                 search_alg=optuna_exhaustive(plan, task.metric, task.mode),
                 num_samples=len(plan),
+                reuse_actors=True,  # a new worker re-imports torch/transformers: ~10 s a trial
                 trial_dirname_creator=lambda t: f"{run_name(TrialSpec.from_config(t.config))}-{t.trial_id}",
             ),
             run_config=tune.RunConfig(
