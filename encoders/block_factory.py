@@ -51,7 +51,8 @@ def build_block(
         config._attn_implementation = "sdpa"
         mods = [m.to(dtype) for m in random_layers(fam, config, layers, seed)]
         recipe = f"random-init:{fam.model_class.__name__}._init_weights:{lm.repo_id}:seed={seed}"
-        return FrozenLMBlock(mods, visual_dim, lm.hidden_size), BlockInfo(source, recipe)
+        block = FrozenLMBlock(mods, visual_dim, lm.hidden_size, fam.layer_kwargs(config))
+        return block, BlockInfo(source, recipe)
     checkpoint = locate(fam, lm, weights_dir)
     loaded = load_layers(fam, checkpoint, layers, dtype=dtype)
     hidden = loaded.config.hidden_size
@@ -62,7 +63,7 @@ def build_block(
         loaded.sha256,
         loaded.bytes_read,
     )
-    return FrozenLMBlock(loaded.layers, visual_dim, hidden), info
+    return FrozenLMBlock(loaded.layers, visual_dim, hidden, fam.layer_kwargs(loaded.config)), info
 
 
 def check_checkpoint(family: str, size: str, weights_dir: str | Path | None) -> str:

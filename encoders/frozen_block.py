@@ -4,8 +4,8 @@ Semantics the paper relies on, each enforced here and tested:
 - bidirectional: an explicit additive 4-D mask (zeros, ``-inf``-like only on padded keys) is
   always passed, and every attention module's ``is_causal`` is cleared, because transformers'
   SDPA path applies a causal mask whenever it is given no mask;
-- no positional encoding: the LM's position embeddings (learned for OPT/BERT) live in the
-  model's embedding module, which is never built; only the layers are;
+- no positional encoding: learned position embeddings live in the LM's embedding module,
+  which is never built; rotary families get identity cos/sin (``encoders/positions.py``);
 - frozen: ``requires_grad=False`` and excluded from ``trainable_parameters`` (so no optimizer
   state), and kept in eval mode (no dropout) whatever ``train()`` is called with;
 - gradients still flow through the block to the visual layers below it.
@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+
+from encoders.positions import LayerKwargs, no_extra_kwargs
 
 CONTROLS = ("pretrained", "random", "adapters", "none")
 WEIGHT_SOURCE = {"pretrained": "pretrained", "random": "random", "adapters": "none", "none": "none"}
@@ -43,8 +45,15 @@ class FrozenLMBlock(nn.Module):
     ``layers`` empty means the ``adapters`` control: the two linear maps alone.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], visual_dim: int, lm_dim: int) -> None:
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        visual_dim: int,
+        lm_dim: int,
+        layer_kwargs: LayerKwargs = no_extra_kwargs,
+    ) -> None:
         super().__init__()
+        self.layer_kwargs = layer_kwargs
         self.proj_in = nn.Linear(visual_dim, lm_dim, bias=False)
         self.layers = nn.ModuleList(layers)
         self.proj_out = nn.Linear(lm_dim, visual_dim, bias=False)
@@ -72,8 +81,9 @@ class FrozenLMBlock(nn.Module):
             dtype = next(self.layers.parameters()).dtype
             h = h.to(dtype)
             mask = bidirectional_mask(padding_mask, h.shape[0], h.shape[1], dtype, h.device)
+            extra = self.layer_kwargs(h)
             for layer in self.layers:
-                h = layer(h, attention_mask=mask)
+                h = layer(h, attention_mask=mask, **extra)
             h = h.to(x.dtype)
         return self.proj_out(h)
 

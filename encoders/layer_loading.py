@@ -78,7 +78,9 @@ def select_layer_tensors(
 ) -> dict[str, str]:
     """Checkpoint tensor name -> name inside the layer module, for one layer index."""
     pattern = re.compile(family.layer_key.format(index=index))
-    return {name: m.group(1) for name in names if (m := pattern.match(name))}
+    ignore = re.compile(family.ignore) if family.ignore else None
+    found = {name: m.group(1) for name in names if (m := pattern.match(name))}
+    return {k: v for k, v in found.items() if not (ignore and ignore.match(v))}
 
 
 def load_layers(

