@@ -11,6 +11,7 @@ from torch import nn
 import encoders.families  # noqa: F401  (registers the families)
 from encoders.checkpoints import locate
 from encoders.frozen_block import CONTROLS, WEIGHT_SOURCE, FrozenLMBlock
+from encoders.layer_cache import LayerCache
 from encoders.layer_loading import load_config, load_layers, random_layers
 from encoders.registry import get_family
 
@@ -36,7 +37,9 @@ def build_block(
     visual_dim: int,
     weights_dir: str | Path | None = None,
     dtype: torch.dtype = torch.float32,
+    final_norm: bool = False,
 ) -> tuple[nn.Module | None, BlockInfo]:
+    """``final_norm``: append the LM's own final norm after the layers (frozen too)."""
     if control not in CONTROLS:
         raise ValueError(f"unknown control {control!r}; valid: {', '.join(CONTROLS)}")
     source = WEIGHT_SOURCE[control]
@@ -49,21 +52,25 @@ def build_block(
     if control == "random":
         config = fam.make_config(lm)
         config._attn_implementation = "sdpa"
-        mods = [m.to(dtype) for m in random_layers(fam, config, layers, seed)]
+        mods = [m.to(dtype) for m in random_layers(fam, config, layers, seed, final_norm)]
+        norm = mods.pop() if final_norm else None
         recipe = f"random-init:{fam.model_class.__name__}._init_weights:{lm.repo_id}:seed={seed}"
-        block = FrozenLMBlock(mods, visual_dim, lm.hidden_size, fam.layer_kwargs(config))
+        block = FrozenLMBlock(mods, visual_dim, lm.hidden_size, fam.layer_kwargs(config), norm)
         return block, BlockInfo(source, recipe)
     checkpoint = locate(fam, lm, weights_dir)
-    loaded = load_layers(fam, checkpoint, layers, dtype=dtype)
+    loaded = load_layers(
+        fam, checkpoint, layers, dtype=dtype, cache=LayerCache(), final_norm=final_norm
+    )
     hidden = loaded.config.hidden_size
     info = BlockInfo(
         source,
         checkpoint.identity,
-        str(checkpoint.path),
+        str(checkpoint.location),
         loaded.sha256,
         loaded.bytes_read,
     )
-    return FrozenLMBlock(loaded.layers, visual_dim, hidden, fam.layer_kwargs(loaded.config)), info
+    kwargs = fam.layer_kwargs(loaded.config)
+    return FrozenLMBlock(loaded.layers, visual_dim, hidden, kwargs, loaded.final_norm), info
 
 
 def check_checkpoint(family: str, size: str, weights_dir: str | Path | None) -> str:
@@ -76,7 +83,7 @@ def check_checkpoint(family: str, size: str, weights_dir: str | Path | None) -> 
     want = (lm.hidden_size, lm.num_layers, lm.num_heads)
     if got != want:
         raise ValueError(
-            f"{checkpoint.path / 'config.json'}: (hidden, layers, heads) = {got}, but the "
+            f"{checkpoint.resolve('config.json')}: (hidden, layers, heads) = {got}, but the "
             f"registry's {family}/{size} is {want}"
         )
     return checkpoint.identity

@@ -51,11 +51,14 @@ class FrozenLMBlock(nn.Module):
         visual_dim: int,
         lm_dim: int,
         layer_kwargs: LayerKwargs = no_extra_kwargs,
+        final_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.layer_kwargs = layer_kwargs
         self.proj_in = nn.Linear(visual_dim, lm_dim, bias=False)
-        self.layers = nn.ModuleList(layers)
+        # The LM's final norm after the layers, when asked for: frozen like them.
+        self.layers = nn.ModuleList([*layers, *([final_norm] if final_norm is not None else [])])
+        self.has_final_norm = final_norm is not None
         self.proj_out = nn.Linear(lm_dim, visual_dim, bias=False)
         for p in self.layers.parameters():
             p.requires_grad_(False)
@@ -82,8 +85,11 @@ class FrozenLMBlock(nn.Module):
             h = h.to(dtype)
             mask = bidirectional_mask(padding_mask, h.shape[0], h.shape[1], dtype, h.device)
             extra = self.layer_kwargs(h)
-            for layer in self.layers:
+            body = self.layers[:-1] if self.has_final_norm else self.layers
+            for layer in body:
                 h = layer(h, attention_mask=mask, **extra)
+            if self.has_final_norm:
+                h = self.layers[-1](h)
             h = h.to(x.dtype)
         return self.proj_out(h)
 

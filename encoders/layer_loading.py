@@ -15,14 +15,13 @@ import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
-from huggingface_hub.errors import EntryNotFoundError
 from transformers import PretrainedConfig
 
-from encoders.checkpoints import CheckpointDir
+from encoders.checkpoints import CheckpointDir, is_url
+from encoders.layer_cache import LayerCache, cache_key
 from encoders.registry import LMFamily
 from encoders.safetensors_reader import CheckpointFormatError, SafetensorsReader
 
@@ -38,39 +37,35 @@ class LoadedLayers:
     bytes_read: int = 0
     tensor_bytes: int = 0
     sha256: str = ""  # of the layers' tensor names and bytes: the identity of what was loaded
+    cache_hit: bool = False
+    final_norm: nn.Module | None = None
 
 
 def load_config(family: LMFamily, checkpoint: CheckpointDir) -> PretrainedConfig:
-    path = checkpoint.file("config.json")
-    if not path.is_file():
-        raise CheckpointFormatError(f"{path}: missing config.json")
-    config = family.config_class.from_pretrained(str(path.parent))
+    where = checkpoint.resolve("config.json")
+    if not checkpoint.exists("config.json"):
+        raise CheckpointFormatError(f"{where}: missing config.json")
+    config = family.config_class.from_dict(json.loads(checkpoint.read_text("config.json")))
     config._attn_implementation = "sdpa"
     expected = family.config_class.model_type
     if config.model_type != expected:
         raise CheckpointFormatError(
-            f"{path}: model_type {config.model_type!r} is not family {family.name!r} ({expected!r})"
+            f"{where}: model_type {config.model_type!r} is not family {family.name!r} ({expected!r})"
         )
     return config
 
 
-def tensor_locations(checkpoint: CheckpointDir, reader: SafetensorsReader) -> dict[str, Path]:
-    """Tensor name -> file holding it, from the shard index or the single file's header."""
-    for name in (INDEX_FILE, SINGLE_FILE):
-        try:
-            path = checkpoint.file(name)
-        except EntryNotFoundError:  # a hub repo without this file
-            continue
-        if path.is_file():
-            break
-    else:
-        raise CheckpointFormatError(
-            f"{checkpoint.path}: no {SINGLE_FILE} and no {INDEX_FILE} (safetensors checkpoints only)"
-        )
-    if path.name == INDEX_FILE:
-        weight_map = json.loads(path.read_text())["weight_map"]
-        return {tensor: checkpoint.path / shard for tensor, shard in weight_map.items()}
-    return dict.fromkeys(reader.read_header(path).tensors, path)
+def tensor_locations(checkpoint: CheckpointDir, reader: SafetensorsReader) -> dict[str, str]:
+    """Tensor name -> location of the file holding it, from the index or the single header."""
+    if checkpoint.exists(INDEX_FILE):
+        weight_map = json.loads(checkpoint.read_text(INDEX_FILE))["weight_map"]
+        return {tensor: checkpoint.resolve(shard) for tensor, shard in weight_map.items()}
+    if checkpoint.has_file(SINGLE_FILE):
+        single = checkpoint.resolve(SINGLE_FILE)
+        return dict.fromkeys(reader.read_header(single).tensors, single)
+    raise CheckpointFormatError(
+        f"{checkpoint.location}: no {SINGLE_FILE} and no {INDEX_FILE} (safetensors checkpoints only)"
+    )
 
 
 def select_layer_tensors(
@@ -90,31 +85,55 @@ def load_layers(
     *,
     dtype: torch.dtype = torch.float32,
     reader: SafetensorsReader | None = None,
+    cache: LayerCache | None = None,
+    final_norm: bool = False,
 ) -> LoadedLayers:
-    reader = reader or SafetensorsReader()
+    """Only ``indices``' tensors, strictly; remote sources go through ``cache`` if given."""
+    reader = reader or SafetensorsReader(checkpoint.open)
     config = load_config(family, checkpoint)
     n_layers = config.num_hidden_layers
     for i in indices:
         if not 0 <= i < n_layers:
-            raise IndexError(f"layer {i} out of range for {checkpoint.path} ({n_layers} layers)")
+            raise IndexError(f"layer {i} out of range for {checkpoint.location} ({n_layers} layers)")
     locations = tensor_locations(checkpoint, reader)
     names = list(locations)
 
     wanted: dict[int, dict[str, str]] = {}
-    by_file: dict[Path, list[str]] = defaultdict(list)
+    by_file: dict[str, list[str]] = defaultdict(list)
     for i in indices:
         wanted[i] = select_layer_tensors(family, names, i)
         if not wanted[i]:
-            raise CheckpointFormatError(f"{checkpoint.path}: no tensors for layer {i}")
-        for name in wanted[i]:
-            by_file[locations[name]].append(name)
+            raise CheckpointFormatError(f"{checkpoint.location}: no tensors for layer {i}")
+    norm_names: dict[str, str] = {}
+    if final_norm:
+        if family.final_norm_key is None:
+            raise CheckpointFormatError(f"family {family.name!r} has no final norm (post-LN)")
+        pattern = re.compile(family.final_norm_key)
+        norm_names = {n: m.group(1) for n in names if (m := pattern.match(n))}
+        if not norm_names:
+            raise CheckpointFormatError(
+                f"{checkpoint.location}: no final norm tensors (a post-LN model has none)"
+            )
+    for name in [*(n for w in wanted.values() for n in w), *norm_names]:
+        by_file[locations[name]].append(name)
 
-    tensors: dict[str, torch.Tensor] = {}
-    for path in sorted(by_file):
-        real = checkpoint.file(path.name)
-        if not real.is_file():
-            raise CheckpointFormatError(f"{real}: listed in {INDEX_FILE} but missing")
-        tensors.update(reader.read_tensors(real, by_file[path]))
+    key = None
+    tensors: dict[str, torch.Tensor] | None = None
+    if cache is not None and any(is_url(loc) for loc in by_file):
+        key, expected = _cache_key(checkpoint, reader, by_file)
+        tensors = cache.get(key, expected)
+    cache_hit = tensors is not None
+    if tensors is None:
+        tensors = {}
+        for location in sorted(by_file):
+            try:
+                tensors.update(reader.read_tensors(location, by_file[location]))
+            except FileNotFoundError:
+                raise CheckpointFormatError(
+                    f"{location}: listed in {INDEX_FILE} but missing"
+                ) from None
+        if key is not None:
+            cache.put(key, tensors)
 
     digest = hashlib.sha256()
     layers = []
@@ -124,14 +143,45 @@ def load_layers(
             digest.update(full.encode())
             digest.update(tensors[full].contiguous().view(torch.uint8).numpy().tobytes())
         layers.append(_strict_layer(family, config, i, state, checkpoint).to(dtype))
+    norm = None
+    if norm_names:
+        norm = family.build_final_norm(config)
+        state = {local: tensors[full] for full, local in norm_names.items()}
+        try:
+            norm.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointFormatError(f"{checkpoint.location}: final norm: {e}") from None
+        norm = norm.to(dtype)
     return LoadedLayers(
         layers=layers,
+        final_norm=norm,
         config=config,
         files_opened=list(reader.files_opened),
         bytes_read=reader.bytes_read,
         tensor_bytes=sum(t.numel() * t.element_size() for t in tensors.values()),
         sha256=digest.hexdigest(),
+        cache_hit=cache_hit,
     )
+
+
+def _cache_key(
+    checkpoint: CheckpointDir, reader: SafetensorsReader, by_file: dict[str, list[str]]
+) -> tuple[str, dict[str, tuple[str, tuple[int, ...]]]]:
+    """The layer's cache key, and the dtype/shape of each tensor per the source's headers."""
+    headers, expected = {}, {}
+    for location, names in by_file.items():
+        try:
+            headers[location] = header = reader.read_header(location)
+        except FileNotFoundError:
+            raise CheckpointFormatError(f"{location}: listed in {INDEX_FILE} but missing") from None
+        for name in names:
+            if name not in header.tensors:
+                raise CheckpointFormatError(f"{location}: missing tensor(s) {[name]}")
+            expected[name] = (header.tensors[name].dtype, header.tensors[name].shape)
+    stamps = {loc: checkpoint.stamp(loc) for loc in by_file}
+    key = cache_key(f"{checkpoint.location}@{checkpoint.revision}", headers, stamps,
+                    list(expected))
+    return key, expected
 
 
 def _strict_layer(
@@ -148,13 +198,13 @@ def _strict_layer(
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointFormatError(
-            f"{checkpoint.path}: layer {index} does not match {family.layer_class.__name__}: "
+            f"{checkpoint.location}: layer {index} does not match {family.layer_class.__name__}: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointFormatError(
-                f"{checkpoint.path}: layer {index} tensor {name} has shape {tuple(tensor.shape)}, "
+                f"{checkpoint.location}: layer {index} tensor {name} has shape {tuple(tensor.shape)}, "
                 f"config expects {tuple(expected[name].shape)}"
             )
     layer.load_state_dict(state, strict=True, assign=True)
@@ -162,7 +212,11 @@ def _strict_layer(
 
 
 def random_layers(
-    family: LMFamily, config: PretrainedConfig, indices: list[int] | tuple[int, ...], seed: int
+    family: LMFamily,
+    config: PretrainedConfig,
+    indices: list[int] | tuple[int, ...],
+    seed: int,
+    final_norm: bool = False,
 ) -> list[nn.Module]:
     """The paper's control: same architecture, the family's own initialisation, seeded.
 
@@ -182,6 +236,12 @@ def random_layers(
             layer = family.build_layer(config, i)
             layer.apply(host._init_weights)
             layers.append(layer)
+        if final_norm:
+            if family.build_final_norm is None:
+                raise ValueError(f"family {family.name!r} has no final norm (post-LN)")
+            norm = family.build_final_norm(config)
+            norm.apply(host._init_weights)
+            layers.append(norm)  # the caller splits it off: last element
     finally:
         torch.random.set_rng_state(gen_state)
     return layers

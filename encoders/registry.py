@@ -58,6 +58,10 @@ class LMFamily:
     # Names inside a layer that checkpoints may hold but are not parameters (old mask or
     # rotary buffers): skipped, never read.
     ignore: str | None = None
+    # The LM's final norm (after its last layer): tensor-name regex capturing the name inside
+    # the norm, and its module. None for post-LN models, which have no final norm.
+    final_norm_key: str | None = None
+    build_final_norm: Callable[[PretrainedConfig], nn.Module] | None = None
 
     def size(self, name: str) -> LMSize:
         if name not in self.sizes:

@@ -89,6 +89,7 @@ def run_trial(
         visual_dim=task.visual_dim,
         weights_dir=weights_dir,
         dtype=getattr(torch, hp.compute_dtype),
+        final_norm=hp.final_norm,
     )
     model = task.build_model(block).to(device)
     params = [p for p in model.parameters() if p.requires_grad]

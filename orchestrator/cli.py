@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--weight-decay", type=float)
     h.add_argument("--batch-size", type=int)
     h.add_argument("--compute-dtype")
+    h.add_argument("--final-norm", action="store_true", default=None,
+                   help="the LM's final norm follows the block (recorded on the run)")
     r = p.add_argument_group("where it runs and records")
     r.add_argument("--name", help="sweep name (default: the preset's)")
     r.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
@@ -71,7 +73,8 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
             changes["seeds"] = tuple(int(s) for s in seeds)
         except ValueError:
             raise SpecError(f"bad seeds {list(seeds)}; valid: integers") from None
-    for name in ("epochs", "lr", "weight_decay", "batch_size", "compute_dtype", "name"):
+    for name in ("epochs", "lr", "weight_decay", "batch_size", "compute_dtype", "final_norm",
+                 "name"):
         if (v := getattr(args, name)) is not None:
             changes[name] = v
     return spec.replace(**changes)

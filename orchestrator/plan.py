@@ -65,6 +65,8 @@ class TrialSpec:
     @classmethod
     def from_config(cls, cfg: dict[str, object]) -> TrialSpec:
         hp = {f.name: cfg[f.name] for f in dataclasses.fields(Hyperparameters) if f.name in cfg}
+        if isinstance(hp.get("final_norm"), str):  # MLflow/Optuna round trips give strings
+            hp["final_norm"] = hp["final_norm"] == "True"
         return cls(
             family=str(cfg["family"]),
             size=str(cfg["size"]),
@@ -125,6 +127,18 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
     if "pretrained" in lm_controls or "random" in lm_controls:
         if not spec.layers:
             raise SpecError("empty sweep: no layers; valid: last, all, 5, -1, 2..5, 3:5")
+
+    if spec.hparams.final_norm:
+        for family in spec.families:
+            fam = get_family(family)
+            post_ln = [s for s in resolve_sizes(spec, family)
+                       if fam.size(s).extra.get("do_layer_norm_before") is False]
+            if fam.final_norm_key is None or post_ln:
+                raise SpecError(
+                    f"--final-norm: {family} {'/'.join(post_ln) or ''} has no final norm "
+                    f"(post-LN); valid: families {', '.join(f for f in list_families() if get_family(f).final_norm_key)} "
+                    "(not opt/350m)"
+                )
 
     trials: list[TrialSpec] = []
     hp = spec.hparams

@@ -21,6 +21,7 @@ class Hyperparameters:
     weight_decay: float = 0.05
     batch_size: int = 32
     compute_dtype: str = "float32"
+    final_norm: bool = False  # the LM's final norm follows the block (off: the paper's setup)
 
 
 @dataclass(frozen=True)

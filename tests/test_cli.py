@@ -41,7 +41,7 @@ def run_bad(capsys, *argv: str) -> str:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--family", "gpt9"], "unknown family 'gpt9'; valid: minilm, opt"),
+        (["--family", "gpt9"], "unknown family 'gpt9'; valid: bert, gpt2, llama, minilm, mistral, opt, pythia, qwen2"),
         (["--family", "opt", "--sizes", "7b"], "unknown size '7b' for family 'opt'; valid: 125m"),
         (["--family", "opt", "--layers", "12"], "layer '12' out of range for opt/125m (12 layers"),
         (["--layers", "-7"], "layer '-7' out of range for minilm/l6 (6 layers: valid -6..5)"),
@@ -136,4 +136,18 @@ def test_sweep_script_subprocess_exit_code(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "sweep: error: unknown family 'nope'; valid: minilm, opt"
+    assert proc.stderr.strip().startswith("sweep: error: unknown family 'nope'; valid: bert, gpt2")
+
+
+def test_final_norm_is_validated_and_recorded(capsys):
+    err = run_bad(capsys, "--family", "opt", "--sizes", "350m", "--final-norm", "--dry-run")
+    assert "350m" in err and "no final norm" in err
+    err = run_bad(capsys, "--final-norm", "--dry-run")  # minilm is post-LN BERT
+    assert "minilm" in err
+    spec = cli.spec_from_args(cli.build_parser().parse_args(
+        ["--family", "opt", "--final-norm"]))
+    plan = build_plan(spec)
+    assert plan[0].to_config()["final_norm"] is True
+    from orchestrator.plan import TrialSpec
+
+    assert TrialSpec.from_config({**plan[0].to_config(), "final_norm": "True"}) == plan[0]

@@ -91,3 +91,30 @@ def test_registry_sizes_plan_offline(family):
         params = fam.layer_params(name)
         h, f = size.hidden_size, size.ffn_dim
         assert h * h < params < 4 * h * h + 3 * h * f + 10 * h + 4 * f, (family, name)
+
+
+def test_final_norm_is_the_models_own_and_optional(family_checkpoint):
+    fam, model, own_layers, ckpt = family_checkpoint
+    if fam.final_norm_key is None:
+        from encoders.safetensors_reader import CheckpointFormatError
+
+        with pytest.raises(CheckpointFormatError, match="no final norm"):
+            load_layers(fam, ckpt, [2], final_norm=True)
+        return
+    loaded = load_layers(fam, ckpt, [2], final_norm=True)
+    own_norm = [m for n, m in model.named_modules()
+                if n and n.split(".")[-1] in ("final_layer_norm", "norm", "ln_f")
+                and not isinstance(m, fam.layer_class) and "layers" not in n and ".h." not in n]
+    assert len(own_norm) == 1
+    torch.manual_seed(0)
+    block = FrozenLMBlock(loaded.layers, 32, 32, fam.layer_kwargs(loaded.config),
+                          loaded.final_norm)
+    with torch.no_grad():
+        block.proj_in.weight.copy_(torch.eye(32))
+        block.proj_out.weight.copy_(torch.eye(32))
+        x = torch.randn(2, 5, 32)
+        mask = bidirectional_mask(None, 2, 5, x.dtype, x.device)
+        extra = fam.layer_kwargs(loaded.config)(x)
+        expected = own_norm[0](own_layers[2](x, attention_mask=mask, **extra))
+        torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+    assert all(not p.requires_grad for p in loaded.final_norm.parameters())

@@ -51,7 +51,7 @@ def test_every_family_builds_its_transformers_layer(family):
 
 
 def test_unknown_names_list_the_valid_ones_and_duplicates_raise():
-    with pytest.raises(KeyError, match="valid: minilm, opt"):
+    with pytest.raises(KeyError, match="valid: bert, gpt2, llama, minilm, mistral, opt, pythia, qwen2"):
         get_family("gpt9")
     with pytest.raises(KeyError, match="125m, 350m"):
         get_family("opt").size("7b")

@@ -6,6 +6,7 @@ and are skipped, never read.
 """
 
 import torch
+from torch import nn
 from transformers import GPT2Config
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block, GPT2Model
 
@@ -42,5 +43,7 @@ GPT2 = register_family(
         make_config=make_config,
         description="OpenAI GPT-2 blocks (openai-community/gpt2*)",
         ignore=r"^attn\.(bias|masked_bias)$",
+        final_norm_key=r"^(?:transformer\.)?ln_f\.(.+)$",
+        build_final_norm=lambda c: nn.LayerNorm(c.hidden_size, eps=c.layer_norm_epsilon),
     )
 )

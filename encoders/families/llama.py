@@ -8,7 +8,11 @@ is removed in the block (identity cos/sin).
 
 import torch
 from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel
+from transformers.models.llama.modeling_llama import (
+    LlamaDecoderLayer,
+    LlamaModel,
+    LlamaRMSNorm,
+)
 
 from encoders.registry import LMFamily, LMSize, register_family
 
@@ -52,6 +56,8 @@ LLAMA = register_family(
         make_config=make_config,
         description="Meta LLaMA 1/2/3/3.1 decoder layers",
         rotary=True,
+        final_norm_key=r"^(?:model\.)?norm\.(.+)$",
+        build_final_norm=lambda c: LlamaRMSNorm(c.hidden_size, eps=c.rms_norm_eps),
         ignore=r"^self_attn\.rotary_emb\.inv_freq$",
     )
 )

@@ -2,7 +2,11 @@
 
 import torch
 from transformers import MistralConfig
-from transformers.models.mistral.modeling_mistral import MistralDecoderLayer, MistralModel
+from transformers.models.mistral.modeling_mistral import (
+    MistralDecoderLayer,
+    MistralModel,
+    MistralRMSNorm,
+)
 
 from encoders.registry import LMFamily, LMSize, register_family
 
@@ -30,5 +34,7 @@ MISTRAL = register_family(
         make_config=make_config,
         description="Mistral 7B decoder layers",
         rotary=True,
+        final_norm_key=r"^(?:model\.)?norm\.(.+)$",
+        build_final_norm=lambda c: MistralRMSNorm(c.hidden_size, eps=c.rms_norm_eps),
     )
 )

@@ -6,6 +6,7 @@ the layers, so an OPT-350m block is 1024 wide.
 """
 
 import torch
+from torch import nn
 from transformers import OPTConfig
 from transformers.models.opt.modeling_opt import OPTDecoderLayer, OPTModel
 
@@ -58,5 +59,9 @@ OPT = register_family(
         layer_key=r"^(?:.*\.)?decoder\.layers\.{index}\.(.+)$",
         make_config=make_config,
         description="Meta OPT decoder layers (facebook/opt-*)",
+        final_norm_key=r"^(?:.*\.)?decoder\.final_layer_norm\.(.+)$",
+        build_final_norm=lambda c: nn.LayerNorm(
+            c.hidden_size, elementwise_affine=c.layer_norm_elementwise_affine
+        ),
     )
 )

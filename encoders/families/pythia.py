@@ -5,6 +5,7 @@ runs with identity rotary embeddings (no positions).
 """
 
 import torch
+from torch import nn
 from transformers import GPTNeoXConfig
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer, GPTNeoXModel
 
@@ -47,5 +48,7 @@ PYTHIA = register_family(
         description="EleutherAI Pythia (GPT-NeoX) layers",
         rotary=True,
         ignore=r"^attention\.(bias|masked_bias|rotary_emb\.inv_freq)$",
+        final_norm_key=r"^(?:gpt_neox\.)?final_layer_norm\.(.+)$",
+        build_final_norm=lambda c: nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
     )
 )

@@ -2,7 +2,11 @@
 
 import torch
 from transformers import Qwen2Config
-from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2Model
+from transformers.models.qwen2.modeling_qwen2 import (
+    Qwen2DecoderLayer,
+    Qwen2Model,
+    Qwen2RMSNorm,
+)
 
 from encoders.registry import LMFamily, LMSize, register_family
 
@@ -42,5 +46,7 @@ QWEN2 = register_family(
         make_config=make_config,
         description="Alibaba Qwen2.5 decoder layers",
         rotary=True,
+        final_norm_key=r"^(?:model\.)?norm\.(.+)$",
+        build_final_norm=lambda c: Qwen2RMSNorm(c.hidden_size, eps=c.rms_norm_eps),
     )
 )
