@@ -125,7 +125,8 @@ def locate(
         for cand in weights_dir_candidates(root, size):
             ckpt = CheckpointDir(cand if is_url(cand) else Path(cand).resolve(), "weights-dir",
                                  size.repo_id)
-            if ckpt.exists("config.json") and (cand != root or _config_matches(ckpt, size)):
+            found = ckpt.exists("config.json") or ckpt.exists("params.json")  # HF or Meta
+            if found and (cand != root or _config_matches(ckpt, size)):
                 return ckpt
     if family.locate is not None:
         return CheckpointDir(Path(family.locate(size)), "package", size.repo_id)
@@ -147,9 +148,10 @@ def locate(
 
 def _config_matches(ckpt: CheckpointDir, size: LMSize) -> bool:
     """``DIR`` itself is only taken when its config.json is this size (not a sibling size)."""
-    cfg = json.loads(ckpt.read_text("config.json"))
-    hidden = cfg.get("hidden_size", cfg.get("n_embd"))
-    layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    name = "config.json" if ckpt.exists("config.json") else "params.json"
+    cfg = json.loads(ckpt.read_text(name))
+    hidden = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("dim")))
+    layers = cfg.get("num_hidden_layers", cfg.get("n_layer", cfg.get("n_layers")))
     return hidden == size.hidden_size and layers == size.num_layers
 
 

@@ -22,11 +22,15 @@ from transformers import PretrainedConfig
 
 from encoders.checkpoints import CheckpointDir, is_url
 from encoders.layer_cache import LayerCache, cache_key
+from encoders.meta_llama import is_meta_checkpoint, load_meta_config, read_meta_tensors
 from encoders.registry import LMFamily
 from encoders.safetensors_reader import CheckpointFormatError, SafetensorsReader
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+# PyTorch zip shards, read weights-only by byte range (encoders/torch_zip.py)
+BIN_INDEX_FILE = "pytorch_model.bin.index.json"
+BIN_SINGLE_FILE = "pytorch_model.bin"
 
 
 @dataclass
@@ -42,6 +46,8 @@ class LoadedLayers:
 
 
 def load_config(family: LMFamily, checkpoint: CheckpointDir) -> PretrainedConfig:
+    if family.name == "llama" and is_meta_checkpoint(checkpoint):
+        return load_meta_config(checkpoint)
     where = checkpoint.resolve("config.json")
     if not checkpoint.exists("config.json"):
         raise CheckpointFormatError(f"{where}: missing config.json")
@@ -57,14 +63,16 @@ def load_config(family: LMFamily, checkpoint: CheckpointDir) -> PretrainedConfig
 
 def tensor_locations(checkpoint: CheckpointDir, reader: SafetensorsReader) -> dict[str, str]:
     """Tensor name -> location of the file holding it, from the index or the single header."""
-    if checkpoint.exists(INDEX_FILE):
-        weight_map = json.loads(checkpoint.read_text(INDEX_FILE))["weight_map"]
-        return {tensor: checkpoint.resolve(shard) for tensor, shard in weight_map.items()}
-    if checkpoint.has_file(SINGLE_FILE):
-        single = checkpoint.resolve(SINGLE_FILE)
-        return dict.fromkeys(reader.read_header(single).tensors, single)
+    for index, single in ((INDEX_FILE, SINGLE_FILE), (BIN_INDEX_FILE, BIN_SINGLE_FILE)):
+        if checkpoint.exists(index):
+            weight_map = json.loads(checkpoint.read_text(index))["weight_map"]
+            return {tensor: checkpoint.resolve(shard) for tensor, shard in weight_map.items()}
+        if checkpoint.has_file(single):
+            location = checkpoint.resolve(single)
+            return dict.fromkeys(reader.read_header(location).tensors, location)
     raise CheckpointFormatError(
-        f"{checkpoint.location}: no {SINGLE_FILE} and no {INDEX_FILE} (safetensors checkpoints only)"
+        f"{checkpoint.location}: no weights: none of {SINGLE_FILE}, {INDEX_FILE}, "
+        f"{BIN_SINGLE_FILE}, {BIN_INDEX_FILE}"
     )
 
 
@@ -95,6 +103,8 @@ def load_layers(
     for i in indices:
         if not 0 <= i < n_layers:
             raise IndexError(f"layer {i} out of range for {checkpoint.location} ({n_layers} layers)")
+    if family.name == "llama" and is_meta_checkpoint(checkpoint):
+        return _load_meta(family, checkpoint, config, indices, dtype, reader, final_norm)
     locations = tensor_locations(checkpoint, reader)
     names = list(locations)
 
@@ -130,7 +140,7 @@ def load_layers(
                 tensors.update(reader.read_tensors(location, by_file[location]))
             except FileNotFoundError:
                 raise CheckpointFormatError(
-                    f"{location}: listed in {INDEX_FILE} but missing"
+                    f"{location}: listed in the shard index but missing"
                 ) from None
         if key is not None:
             cache.put(key, tensors)
@@ -164,6 +174,25 @@ def load_layers(
     )
 
 
+def _load_meta(family, checkpoint, config, indices, dtype, reader, final_norm) -> LoadedLayers:
+    states = read_meta_tensors(checkpoint, config, indices, reader, final_norm)
+    digest = hashlib.sha256()
+    layers = []
+    for i in indices:
+        for name in sorted(states[i]):
+            digest.update(f"layers.{i}.{name}".encode())
+            digest.update(states[i][name].contiguous().view(torch.uint8).numpy().tobytes())
+        layers.append(_strict_layer(family, config, i, states[i], checkpoint).to(dtype))
+    norm = None
+    if final_norm:
+        norm = family.build_final_norm(config)
+        norm.load_state_dict(states["norm"], strict=True)
+        norm = norm.to(dtype)
+    tensor_bytes = sum(t.numel() * t.element_size() for s in states.values() for t in s.values())
+    return LoadedLayers(layers, config, list(reader.files_opened), reader.bytes_read,
+                        tensor_bytes, digest.hexdigest(), final_norm=norm)
+
+
 def _cache_key(
     checkpoint: CheckpointDir, reader: SafetensorsReader, by_file: dict[str, list[str]]
 ) -> tuple[str, dict[str, tuple[str, tuple[int, ...]]]]:
@@ -173,7 +202,7 @@ def _cache_key(
         try:
             headers[location] = header = reader.read_header(location)
         except FileNotFoundError:
-            raise CheckpointFormatError(f"{location}: listed in {INDEX_FILE} but missing") from None
+            raise CheckpointFormatError(f"{location}: listed in the shard index but missing") from None
         for name in names:
             if name not in header.tensors:
                 raise CheckpointFormatError(f"{location}: missing tensor(s) {[name]}")

@@ -119,8 +119,16 @@ class SafetensorsReader:
         path = str(path)
         if path not in self._headers:
             with self._open(path) as f:
-                self._headers[path] = self._parse_header(f, path, _file_size(f))
+                self._headers[path] = self._any_header(f, path)
         return self._headers[path]
+
+    def _any_header(self, f: BinaryIO, path: str) -> SafetensorsHeader:
+        """safetensors, or a torch.save zip (``.bin``/``.pth``/``.pt``) read weights-only."""
+        if path.endswith((".bin", ".pth", ".pt")):
+            from encoders.torch_zip import parse_torch_zip
+
+            return parse_torch_zip(f, path, lambda fh, n, what: self._read_exact(fh, n, path, what))
+        return self._parse_header(f, path, _file_size(f))
 
     def read_tensors(
         self, path: str | Path, names: Iterable[str]
@@ -131,7 +139,7 @@ class SafetensorsReader:
         header = self._headers.get(path)
         with self._open(path) as f:
             if header is None:
-                header = self._headers[path] = self._parse_header(f, path, _file_size(f))
+                header = self._headers[path] = self._any_header(f, path)
             missing = [n for n in wanted if n not in header.tensors]
             if missing:
                 raise CheckpointFormatError(f"{path}: missing tensor(s) {missing[:5]}")

@@ -49,3 +49,20 @@ def weight_map(path: Path) -> dict[str, str]:
 def tiny_opt(request, tmp_path):
     model, ckpt = save_tiny_opt(tmp_path / "ckpt", post_ln=request.param)
     return model, ckpt
+
+
+def convert_to_bin_shards(path: Path) -> None:
+    """Rewrite a sharded safetensors checkpoint as PyTorch zip shards (.bin) + their index,
+    as big hub checkpoints (facebook/opt-66b) are published."""
+    from safetensors.torch import load_file
+
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    renamed = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        bin_name = shard.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
+        torch.save(load_file(str(path / shard)), path / bin_name)
+        (path / shard).unlink()
+        renamed[shard] = bin_name
+    weight_map = {k: renamed[v] for k, v in index["weight_map"].items()}
+    (path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (path / "model.safetensors.index.json").unlink()

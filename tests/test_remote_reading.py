@@ -140,3 +140,47 @@ def test_concurrent_cache_fill_leaves_one_valid_entry(served, tmp_path):
     again = load_layers(OPT, CheckpointDir(server.url, "weights-dir", "tiny/opt"), [3],
                         cache=LayerCache(cache_dir))
     assert again.cache_hit and again.sha256 == shas[0]
+
+
+def test_pytorch_bin_shards_over_http_layer_only(tmp_path):
+    from tests.conftest import convert_to_bin_shards
+
+    model, ckpt = save_tiny_opt(tmp_path / "ckpt", shard="40KB")
+    convert_to_bin_shards(ckpt.path)
+    wm = json.loads((ckpt.path / "pytorch_model.bin.index.json").read_text())["weight_map"]
+    shards = {f for k, f in wm.items() if ".layers.2." in k}
+    # everything in a shard that is not tensor data counts as its "header"
+    all_tensor_bytes = sum(t.numel() * t.element_size()
+                           for t in model.state_dict().values())
+    total = sum((ckpt.path / f).stat().st_size for f in set(wm.values()))
+    with RangeServer(ckpt.path) as server:
+        loaded = load_layers(OPT, CheckpointDir(server.url, "weights-dir", "t"), [2])
+        overhead = total - all_tensor_bytes
+        small = sum((ckpt.path / n).stat().st_size for n in ("config.json",
+                    "pytorch_model.bin.index.json"))
+        assert server.bytes_served <= 1.02 * loaded.tensor_bytes + overhead + small
+        assert server.bytes_served < total / 2
+        got = {p for m, p, r in server.requests if m == "GET" and p.endswith(".bin")}
+        assert got == {f"/{s}" for s in shards}
+    ref = model.model.decoder.layers[2].state_dict()
+    for k, v in loaded.layers[0].state_dict().items():
+        torch.testing.assert_close(v, ref[k])
+
+
+def test_bin_with_code_in_its_pickle_is_refused(tmp_path):
+    import os
+    import pickle
+    import zipfile
+
+    from encoders.safetensors_reader import CheckpointFormatError, SafetensorsReader
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.bin"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
+    with pytest.raises(CheckpointFormatError, match="refusing to unpickle"):
+        SafetensorsReader().read_header(path)
+    assert not (tmp_path / "pwned").exists()
