@@ -81,6 +81,10 @@ class LMFamily:
         """Parameters of one layer of ``size``, counted on the meta device (no memory)."""
         return _layer_params(self.name, size)
 
+    def model_params(self, size: str) -> int:
+        """Parameters of the whole published checkpoint (base model + untied LM head)."""
+        return _model_params(self.name, size)
+
 
 _FAMILIES: dict[str, LMFamily] = {}
 
@@ -102,6 +106,18 @@ def get_family(name: str) -> LMFamily:
     if name not in _FAMILIES:
         raise KeyError(f"unknown LM family {name!r}; valid: {', '.join(list_families())}")
     return _FAMILIES[name]
+
+
+@cache
+def _model_params(family: str, size: str) -> int:
+    fam = get_family(family)
+    config = fam.make_config(fam.size(size))
+    with torch.device("meta"):
+        model = fam.model_class(config)
+    n = sum(p.numel() for p in model.parameters())
+    if not getattr(config, "tie_word_embeddings", True):
+        n += config.vocab_size * config.hidden_size  # the separate LM head
+    return n
 
 
 @cache

@@ -69,6 +69,13 @@ def evaluate(model, loader, device) -> tuple[float, float]:
     return total / n, correct / n
 
 
+def resolve_compute_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """``auto``: float32 on CPU (bf16 matmuls are slow there), bfloat16 on a GPU."""
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
 def run_trial(
     trial,  # orchestrator.plan.TrialSpec (duck-typed: experiments must not import orchestrator)
     report: Report,
@@ -88,9 +95,10 @@ def run_trial(
         seed=trial.seed,
         visual_dim=task.visual_dim,
         weights_dir=weights_dir,
-        dtype=getattr(torch, hp.compute_dtype),
+        dtype=resolve_compute_dtype(hp.compute_dtype, device),
         final_norm=hp.final_norm,
     )
+    block_dtype = resolve_compute_dtype(hp.compute_dtype, device) if block is not None else "none"
     model = task.build_model(block).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
@@ -125,6 +133,7 @@ def run_trial(
             "best_val_acc": best,
             **static,
             "layers_sha256": info.layers_sha256,
+            "compute_dtype": str(block_dtype).removeprefix("torch."),
         }
         opt_state = copy.deepcopy(optimizer.state_dict())  # a snapshot, not live references
         state = TrainState(epoch + 1, trainable_state(model), opt_state, best)

@@ -81,7 +81,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
 
 
 def print_plan(plan) -> None:
-    from orchestrator.plan import human_bytes, plan_table
+    from orchestrator.plan import human_bytes, plan_table, size_table
 
     table = plan_table(plan)
     shown = table.assign(
@@ -95,6 +95,14 @@ def print_plan(plan) -> None:
         f"({human_bytes(table.drop_duplicates(['family', 'size', 'layers'])['read_bytes'].sum())}"
         " distinct)"
     )
+    sizes = size_table(plan)
+    if not sizes.empty:
+        print("\nper size: one layer read vs the whole checkpoint")
+        print(sizes.assign(
+            layer_bytes=sizes["layer_bytes"].map(human_bytes),
+            checkpoint_bytes=sizes["checkpoint_bytes"].map(human_bytes),
+            layer_share=sizes["layer_share"].map(lambda r: f"{r:.2%}"),
+        ).to_string(index=False))
 
 
 def preflight_weights(plan, weights_dir: str | None) -> dict[tuple[str, str], str]:

@@ -26,7 +26,7 @@ from experiments.tasks.registry import list_tasks
 from orchestrator.layers import LayerSpecError, Selection, label, parse_label, resolve_layers
 from orchestrator.spec import Hyperparameters, SpecError, SweepSpec
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,21 @@ def plan_table(trials: list[TrialSpec]) -> pd.DataFrame:
                 "read_bytes": read,
             }
         )
+    return pd.DataFrame(rows)
+
+
+def size_table(trials: list[TrialSpec]) -> pd.DataFrame:
+    """Per planned family/size: one layer's bytes against the whole checkpoint's."""
+    rows = []
+    for family, size in dict.fromkeys((t.family, t.size) for t in trials if t.family):
+        fam = get_family(family)
+        itemsize = fam.size(size).dtype.itemsize
+        layer, whole = fam.layer_params(size), fam.model_params(size)
+        rows.append({
+            "family": family, "size": size, "layers": fam.size(size).num_layers,
+            "layer_bytes": layer * itemsize, "checkpoint_bytes": whole * itemsize,
+            "layer_share": layer / whole,
+        })
     return pd.DataFrame(rows)
 
 

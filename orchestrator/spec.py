@@ -20,7 +20,7 @@ class Hyperparameters:
     lr: float = 1e-3
     weight_decay: float = 0.05
     batch_size: int = 32
-    compute_dtype: str = "float32"
+    compute_dtype: str = "auto"  # the block's compute dtype: auto = float32 on CPU, bf16 on GPU
     final_norm: bool = False  # the LM's final norm follows the block (off: the paper's setup)
 
 

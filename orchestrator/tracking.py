@@ -83,6 +83,7 @@ class MlflowTrialLogger(LoggerCallback):
         self.parent_run_id = parent_run_id
         self.identities = identities  # (family, size) -> checkpoint identity, resolved up front
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
+        self.tagged: set[str] = set()
         self.finished = 0
         self.failed = 0
 
@@ -123,8 +124,12 @@ class MlflowTrialLogger(LoggerCallback):
                 mlflow.entities.Metric("epoch_time_s", float(result["time_this_iter_s"]), ts, step)
             )
         self.client.log_batch(run_id, metrics=metrics)
-        if result.get("layers_sha256"):
-            self.client.set_tag(run_id, "checkpoint.layers_sha256", result["layers_sha256"])
+        if run_id not in self.tagged:  # what the trial resolved: set once per run
+            self.tagged.add(run_id)
+            if result.get("layers_sha256"):
+                self.client.set_tag(run_id, "checkpoint.layers_sha256", result["layers_sha256"])
+            if result.get("compute_dtype"):
+                self.client.set_tag(run_id, "compute_dtype", result["compute_dtype"])
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
         run_id = self.runs.get(trial.trial_id)

@@ -42,6 +42,8 @@ def test_smoke_sweep_end_to_end(tmp_path):
         assert row["tags.weights.source"] in {"pretrained", "random", "none"}
         history = MlflowClient(uri).get_metric_history(row["run_id"], "val_acc")
         assert sorted(m.step for m in history) == [1, 2]
+    assert set(children["params.compute_dtype"]) == {"auto"}
+    assert set(children["tags.compute_dtype"]) == {"float32", "none"}  # resolved on CPU
     pre = children[children["params.control"] == "pretrained"]
     assert pre["tags.checkpoint.identity"].str.startswith("sentence-transformers/all-MiniLM").all()
     assert pre["tags.checkpoint.layers_sha256"].str.len().eq(64).all()

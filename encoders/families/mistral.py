@@ -16,6 +16,8 @@ def make_config(size: LMSize) -> MistralConfig:
         hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
         num_attention_heads=size.num_heads, intermediate_size=size.ffn_dim,
         num_key_value_heads=size.extra["num_key_value_heads"],
+        vocab_size=32000,
+        tie_word_embeddings=False,
     )
 
 

@@ -43,6 +43,7 @@ def make_config(size: LMSize) -> OPTConfig:
         ffn_dim=size.ffn_dim,
         do_layer_norm_before=size.extra["do_layer_norm_before"],
         word_embed_proj_dim=size.extra["word_embed_proj_dim"],
+        vocab_size=50272,
         dropout=0.1,
         attention_dropout=0.0,
     )

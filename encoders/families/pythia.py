@@ -28,7 +28,8 @@ def make_config(size: LMSize) -> GPTNeoXConfig:
     return GPTNeoXConfig(
         hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
         num_attention_heads=size.num_heads, intermediate_size=size.ffn_dim,
-        rotary_pct=0.25, use_parallel_residual=True,
+        rotary_pct=0.25, use_parallel_residual=True, vocab_size=50304 if size.hidden_size < 5120 else 50688,
+        tie_word_embeddings=False,
     )
 
 

@@ -27,6 +27,8 @@ def make_config(size: LMSize) -> Qwen2Config:
         hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
         num_attention_heads=size.num_heads, intermediate_size=size.ffn_dim,
         num_key_value_heads=size.extra["num_key_value_heads"],
+        vocab_size=151936,
+        tie_word_embeddings=size.hidden_size <= 2048,  # 0.5B-3B tie their head
     )
 
 
