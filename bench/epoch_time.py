@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.training import run_trial  # noqa: E402
-from orchestrator.plan import TrialSpec  # noqa: E402
-from orchestrator.spec import Hyperparameters  # noqa: E402
+from experiments.training import run_trial
+from orchestrator.plan import TrialSpec
+from orchestrator.spec import Hyperparameters
 
 
 def seconds_per_epoch(family, size, layer, device, dtype, epochs) -> tuple[float, float]:

@@ -82,7 +82,7 @@ def make_checkpoint(family: str, path: Path, hidden: int, layers: int) -> None:
 
 def measure(family: str, mode: str, path: Path, layer: int) -> dict:
     code = CHILD.format(root=str(ROOT), family=family, mode=mode, path=str(path), layer=layer)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])

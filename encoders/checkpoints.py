@@ -97,7 +97,7 @@ class CheckpointDir:
         fs, path = self._fs_for(location)
         if is_url(location):
             return fs.open(path, "rb", cache_type="none", block_size=2**20)
-        return open(path, "rb")  # noqa: SIM115 - caller closes
+        return open(path, "rb")
 
     def stamp(self, location: str) -> str:
         """A version stamp of one file: whatever its filesystem reports (for the layer cache)."""

@@ -68,7 +68,7 @@ Opener = Callable[[str], BinaryIO]
 
 
 def open_local(path: str) -> BinaryIO:
-    return open(path, "rb")  # noqa: SIM115 - caller closes
+    return open(path, "rb")
 
 
 class SafetensorsReader:

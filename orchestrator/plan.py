@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -39,7 +39,7 @@ class TrialSpec:
     task: str
     control: str
     seed: int
-    hparams: Hyperparameters = Hyperparameters()
+    hparams: Hyperparameters = field(default_factory=Hyperparameters)
 
     @property
     def layer_label(self) -> str:
@@ -124,9 +124,8 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
     if len(set(spec.seeds)) != len(spec.seeds):
         raise SpecError(f"duplicate seeds {list(spec.seeds)}")
     lm_controls = [c for c in spec.controls if c != "none"]
-    if "pretrained" in lm_controls or "random" in lm_controls:
-        if not spec.layers:
-            raise SpecError("empty sweep: no layers; valid: last, all, 5, -1, 2..5, 3:5")
+    if ("pretrained" in lm_controls or "random" in lm_controls) and not spec.layers:
+        raise SpecError("empty sweep: no layers; valid: last, all, 5, -1, 2..5, 3:5")
 
     if spec.hparams.final_norm:
         for family in spec.families:

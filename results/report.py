@@ -16,10 +16,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
+import matplotlib.pyplot as plt
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
 
 AXES = ["family", "size", "layers", "task", "control", "seed"]
 CONTROL_ORDER = ["pretrained", "random", "adapters", "none"]

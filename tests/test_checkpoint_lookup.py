@@ -37,7 +37,7 @@ def offline_cache(tmp_path, monkeypatch):
 
 
 def test_found_in_hf_cache_with_its_revision(tmp_path, offline_cache):
-    model, src = save_tiny_opt(tmp_path / "src", shard="20KB")
+    _, src = save_tiny_opt(tmp_path / "src", shard="20KB")
     snapshot = fake_hf_cache(offline_cache, "facebook/opt-125m", src.path)
     ckpt = locate(OPT, OPT.size("125m"), None)
     assert ckpt.source == "hf-cache" and ckpt.path == snapshot

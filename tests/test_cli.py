@@ -133,7 +133,7 @@ def test_layer_syntax_ranges_spans_negative():
 def test_sweep_script_subprocess_exit_code(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "sweep.py"), "--family", "nope"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True, text=True, check=False, cwd=tmp_path, timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("sweep: error: unknown family 'nope'; valid: bert, gpt2")

@@ -50,7 +50,7 @@ def family_checkpoint(request, tmp_path):
 
 
 def test_layer_matches_own_model_layer(family_checkpoint):
-    fam, model, own_layers, ckpt = family_checkpoint
+    fam, _, own_layers, ckpt = family_checkpoint
     reader = SafetensorsReader()
     loaded = load_layers(fam, ckpt, [1], reader=reader)
     layer = loaded.layers[0].eval()

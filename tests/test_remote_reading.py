@@ -71,7 +71,7 @@ def test_layer_straddling_two_shards(tmp_path):
 
 
 def test_weights_dir_as_url_and_missing_remote(served, tmp_path):
-    _, local, server = served
+    _, _, server = served
     size = OPT.size("125m")
     # a URL --weights-dir holding no such checkpoint is not found (and says so)
     from encoders.checkpoints import WeightsNotFoundError

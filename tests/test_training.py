@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from experiments.checkpointing import load_state, save_state
 from experiments.training import run_trial
 from orchestrator.plan import TrialSpec
 from orchestrator.spec import Hyperparameters
-from experiments.checkpointing import load_state, save_state
 
 
 def trial(control="pretrained", layers=(0,), epochs=4, seed=0):
