@@ -42,12 +42,18 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in frozen}
 
 
-def train_epoch(model, loader, optimizer, device) -> float:
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite: the trial stops at once (the sweep goes on)."""
+
+
+def train_epoch(model, loader, optimizer, device, epoch: int = 0) -> float:
     model.train()
     total, n = 0.0, 0
-    for x, y in loader:
+    for step, (x, y) in enumerate(loader):
         x, y = x.to(device), y.to(device)
         loss = F.cross_entropy(model(x), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -122,7 +128,7 @@ def run_trial(
         # Shuffling seeded per (seed, epoch): a resumed trial sees the same batches.
         gen = torch.Generator().manual_seed(trial.seed * 100_003 + epoch)
         loader = DataLoader(train_ds, batch_size=hp.batch_size, shuffle=True, generator=gen)
-        train_loss = train_epoch(model, loader, optimizer, device)
+        train_loss = train_epoch(model, loader, optimizer, device, epoch)
         val_loss, val_acc = evaluate(model, val_loader, device)
         best = max(best, val_acc)
         metrics = {

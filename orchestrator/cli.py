@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite ./mlflow.db)")
     r.add_argument("--report-dir", help="where the report goes (default: ./lmblocks-reports/NAME)")
     r.add_argument("--dry-run", action="store_true", help="print the trial plan and exit")
+    r.add_argument("--force", action="store_true",
+                   help="rerun cells that already have a FINISHED run in the experiment")
     r.add_argument("--quiet", action="store_true", help="no Ray progress output")
+    r.add_argument("--max-failures", type=int, default=2,
+                   help="retries of a failed trial from its last checkpoint (default 2)")
     return p
 
 
@@ -137,13 +141,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from orchestrator.tracking import default_tracking_uri
+    from orchestrator.tracking import default_tracking_uri, finished_trial_keys
     from orchestrator.tuner import run_sweep
     from results.report import build_report
 
     experiment = args.experiment or spec.name
     tracking_uri = args.tracking_uri or default_tracking_uri()
     storage = args.storage or str(Path("lmblocks-runs").resolve())
+    report_dir = Path(args.report_dir or Path("lmblocks-reports") / experiment).resolve()
+    if not args.force:
+        done = finished_trial_keys(tracking_uri, experiment)
+        todo = [t for t in plan if t.key not in done]
+        if len(todo) < len(plan):
+            print(f"{len(plan) - len(todo)} of {len(plan)} trials already FINISHED in experiment "
+                  f"{experiment!r}: skipped (--force reruns them)")
+        if not todo:
+            report = build_report(tracking_uri, experiment, report_dir)
+            print(report.table.to_markdown(index=False))
+            print(f"\nnothing to run; report: {report_dir}")
+            return 0
+        plan = todo
     outcome = run_sweep(
         spec,
         plan,
@@ -154,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         address=args.address,
         weights_dir=str(Path(args.weights_dir).resolve()) if args.weights_dir else None,
         quiet=args.quiet,
+        max_failures=args.max_failures,
     )
-    report_dir = Path(args.report_dir or Path("lmblocks-reports") / experiment).resolve()
-    report = build_report(tracking_uri, experiment, report_dir, outcome.parent_run_id)
+    report = build_report(tracking_uri, experiment, report_dir, log_to=outcome.parent_run_id)
     print()
     print(report.table.to_markdown(index=False))
     print(

@@ -61,6 +61,20 @@ def _spec_dict(spec: SweepSpec) -> dict:
     return {**{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, **hp}
 
 
+def finished_trial_keys(tracking_uri: str, experiment: str) -> set[str]:
+    """Trial keys with a FINISHED run in the experiment: cells that need not run again."""
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return set()
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`lmblocks.kind` = 'trial' AND attributes.status = 'FINISHED'",
+        max_results=50_000,
+    )
+    return {r.data.tags.get("lmblocks.trial_key") for r in runs} - {None}
+
+
 def run_name(t: TrialSpec) -> str:
     if t.control == "none":
         return f"none-{t.task}-s{t.seed}"
@@ -109,6 +123,14 @@ class MlflowTrialLogger(LoggerCallback):
         self.runs[trial.trial_id] = run.info.run_id
         params = [mlflow.entities.Param(k, str(v)) for k, v in spec.to_config().items()]
         self.client.log_batch(run.info.run_id, params=params)
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        """A failed trial restarts from its last checkpoint: its run records the retry."""
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is not None:
+            retries = self.client.get_run(run_id).data.tags.get("retries", "0")
+            self.client.set_tag(run_id, "retries", str(int(retries) + 1))
+            self.client.set_tag(run_id, "last_failure", _failure_reason(trial))
 
     def log_trial_result(self, iteration: int, trial: Trial, result: dict) -> None:
         run_id = self.runs[trial.trial_id]

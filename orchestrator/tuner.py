@@ -73,6 +73,7 @@ def run_sweep(
     address: str | None = None,
     weights_dir: str | None = None,
     quiet: bool = False,
+    max_failures: int = 2,
 ) -> SweepOutcome:
     start = time.time()
     # Per-epoch checkpoints of a seconds-long epoch trip Tune's snapshot-frequency warning.
@@ -103,7 +104,7 @@ def run_sweep(
                 storage_path=storage,
                 callbacks=[logger],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=max_failures),
                 verbose=0 if quiet else 1,
             ),
         )

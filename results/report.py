@@ -46,18 +46,30 @@ def latest_sweep_run(client: MlflowClient, experiment: str) -> str:
 
 
 def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
-    """One row per trial run of the sweep: every axis, status, final and best metrics."""
+    """One row per trial cell: every axis, status, final and best metrics.
+
+    By default the whole experiment (every sweep invocation that added cells to the study),
+    one run per trial key: the latest FINISHED one, else the latest. With ``parent_run_id``,
+    only that invocation's runs. ``attrs["parent_run_id"]`` is the latest sweep run.
+    """
     client = MlflowClient(tracking_uri)
-    parent = parent_run_id or latest_sweep_run(client, experiment)
-    exp_id = client.get_run(parent).info.experiment_id
+    latest = latest_sweep_run(client, experiment)
+    exp_id = client.get_run(latest).info.experiment_id
     mlflow.set_tracking_uri(tracking_uri)
-    raw = mlflow.search_runs(
-        experiment_ids=[exp_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
-        output_format="pandas",
-    )
+    where = (f"tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id
+             else "tags.`lmblocks.kind` = 'trial'")
+    raw = mlflow.search_runs(experiment_ids=[exp_id], filter_string=where, output_format="pandas")
+    if not raw.empty and not parent_run_id and "tags.lmblocks.trial_key" in raw:
+        raw = (
+            raw.assign(_done=raw["status"].eq("FINISHED"))
+            .sort_values(["_done", "start_time"], ascending=False)
+            .drop_duplicates("tags.lmblocks.trial_key")
+            .drop(columns="_done")
+        )
     if raw.empty:
-        return pd.DataFrame(columns=[*AXES, "status", "run_id"])
+        empty = pd.DataFrame(columns=[*AXES, "status", "run_id"])
+        empty.attrs["parent_run_id"] = parent_run_id or latest
+        return empty
     df = pd.DataFrame({axis: raw[f"params.{axis}"].fillna("") for axis in AXES})
     df["seed"] = df["seed"].astype(int)
     df["status"] = raw["status"]
@@ -66,7 +78,10 @@ def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = No
     for col in raw.columns:
         if col.startswith("metrics."):
             df[col.removeprefix("metrics.")] = raw[col]
-    df.attrs["parent_run_id"] = parent
+    for metric in ("train_loss", "val_loss", "val_acc", "best_val_acc"):
+        if metric not in df:  # every run failed before its first epoch
+            df[metric] = float("nan")
+    df.attrs["parent_run_id"] = parent_run_id or latest
     return df
 
 
@@ -180,16 +195,17 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc")
 
 def build_report(
     tracking_uri: str, experiment: str, out_dir: str | Path, parent_run_id: str | None = None,
-    log_to_parent: bool = True,
+    log_to: str | None = None,
 ) -> Report:
+    """Report on the experiment (or one sweep run); artifacts logged to ``log_to`` if given."""
     df = load_runs(tracking_uri, experiment, parent_run_id)
     if df.empty:
         raise ReportError(f"experiment {experiment!r}: the sweep has no trial runs")
     report = write_report(df, out_dir)
-    if log_to_parent:
+    if log_to:
         client = MlflowClient(tracking_uri)
         for f in report.files:
-            client.log_artifact(df.attrs["parent_run_id"], str(f), artifact_path="report")
+            client.log_artifact(log_to, str(f), artifact_path="report")
     return report
 
 
@@ -199,13 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m results.report", description=__doc__.split("\n")[0])
     p.add_argument("--experiment", required=True, help="MLflow experiment name of the sweep")
     p.add_argument("--tracking-uri", default=None, help="default: sqlite mlflow.db in this dir")
-    p.add_argument("--parent-run", default=None, help="sweep run id (default: the latest)")
+    p.add_argument("--parent-run", default=None,
+                   help="only this sweep run's trials (default: every cell of the experiment)")
     p.add_argument("--out", default=None, help="output dir (default: lmblocks-reports/EXPERIMENT)")
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
     out = Path(args.out or Path("lmblocks-reports") / args.experiment).resolve()
     try:
-        report = build_report(uri, args.experiment, out, args.parent_run)
+        client = MlflowClient(uri)
+        log_to = args.parent_run or latest_sweep_run(client, args.experiment)
+        report = build_report(uri, args.experiment, out, args.parent_run, log_to=log_to)
     except ReportError as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2

@@ -12,10 +12,13 @@ from results.report import build_report, load_runs, main, summarize
 
 def log_sweep(uri: str, experiment: str, rows: list[dict]) -> str:
     client = MlflowClient(uri)
-    exp = client.create_experiment(experiment)
+    found = client.get_experiment_by_name(experiment)
+    exp = found.experiment_id if found else client.create_experiment(experiment)
     parent = client.create_run(exp, tags={"lmblocks.kind": "sweep"}).info.run_id
     for row in rows:
-        run = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
+        key = "|".join(str(row.get(k, "")) for k in ("family", "size", "layers", "control", "seed"))
+        tags = {"mlflow.parentRunId": parent, "lmblocks.kind": "trial", "lmblocks.trial_key": key}
+        run = client.create_run(exp, tags=tags).info.run_id
         for k in ("family", "size", "layers", "task", "control", "seed"):
             client.log_param(run, k, row.get(k, ""))
         if "val_acc" in row:
@@ -73,11 +76,16 @@ def test_report_files_logged_to_the_parent_run(uri, tmp_path, capsys):
     assert (tmp_path / "r" / "metric_vs_layer.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_latest_sweep_is_the_default_and_unknown_experiment_exits_2(uri, tmp_path, capsys):
-    log_sweep(uri, "exp", ROWS[:2])
-    newer = log_sweep(uri + "", "exp2", ROWS[:1])
-    assert load_runs(uri, "exp2").attrs["parent_run_id"] == newer
+def test_experiment_wide_by_default_one_run_per_cell(uri, tmp_path, capsys):
+    first = log_sweep(uri, "exp", ROWS[:2] + ROWS[-1:])  # the layer-3 seed-1 cell FAILED ...
+    rerun = {**ROWS[-1], "status": "FINISHED", "val_acc": 0.65}
+    second = log_sweep(uri, "exp", [rerun, ROWS[2]])  # ... and a later sweep finished it
+    df = load_runs(uri, "exp")
+    assert df.attrs["parent_run_id"] == second
+    assert len(df) == 4 and (df["status"] == "FINISHED").all()
+    assert len(load_runs(uri, "exp", parent_run_id=first)) == 3  # one invocation only
     assert main(["--experiment", "nope", "--tracking-uri", uri]) == 2
     assert "unknown experiment 'nope'" in capsys.readouterr().err
-    report = build_report(uri, "exp", tmp_path / "x", log_to_parent=False)
-    assert len(report.summary) == 1
+    report = build_report(uri, "exp", tmp_path / "x")
+    cells = report.summary.set_index(["control", "layers"])
+    assert cells.loc[("pretrained", "3"), "failed"] == 0

@@ -55,3 +55,45 @@ def test_smoke_sweep_end_to_end(tmp_path):
     assert "report:" in proc.stdout and "| digits" in proc.stdout
     # per-epoch Tune checkpoints hold the trainable weights as safetensors
     assert list((tmp_path / "ray").rglob("checkpoint_*/trainable.safetensors"))
+
+    # the same sweep again: every cell is recognised as finished, nothing reruns
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--quiet",
+         "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "e2e"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{len(plan)} of {len(plan)} trials already FINISHED" in again.stdout
+    assert "nothing to run" in again.stdout
+    assert len(mlflow.search_runs(experiment_names=["e2e"])) == len(runs)  # no new run
+    # an added seed runs only the new seed's cells
+    more = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--quiet", "--seeds", "0", "1",
+         "--controls", "none", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
+         "--experiment", "e2e"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "1 of 2 trials already FINISHED" in more.stdout
+    children = mlflow.search_runs(experiment_names=["e2e"],
+                                  filter_string="tags.`lmblocks.kind` = 'trial'")
+    assert len(children) == len(plan) + 1
+
+
+@pytest.mark.slow
+def test_nan_trials_fail_with_reason_and_the_sweep_goes_on(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--controls", "none",
+         "--seeds", "0", "1", "--lr", "1e6", "--max-failures", "0", "--quiet",
+         "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "nan"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "0 trials finished, 2 failed" in proc.stdout
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["nan"],
+                              filter_string="tags.`lmblocks.kind` = 'trial'")
+    assert len(runs) == 2 and (runs["status"] == "FAILED").all()
+    assert runs["tags.failure.reason"].str.contains("NonFiniteLossError: loss is nan").all()
+    assert "[2 failed]" in (tmp_path / "lmblocks-reports" / "nan" / "ablation.md").read_text()

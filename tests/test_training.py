@@ -52,3 +52,13 @@ def test_seeds_are_reproducible_and_distinct():
     assert first_epoch(0) == first_epoch(0)
     assert first_epoch(0) != first_epoch(1)
     assert torch.get_num_threads() >= 1
+
+
+def test_non_finite_loss_stops_the_trial_at_once():
+    from experiments.training import NonFiniteLossError
+
+    seen = []
+    hp = Hyperparameters(epochs=3, lr=1e6)  # diverges within the first epoch, for real
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1, step"):
+        run_trial(TrialSpec("", "", (), "digits", "none", 0, hp), lambda m, s: seen.append(m))
+    assert seen == []  # no epoch reported, no checkpoint
