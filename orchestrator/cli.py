@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="rerun cells that already have a FINISHED run in the experiment")
     r.add_argument("--quiet", action="store_true", help="no Ray progress output")
+    s = p.add_argument_group("search and scheduling")
+    s.add_argument("--search", default="grid", help="grid (every plan row once) or optuna")
+    s.add_argument("--sampler", default="tpe", help="optuna sampler: tpe, random, cmaes, gp, qmc")
+    s.add_argument("--num-samples", type=int, help="trials for --search optuna (default: plan size)")
+    s.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    s.add_argument("--scheduler", default="fifo", help="fifo, or asha (early-stop weak trials)")
+    s.add_argument("--search-hparams", action="store_true",
+                   help="with --search optuna: search lr and weight decay jointly")
     r.add_argument("--max-failures", type=int, default=2,
                    help="retries of a failed trial from its last checkpoint (default 2)")
     return p
@@ -136,6 +144,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print_plan(plan)
             return 0
+        from orchestrator.tuner import SAMPLERS, SCHEDULERS, SEARCHES
+
+        for flag, value, valid in (("search", args.search, SEARCHES),
+                                   ("sampler", args.sampler, tuple(SAMPLERS)),
+                                   ("scheduler", args.scheduler, SCHEDULERS)):
+            if value not in valid:
+                raise SpecError(f"unknown --{flag} {value!r}; valid: {', '.join(valid)}")
+        for flag, value in (("num-samples", args.num_samples),
+                            ("max-concurrent", args.max_concurrent),
+                            ("max-failures", args.max_failures)):
+            if value is not None and value < (0 if flag == "max-failures" else 1):
+                raise SpecError(f"--{flag} must be positive (got {value})")
+        if args.search_hparams and args.search != "optuna":
+            raise SpecError("--search-hparams needs --search optuna")
         identities = preflight_weights(plan, args.weights_dir)
     except SpecError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
@@ -149,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = args.tracking_uri or default_tracking_uri()
     storage = args.storage or str(Path("lmblocks-runs").resolve())
     report_dir = Path(args.report_dir or Path("lmblocks-reports") / experiment).resolve()
-    if not args.force:
+    if not args.force and args.search == "grid":
         done = finished_trial_keys(tracking_uri, experiment)
         todo = [t for t in plan if t.key not in done]
         if len(todo) < len(plan):
@@ -172,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         weights_dir=str(Path(args.weights_dir).resolve()) if args.weights_dir else None,
         quiet=args.quiet,
         max_failures=args.max_failures,
+        search=args.search,
+        sampler=args.sampler,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        scheduler=args.scheduler,
+        search_hparams=args.search_hparams,
     )
     report = build_report(tracking_uri, experiment, report_dir, log_to=outcome.parent_run_id)
     print()

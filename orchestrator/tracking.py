@@ -162,6 +162,10 @@ class MlflowTrialLogger(LoggerCallback):
             self.client.set_tag(run_id, "failure.reason", _failure_reason(trial))
         else:
             self.finished += 1
+            planned = int(trial.config.get("epochs", 0))
+            done = int((trial.last_result or {}).get("epoch", planned))
+            if done < planned:  # an early-stopping scheduler (ASHA) ended it
+                self.client.set_tag(run_id, "stopped_early", f"after epoch {done} of {planned}")
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 

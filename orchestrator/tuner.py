@@ -16,8 +16,11 @@ from pathlib import Path
 import ray
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution
-from optuna.samplers import TPESampler
+from optuna.samplers import CmaEsSampler, GPSampler, QMCSampler, RandomSampler, TPESampler
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from experiments.tasks.registry import get_task
@@ -48,7 +51,16 @@ def trial_resources() -> dict[str, float]:
     return {"cpu": 1, "gpu": 1 if gpus >= 1 else 0}
 
 
-def optuna_exhaustive(plan: list[TrialSpec], metric: str, mode: str, seed: int = 0) -> OptunaSearch:
+SAMPLERS = {"tpe": TPESampler, "random": RandomSampler, "cmaes": CmaEsSampler,
+            "gp": GPSampler, "qmc": QMCSampler}
+SEARCHES = ("grid", "optuna")
+SCHEDULERS = ("fifo", "asha")
+
+
+def optuna_exhaustive(
+    plan: list[TrialSpec], metric: str, mode: str, seed: int = 0, **study
+) -> OptunaSearch:
+    """Every plan row enqueued once: Optuna drives an exhaustive grid."""
     rows = [{k: v for k, v in t.to_config().items() if k in AXES} for t in plan]
     space = {
         axis: CategoricalDistribution(sorted({row[axis] for row in rows}, key=str)) for axis in AXES
@@ -59,7 +71,68 @@ def optuna_exhaustive(plan: list[TrialSpec], metric: str, mode: str, seed: int =
         mode=mode,
         points_to_evaluate=rows,
         sampler=TPESampler(seed=seed),
+        **study,
     )
+
+
+class DefineByRunSpace:
+    """The conditional space, define-by-run: a size's choices depend on the family, the
+    layer selections on the size (OPT-125m has 12 layers, OPT-66b 64), the rest on the
+    control. Choices come from the validated plan, so the search never leaves it.
+    A class, not a closure: Tune pickles the searcher with its experiment state."""
+
+    def __init__(self, plan: list[TrialSpec], search_hparams: bool) -> None:
+        self.cells: dict = {}
+        for t in plan:
+            sizes = self.cells.setdefault(t.control, {}).setdefault(t.family, {})
+            labels = sizes.setdefault(t.size, [])
+            if t.layer_label not in labels:
+                labels.append(t.layer_label)
+        self.tasks = sorted({t.task for t in plan})
+        self.seeds = sorted({t.seed for t in plan})
+        self.search_hparams = search_hparams
+
+    def __call__(self, trial) -> dict[str, object]:
+        control = trial.suggest_categorical("control", sorted(self.cells))
+        by_family = self.cells[control]
+        family = trial.suggest_categorical(f"family|{control}", sorted(by_family))
+        size = trial.suggest_categorical(f"size|{control}|{family}", sorted(by_family[family]))
+        labels = by_family[family][size]
+        layers = trial.suggest_categorical(f"layers|{control}|{family}|{size}", labels)
+        out = {"control": control, "family": family, "size": size, "layers": layers,
+               "task": trial.suggest_categorical("task", self.tasks),
+               "seed": trial.suggest_categorical("seed", self.seeds)}
+        if self.search_hparams:
+            out["lr"] = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+            out["weight_decay"] = trial.suggest_float("weight_decay", 1e-4, 0.3, log=True)
+        return out
+
+
+def make_searcher(
+    plan: list[TrialSpec], *, search: str, sampler: str, metric: str, mode: str,
+    study_path: Path | None, study_name: str, search_hparams: bool = False, seed: int = 0,
+) -> OptunaSearch:
+    """The Optuna study is journaled next to the Ray results, so a resumed sweep continues it."""
+    study = {"study_name": study_name}
+    if study_path is not None:
+        study_path.parent.mkdir(parents=True, exist_ok=True)
+        study["storage"] = JournalStorage(JournalFileBackend(str(study_path)))
+    if search == "grid":
+        return optuna_exhaustive(plan, metric, mode, seed, **study)
+    return OptunaSearch(
+        space=DefineByRunSpace(plan, search_hparams),
+        metric=metric,
+        mode=mode,
+        sampler=SAMPLERS[sampler](seed=seed),
+        **study,
+    )
+
+
+def make_scheduler(name: str, metric: str, mode: str, epochs: int):
+    if name == "asha":  # stops weak trials on the per-epoch validation metric
+        return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=epochs,
+                             grace_period=max(1, epochs // 4), reduction_factor=2)
+    return None
 
 
 def run_sweep(
@@ -74,6 +147,12 @@ def run_sweep(
     weights_dir: str | None = None,
     quiet: bool = False,
     max_failures: int = 2,
+    search: str = "grid",
+    sampler: str = "tpe",
+    num_samples: int | None = None,
+    max_concurrent: int | None = None,
+    scheduler: str = "fifo",
+    search_hparams: bool = False,
 ) -> SweepOutcome:
     start = time.time()
     # Per-epoch checkpoints of a seconds-long epoch trip Tune's snapshot-frequency warning.
@@ -90,12 +169,20 @@ def run_sweep(
             tune.with_parameters(tune_trial, weights_dir=weights_dir), trial_resources()
         )
         name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        local = "://" not in storage
+        searcher = make_searcher(
+            plan, search=search, sampler=sampler, metric=task.metric, mode=task.mode,
+            study_path=Path(storage) / name / "optuna.journal" if local else None,
+            study_name=experiment, search_hparams=search_hparams,
+        )
         tuner = tune.Tuner(
             trainable,
             param_space=_hparams(plan[0]),
             tune_config=tune.TuneConfig(
-                search_alg=optuna_exhaustive(plan, task.metric, task.mode),
-                num_samples=len(plan),
+                search_alg=searcher,
+                scheduler=make_scheduler(scheduler, task.metric, task.mode, spec.hparams.epochs),
+                num_samples=len(plan) if search == "grid" else (num_samples or len(plan)),
+                max_concurrent_trials=max_concurrent,
                 reuse_actors=True,  # a new worker re-imports torch/transformers: ~10 s a trial
                 trial_dirname_creator=lambda t: f"{run_name(TrialSpec.from_config(t.config))}-{t.trial_id}",
             ),

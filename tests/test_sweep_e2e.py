@@ -97,3 +97,36 @@ def test_nan_trials_fail_with_reason_and_the_sweep_goes_on(tmp_path):
     assert len(runs) == 2 and (runs["status"] == "FAILED").all()
     assert runs["tags.failure.reason"].str.contains("NonFiniteLossError: loss is nan").all()
     assert "[2 failed]" in (tmp_path / "lmblocks-reports" / "nan" / "ablation.md").read_text()
+
+
+@pytest.mark.slow
+def test_optuna_search_with_asha_persists_its_study(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--search", "optuna",
+         "--sampler", "random", "--num-samples", "4", "--scheduler", "asha", "--epochs", "4",
+         "--controls", "pretrained", "--layers", "all", "--max-concurrent", "2", "--quiet",
+         "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "opt"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["opt"],
+                              filter_string="tags.`lmblocks.kind` = 'trial'")
+    assert len(runs) == 4 and (runs["status"] == "FINISHED").all()
+    assert set(runs["params.layers"]) <= {str(i) for i in range(6)}  # sampled from the plan
+    assert (runs["params.control"] == "pretrained").all()
+    journals = list((tmp_path / "ray").rglob("optuna.journal"))
+    assert len(journals) == 1
+    study = optuna.load_study(study_name="opt",
+                              storage=JournalStorage(JournalFileBackend(str(journals[0]))))
+    assert len(study.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # ASHA (grace 1 epoch, halving) stops at least one of four trials before its 4th epoch
+    epochs = [len(MlflowClient(uri).get_metric_history(r, "val_acc")) for r in runs["run_id"]]
+    assert min(epochs) < 4 and max(epochs) == 4
+    assert runs["tags.stopped_early"].notna().sum() == sum(e < 4 for e in epochs)
