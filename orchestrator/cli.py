@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite ./mlflow.db)")
     r.add_argument("--report-dir", help="where the report goes (default: ./lmblocks-reports/NAME)")
     r.add_argument("--dry-run", action="store_true", help="print the trial plan and exit")
+    r.add_argument("--resume", metavar="RAY_EXPERIMENT_DIR",
+                   help="continue an interrupted sweep (the 'Ray Tune results' folder it printed)")
     r.add_argument("--force", action="store_true",
                    help="rerun cells that already have a FINISHED run in the experiment")
     r.add_argument("--quiet", action="store_true", help="no Ray progress output")
@@ -134,9 +136,22 @@ def preflight_weights(plan, weights_dir: str | None) -> dict[tuple[str, str], st
     return identities
 
 
+def _resume(args: argparse.Namespace) -> int:
+    from orchestrator.tuner import SWEEP_FILE, resume_sweep
+
+    path = Path(args.resume).resolve()
+    if not (path / SWEEP_FILE).is_file():
+        raise SpecError(f"--resume {args.resume!r}: not a sweep folder (no {SWEEP_FILE}); valid: "
+                        "the 'Ray Tune results' folder a sweep printed, under --storage")
+    outcome = resume_sweep(path, address=args.address, quiet=args.quiet)
+    return _finish(outcome, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.resume is not None:
+            return _resume(args)
         spec = spec_from_args(args)
         from orchestrator.plan import build_plan
 
@@ -201,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         scheduler=args.scheduler,
         search_hparams=args.search_hparams,
     )
+    return _finish(outcome, args)
+
+
+def _finish(outcome, args: argparse.Namespace) -> int:
+    from results.report import build_report
+
+    experiment, tracking_uri = outcome.experiment, outcome.tracking_uri
+    report_dir = Path(args.report_dir or Path("lmblocks-reports") / experiment).resolve()
     report = build_report(tracking_uri, experiment, report_dir, log_to=outcome.parent_run_id)
     print()
     print(report.table.to_markdown(index=False))

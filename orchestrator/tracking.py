@@ -101,6 +101,14 @@ class MlflowTrialLogger(LoggerCallback):
         self.finished = 0
         self.failed = 0
 
+    def get_state(self) -> dict:
+        """Saved with Tune's experiment state, so a resumed sweep keeps trial -> run."""
+        return {"runs": dict(self.runs), "tagged": sorted(self.tagged)}
+
+    def set_state(self, state: dict) -> None:
+        self.runs = dict(state.get("runs", {}))
+        self.tagged = set(state.get("tagged", []))
+
     def log_trial_start(self, trial: Trial) -> None:
         if trial.trial_id in self.runs:  # a retried trial keeps its run
             return

@@ -1,13 +1,15 @@
 """Run a plan with Ray Tune: Optuna as the search algorithm, MLflow as the record.
 
-Optuna (through Ray Tune's ``OptunaSearch``) drives the trials. In this exhaustive mode
-every plan row is enqueued as an Optuna trial (``points_to_evaluate``) and
-``num_samples`` equals the plan's length, so each row runs exactly once; smarter search
-plugs in here by changing the searcher, not the trainable.
+Optuna (through Ray Tune's ``OptunaSearch``) drives the trials: ``--search grid`` walks
+the plan's rows with Optuna's GridSampler (each row once, ``num_samples`` = rows);
+``--search optuna`` samples a define-by-run conditional space built from the plan (TPE by
+default). The study is journaled next to the Ray results; ``--resume`` restores Ray Tune's
+experiment (searcher and MLflow logger state included) and continues it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -15,8 +17,14 @@ from pathlib import Path
 
 import ray
 from mlflow.tracking import MlflowClient
-from optuna.distributions import CategoricalDistribution
-from optuna.samplers import CmaEsSampler, GPSampler, QMCSampler, RandomSampler, TPESampler
+from optuna.samplers import (
+    CmaEsSampler,
+    GPSampler,
+    GridSampler,
+    QMCSampler,
+    RandomSampler,
+    TPESampler,
+)
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray import tune
@@ -30,6 +38,7 @@ from orchestrator.tracking import MlflowTrialLogger, run_name, start_parent_run
 from orchestrator.trainable import tune_trial
 
 AXES = ("family", "size", "layers", "task", "control", "seed")
+SWEEP_FILE = "lmblocks_sweep.json"
 
 
 @dataclass
@@ -40,6 +49,7 @@ class SweepOutcome:
     failed: int
     storage: str
     seconds: float
+    tracking_uri: str
 
 
 def trial_resources() -> dict[str, float]:
@@ -57,20 +67,30 @@ SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
 
 
+class GridCells:
+    """Define-by-run space of the exhaustive grid: one categorical ``cell`` (a plan row's
+    index) that Optuna's GridSampler walks without repeats; the row's axes are returned as
+    constants. Any sample is a valid row, and a cell that was asked for but never ran (its
+    driver died) is asked for again once the others are done: GridSampler returns unfinished
+    cells before it repeats finished ones."""
+
+    def __init__(self, plan: list[TrialSpec]) -> None:
+        self.rows = [{k: v for k, v in t.to_config().items() if k in AXES} for t in plan]
+
+    def __call__(self, trial) -> dict[str, object]:
+        return dict(self.rows[trial.suggest_categorical("cell", list(range(len(self.rows))))])
+
+
 def optuna_exhaustive(
     plan: list[TrialSpec], metric: str, mode: str, seed: int = 0, **study
 ) -> OptunaSearch:
-    """Every plan row enqueued once: Optuna drives an exhaustive grid."""
-    rows = [{k: v for k, v in t.to_config().items() if k in AXES} for t in plan]
-    space = {
-        axis: CategoricalDistribution(sorted({row[axis] for row in rows}, key=str)) for axis in AXES
-    }
+    """Every plan row exactly once, driven by Optuna's GridSampler."""
+    cells = GridCells(plan)
     return OptunaSearch(
-        space=space,
+        space=cells,
         metric=metric,
         mode=mode,
-        points_to_evaluate=rows,
-        sampler=TPESampler(seed=seed),
+        sampler=GridSampler({"cell": list(range(len(cells.rows)))}, seed=seed),
         **study,
     )
 
@@ -165,8 +185,9 @@ def run_sweep(
         client = MlflowClient(tracking_uri)
         parent = start_parent_run(client, experiment, spec, len(plan))
         logger = MlflowTrialLogger(tracking_uri, experiment, parent, identities)
+        resources = trial_resources()
         trainable = tune.with_resources(
-            tune.with_parameters(tune_trial, weights_dir=weights_dir), trial_resources()
+            tune.with_parameters(tune_trial, weights_dir=weights_dir), resources
         )
         name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         local = "://" not in storage
@@ -195,21 +216,68 @@ def run_sweep(
                 verbose=0 if quiet else 1,
             ),
         )
-        try:
-            tuner.fit()
-        except BaseException:
-            client.set_terminated(parent, "FAILED")
-            raise
-        client.set_tag(parent, "trials_finished", str(logger.finished))
-        client.set_tag(parent, "trials_failed", str(logger.failed))
-        client.set_tag(parent, "ray.experiment_path", str(Path(storage) / name))
-        client.set_terminated(parent, "FINISHED")
-        return SweepOutcome(
-            experiment, parent, logger.finished, logger.failed, str(Path(storage) / name),
-            time.time() - start,
-        )
+        path = Path(storage) / name
+        if local:  # what --resume needs to continue this sweep (Ray's own state is beside it)
+            path.mkdir(parents=True, exist_ok=True)
+            (path / SWEEP_FILE).write_text(json.dumps({
+                "experiment": experiment, "parent_run_id": parent, "tracking_uri": tracking_uri,
+                "weights_dir": weights_dir, "cpu": resources["cpu"], "gpu": resources["gpu"],
+            }))
+        client.set_tag(parent, "ray.experiment_path", str(path))
+        return _fit(tuner, tracking_uri, experiment, parent, str(path), start)
     finally:
         ray.shutdown()
+
+
+def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = False) -> SweepOutcome:
+    """Continue an interrupted sweep (Ray Tune's experiment restore): finished trials are not
+    rerun, unfinished ones restart from their last epoch checkpoint, errored ones are retried;
+    their MLflow runs are the same runs (the logger's trial -> run map is Tune callback state)."""
+    start = time.time()
+    meta = json.loads((Path(path) / SWEEP_FILE).read_text())
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
+             configure_logging=not quiet)
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(tune_trial, weights_dir=meta["weights_dir"]),
+            {"cpu": meta["cpu"], "gpu": meta["gpu"]},
+        )
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+        return _fit(tuner, meta["tracking_uri"], meta["experiment"], meta["parent_run_id"],
+                    str(path), start)
+    finally:
+        ray.shutdown()
+
+
+def _fit(tuner, tracking_uri: str, experiment: str, parent: str, path: str, start: float):
+    client = MlflowClient(tracking_uri)
+    try:
+        tuner.fit()
+    except BaseException:
+        client.set_terminated(parent, "FAILED")
+        raise
+    finished, failed = close_orphans(client, parent)
+    client.set_tag(parent, "trials_finished", str(finished))
+    client.set_tag(parent, "trials_failed", str(failed))
+    client.set_terminated(parent, "FINISHED")
+    return SweepOutcome(experiment, parent, finished, failed, path, time.time() - start,
+                        tracking_uri)
+
+
+def close_orphans(client: MlflowClient, parent: str) -> tuple[int, int]:
+    """Child runs still RUNNING after the sweep (their driver died before Tune saved them,
+    and Tune ran the cell again) are ended KILLED; returns (finished, failed) counts."""
+    exp_id = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'",
+                              max_results=50_000)
+    for run in runs:
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "orphaned", "its driver died; the cell ran again")
+            client.set_terminated(run.info.run_id, "KILLED")
+    statuses = [r.info.status for r in runs]
+    return statuses.count("FINISHED"), statuses.count("FAILED")
 
 
 def _hparams(trial: TrialSpec) -> dict[str, object]:

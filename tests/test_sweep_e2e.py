@@ -130,3 +130,57 @@ def test_optuna_search_with_asha_persists_its_study(tmp_path):
     epochs = [len(MlflowClient(uri).get_metric_history(r, "val_acc")) for r in runs["run_id"]]
     assert min(epochs) < 4 and max(epochs) == 4
     assert runs["tags.stopped_early"].notna().sum() == sum(e < 4 for e in epochs)
+
+
+@pytest.mark.slow
+def test_driver_killed_then_resume_completes_every_cell_once(tmp_path):
+    import os
+    import signal
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--epochs", "3",
+            "--seeds", "0", "1", "--quiet", "--tracking-uri", uri,
+            "--storage", str(tmp_path / "ray"), "--experiment", "crash"]
+    driver = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    plan = build_plan(load_spec("smoke").replace(epochs=3, seeds=(0, 1)))
+    deadline = time.time() + 400
+    mlflow.set_tracking_uri(uri)
+    while time.time() < deadline:  # kill once some cells are done and others are not
+        time.sleep(2)
+        try:
+            runs = mlflow.search_runs(experiment_names=["crash"],
+                                      filter_string="tags.`lmblocks.kind` = 'trial'")
+        except Exception:  # the store is still being created
+            continue
+        if (runs.get("status", pd_empty()) == "FINISHED").sum() >= 2:
+            break
+    assert driver.poll() is None, "the sweep ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started
+    driver.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+    before = mlflow.search_runs(experiment_names=["crash"],
+                                filter_string="tags.`lmblocks.kind` = 'trial'")
+    assert (before["status"] == "FINISHED").sum() < len(plan)
+
+    experiment_dir = next((tmp_path / "ray").iterdir())
+    resumed = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "--resume", str(experiment_dir), "--quiet"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    after = mlflow.search_runs(experiment_names=["crash"],
+                               filter_string="tags.`lmblocks.kind` = 'trial'")
+    finished = after[after["status"] == "FINISHED"]
+    assert sorted(finished["tags.lmblocks.trial_key"]) == sorted(t.key for t in plan)
+    assert not (after["status"] == "RUNNING").any()  # no orphan left RUNNING
+    parents = mlflow.search_runs(experiment_names=["crash"],
+                                 filter_string="tags.`lmblocks.kind` = 'sweep'")
+    assert len(parents) == 1 and parents["status"].iloc[0] == "FINISHED"
+
+
+def pd_empty():
+    import pandas as pd
+
+    return pd.Series(dtype=object)
