@@ -33,6 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from experiments.tasks.registry import get_task
 from orchestrator.plan import TrialSpec
+from orchestrator.progress import ProgressLine
 from orchestrator.spec import SweepSpec
 from orchestrator.tracking import MlflowTrialLogger, run_name, start_parent_run
 from orchestrator.trainable import tune_trial
@@ -210,10 +211,12 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                callbacks=[logger],
+                callbacks=[logger] if quiet else [logger, ProgressLine(
+                    len(plan) if search == "grid" else (num_samples or len(plan)),
+                    task.metric, task.mode)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                verbose=0 if quiet else 1,
+                verbose=0,  # our one-line progress view instead of Tune's tables
             ),
         )
         path = Path(storage) / name
