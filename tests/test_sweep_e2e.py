@@ -184,3 +184,47 @@ def pd_empty():
     import pandas as pd
 
     return pd.Series(dtype=object)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_epoch_is_retried_from_its_checkpoint(tmp_path):
+    import os
+    import signal
+    import time
+
+    def trial_workers() -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            try:
+                cmd = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
+            except (OSError, ValueError):
+                continue
+            if "ray::ImplicitFunc" in cmd or "ray::tune_trial" in cmd:
+                pids.append(int(entry))
+        return pids
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--epochs", "4",
+            "--controls", "pretrained", "--layers", "last", "--max-failures", "2", "--quiet",
+            "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "kill"]
+    driver = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and time.time() < deadline:  # after its first epoch checkpoint
+        time.sleep(0.5)
+        if list((tmp_path / "ray").rglob("checkpoint_000000/trainable.safetensors")):
+            for pid in trial_workers():
+                os.kill(pid, signal.SIGKILL)  # mid-epoch: epoch 2 is running
+                killed = pid
+    assert killed, "no trial worker found to kill"
+    out, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0, out[-2000:] + err[-2000:]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["kill"],
+                              filter_string="tags.`lmblocks.kind` = 'trial'")
+    assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED"
+    assert int(runs["tags.retries"].iloc[0]) >= 1
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(runs["run_id"].iloc[0],
+                                                                   "val_acc")]
+    assert max(steps) == 4 and 1 in steps  # resumed after epoch 1, not restarted from scratch
