@@ -176,11 +176,7 @@ def run_sweep(
     search_hparams: bool = False,
 ) -> SweepOutcome:
     start = time.time()
-    # Per-epoch checkpoints of a seconds-long epoch trip Tune's snapshot-frequency warning.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Workers must read the same tracking store and our packages; both come from the driver.
-    ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
-             configure_logging=not quiet)
+    _start_ray(address, quiet)
     try:
         task = get_task(plan[0].task)
         client = MlflowClient(tracking_uri)
@@ -238,9 +234,7 @@ def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = 
     their MLflow runs are the same runs (the logger's trial -> run map is Tune callback state)."""
     start = time.time()
     meta = json.loads((Path(path) / SWEEP_FILE).read_text())
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
-             configure_logging=not quiet)
+    _start_ray(address, quiet)
     try:
         trainable = tune.with_resources(
             tune.with_parameters(tune_trial, weights_dir=meta["weights_dir"]),
@@ -252,6 +246,13 @@ def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = 
                     str(path), start)
     finally:
         ray.shutdown()
+
+
+def _start_ray(address: str | None, quiet: bool) -> None:
+    # Per-epoch checkpoints of a seconds-long epoch trip Tune's snapshot-frequency warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
+             configure_logging=not quiet)
 
 
 def _fit(tuner, tracking_uri: str, experiment: str, parent: str, path: str, start: float):
