@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", default="fifo", help="fifo, or asha (early-stop weak trials)")
     s.add_argument("--search-hparams", action="store_true",
                    help="with --search optuna: search lr and weight decay jointly")
+    r.add_argument("--gpus-per-trial", type=float,
+                   help="GPU share of every trial (default: from the block's memory)")
+    r.add_argument("--gpu-memory-gb", type=float,
+                   help="memory of the cluster's GPUs (default: the driver's GPU, else 80)")
     r.add_argument("--max-failures", type=int, default=2,
                    help="retries of a failed trial from its last checkpoint (default 2)")
     return p
@@ -171,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                             ("max-failures", args.max_failures)):
             if value is not None and value < (0 if flag == "max-failures" else 1):
                 raise SpecError(f"--{flag} must be positive (got {value})")
+        for flag, value in (("gpus-per-trial", args.gpus_per_trial),
+                            ("gpu-memory-gb", args.gpu_memory_gb)):
+            if value is not None and value <= 0:
+                raise SpecError(f"--{flag} must be positive (got {value})")
         if args.search_hparams and args.search != "optuna":
             raise SpecError("--search-hparams needs --search optuna")
         identities = preflight_weights(plan, args.weights_dir)
@@ -215,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         max_concurrent=args.max_concurrent,
         scheduler=args.scheduler,
         search_hparams=args.search_hparams,
+        gpus_per_trial=args.gpus_per_trial,
+        gpu_memory_gb=args.gpu_memory_gb,
     )
     return _finish(outcome, args)
 

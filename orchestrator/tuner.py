@@ -34,6 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from experiments.tasks.registry import get_task
 from orchestrator.plan import TrialSpec
 from orchestrator.progress import ProgressLine
+from orchestrator.resources import per_trial_resources
 from orchestrator.spec import SweepSpec
 from orchestrator.tracking import MlflowTrialLogger, run_name, start_parent_run
 from orchestrator.trainable import tune_trial
@@ -53,13 +54,15 @@ class SweepOutcome:
     tracking_uri: str
 
 
-def trial_resources() -> dict[str, float]:
-    """One CPU per trial; one GPU per trial only where the cluster has GPUs.
+def gpu_memory_bytes(override_gb: float | None = None) -> float:
+    """The card whose share a trial asks for: --gpu-memory-gb, the driver's GPU, or 80 GB."""
+    if override_gb:
+        return override_gb * 10**9
+    import torch
 
-    Asking for a GPU on a CPU-only cluster would leave every trial PENDING forever.
-    """
-    gpus = ray.cluster_resources().get("GPU", 0)
-    return {"cpu": 1, "gpu": 1 if gpus >= 1 else 0}
+    if torch.cuda.is_available():
+        return float(torch.cuda.get_device_properties(0).total_memory)
+    return 80e9
 
 
 SAMPLERS = {"tpe": TPESampler, "random": RandomSampler, "cmaes": CmaEsSampler,
@@ -174,6 +177,8 @@ def run_sweep(
     max_concurrent: int | None = None,
     scheduler: str = "fifo",
     search_hparams: bool = False,
+    gpus_per_trial: float | None = None,
+    gpu_memory_gb: float | None = None,
 ) -> SweepOutcome:
     start = time.time()
     _start_ray(address, quiet)
@@ -182,9 +187,10 @@ def run_sweep(
         client = MlflowClient(tracking_uri)
         parent = start_parent_run(client, experiment, spec, len(plan))
         logger = MlflowTrialLogger(tracking_uri, experiment, parent, identities)
-        resources = trial_resources()
+        gpu_bytes = gpu_memory_bytes(gpu_memory_gb)
         trainable = tune.with_resources(
-            tune.with_parameters(tune_trial, weights_dir=weights_dir), resources
+            tune.with_parameters(tune_trial, weights_dir=weights_dir),
+            per_trial_resources(ray.cluster_resources().get("GPU", 0), gpus_per_trial, gpu_bytes),
         )
         name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         local = "://" not in storage
@@ -220,7 +226,8 @@ def run_sweep(
             path.mkdir(parents=True, exist_ok=True)
             (path / SWEEP_FILE).write_text(json.dumps({
                 "experiment": experiment, "parent_run_id": parent, "tracking_uri": tracking_uri,
-                "weights_dir": weights_dir, "cpu": resources["cpu"], "gpu": resources["gpu"],
+                "weights_dir": weights_dir, "gpus_per_trial": gpus_per_trial,
+                "gpu_memory_bytes": gpu_bytes,
             }))
         client.set_tag(parent, "ray.experiment_path", str(path))
         return _fit(tuner, tracking_uri, experiment, parent, str(path), start)
@@ -238,7 +245,8 @@ def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = 
     try:
         trainable = tune.with_resources(
             tune.with_parameters(tune_trial, weights_dir=meta["weights_dir"]),
-            {"cpu": meta["cpu"], "gpu": meta["gpu"]},
+            per_trial_resources(ray.cluster_resources().get("GPU", 0), meta["gpus_per_trial"],
+                                meta["gpu_memory_bytes"]),
         )
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
