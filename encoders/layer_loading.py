@@ -150,8 +150,7 @@ def load_layers(
     for i in indices:
         state = {local: tensors[full] for full, local in wanted[i].items()}
         for full in sorted(wanted[i]):
-            digest.update(full.encode())
-            digest.update(tensors[full].contiguous().view(torch.uint8).numpy().tobytes())
+            _hash_tensor(digest, full, tensors[full])
         layers.append(_strict_layer(family, config, i, state, checkpoint).to(dtype))
     norm = None
     if norm_names:
@@ -174,14 +173,19 @@ def load_layers(
     )
 
 
+def _hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
+    """Name and raw bytes into the layer's identity hash, without copying the bytes."""
+    digest.update(name.encode())
+    digest.update(memoryview(tensor.contiguous().view(torch.uint8).numpy()))
+
+
 def _load_meta(family, checkpoint, config, indices, dtype, reader, final_norm) -> LoadedLayers:
     states = read_meta_tensors(checkpoint, config, indices, reader, final_norm)
     digest = hashlib.sha256()
     layers = []
     for i in indices:
         for name in sorted(states[i]):
-            digest.update(f"layers.{i}.{name}".encode())
-            digest.update(states[i][name].contiguous().view(torch.uint8).numpy().tobytes())
+            _hash_tensor(digest, f"layers.{i}.{name}", states[i][name])
         layers.append(_strict_layer(family, config, i, states[i], checkpoint).to(dtype))
     norm = None
     if final_norm:
