@@ -39,6 +39,9 @@ def bidirectional_mask(
     return mask.expand(batch, 1, length, length)
 
 
+ADAPTER_INITS = ("default", "xavier", "orthogonal")
+
+
 class FrozenLMBlock(nn.Module):
     """Visual tokens (B, T, visual_dim) -> same shape, through frozen LM layers.
 
@@ -71,6 +74,17 @@ class FrozenLMBlock(nn.Module):
         super().train(mode)
         self.layers.eval()  # frozen means frozen statistics and no dropout, too
         return self
+
+    def init_adapters(self, scheme: str) -> None:
+        """Re-initialise the two trainable linear maps; ``default`` keeps PyTorch's
+        Kaiming-uniform. A searchable hyperparameter (the paper leaves it open)."""
+        if scheme not in ADAPTER_INITS:
+            raise ValueError(f"unknown adapter init {scheme!r}; valid: {', '.join(ADAPTER_INITS)}")
+        for proj in (self.proj_in, self.proj_out):
+            if scheme == "xavier":
+                nn.init.xavier_uniform_(proj.weight)
+            elif scheme == "orthogonal":
+                nn.init.orthogonal_(proj.weight)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.proj_in.parameters()

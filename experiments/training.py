@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.block_factory import BlockInfo, build_block
-from encoders.frozen_block import frozen_parameter_count
+from encoders.frozen_block import FrozenLMBlock, frozen_parameter_count
 from experiments.tasks.registry import get_task
 
 
@@ -105,6 +105,8 @@ def run_trial(
         final_norm=hp.final_norm,
     )
     block_dtype = resolve_compute_dtype(hp.compute_dtype, device) if block is not None else "none"
+    if isinstance(block, FrozenLMBlock):
+        block.init_adapters(hp.adapter_init)
     model = task.build_model(block).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)

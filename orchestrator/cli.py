@@ -65,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-samples", type=int, help="trials for --search optuna (default: plan size)")
     s.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     s.add_argument("--scheduler", default="fifo", help="fifo, or asha (early-stop weak trials)")
-    s.add_argument("--search-hparams", action="store_true",
-                   help="with --search optuna: search lr and weight decay jointly")
+    s.add_argument("--search-hparams", nargs="?", const="joint", metavar="joint|per-cell",
+                   help="search lr, weight decay and adapter init: 'joint' (with --search "
+                        "optuna: more axes of the one search) or 'per-cell' (with --search grid: "
+                        "a search of its own for every plan row)")
+    s.add_argument("--samples-per-cell", type=int, default=4,
+                   help="trials per plan row with --search-hparams per-cell (default 4)")
     r.add_argument("--gpus-per-trial", type=float,
                    help="GPU share of every trial (default: from the block's memory)")
     r.add_argument("--gpu-memory-gb", type=float,
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print_plan(plan)
             return 0
-        from orchestrator.tuner import SAMPLERS, SCHEDULERS, SEARCHES
+        from orchestrator.tuner import HPARAM_SEARCHES, SAMPLERS, SCHEDULERS, SEARCHES
 
         for flag, value, valid in (("search", args.search, SEARCHES),
                                    ("sampler", args.sampler, tuple(SAMPLERS)),
@@ -179,14 +183,21 @@ def main(argv: list[str] | None = None) -> int:
                             ("gpu-memory-gb", args.gpu_memory_gb)):
             if value is not None and value <= 0:
                 raise SpecError(f"--{flag} must be positive (got {value})")
-        if args.search_hparams and args.search != "optuna":
-            raise SpecError("--search-hparams needs --search optuna")
+        if args.search_hparams not in (None, *HPARAM_SEARCHES):
+            raise SpecError(f"unknown --search-hparams {args.search_hparams!r}; "
+                            f"valid: {', '.join(HPARAM_SEARCHES)}")
+        needs = {"joint": "optuna", "per-cell": "grid"}.get(args.search_hparams, args.search)
+        if args.search != needs:
+            raise SpecError(f"--search-hparams {args.search_hparams} needs --search {needs} "
+                            f"(got --search {args.search})")
+        if args.samples_per_cell < 1:
+            raise SpecError(f"--samples-per-cell must be positive (got {args.samples_per_cell})")
         identities = preflight_weights(plan, args.weights_dir)
     except SpecError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from orchestrator.tracking import default_tracking_uri, finished_trial_keys
+    from orchestrator.tracking import default_tracking_uri, finished_cells
     from orchestrator.tuner import run_sweep
     from results.report import build_report
 
@@ -195,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     storage = args.storage or str(Path("lmblocks-runs").resolve())
     report_dir = Path(args.report_dir or Path("lmblocks-reports") / experiment).resolve()
     if not args.force and args.search == "grid":
-        done = finished_trial_keys(tracking_uri, experiment)
-        todo = [t for t in plan if t.key not in done]
+        done = finished_cells(tracking_uri, experiment)
+        runs_per_cell = args.samples_per_cell if args.search_hparams == "per-cell" else 1
+        todo = [t for t in plan if done[t.key] < runs_per_cell]
         if len(todo) < len(plan):
             print(f"{len(plan) - len(todo)} of {len(plan)} trials already FINISHED in experiment "
                   f"{experiment!r}: skipped (--force reruns them)")
@@ -223,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         max_concurrent=args.max_concurrent,
         scheduler=args.scheduler,
         search_hparams=args.search_hparams,
+        samples_per_cell=args.samples_per_cell,
         gpus_per_trial=args.gpus_per_trial,
         gpu_memory_gb=args.gpu_memory_gb,
     )

@@ -20,7 +20,7 @@ import pandas as pd
 
 import encoders.families  # noqa: F401  (registers the families)
 import experiments.tasks  # noqa: F401  (registers the tasks)
-from encoders.frozen_block import CONTROLS, WEIGHT_SOURCE
+from encoders.frozen_block import ADAPTER_INITS, CONTROLS, WEIGHT_SOURCE
 from encoders.registry import get_family, list_families
 from experiments.tasks.registry import list_tasks
 from orchestrator.layers import LayerSpecError, Selection, label, parse_label, resolve_layers
@@ -119,6 +119,9 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
         raise SpecError(
             f"unknown compute dtype {spec.hparams.compute_dtype!r}; valid: {', '.join(DTYPES)}"
         )
+    if spec.hparams.adapter_init not in ADAPTER_INITS:
+        raise SpecError(f"unknown adapter init {spec.hparams.adapter_init!r}; "
+                        f"valid: {', '.join(ADAPTER_INITS)}")
     if spec.hparams.epochs < 1 or spec.hparams.batch_size < 1 or spec.hparams.lr <= 0:
         raise SpecError(f"epochs, batch_size and lr must be positive (got {spec.hparams})")
     if len(set(spec.seeds)) != len(spec.seeds):

@@ -22,6 +22,7 @@ class Hyperparameters:
     batch_size: int = 32
     compute_dtype: str = "auto"  # the block's compute dtype: auto = float32 on CPU, bf16 on GPU
     final_norm: bool = False  # the LM's final norm follows the block (off: the paper's setup)
+    adapter_init: str = "default"  # the two linear maps: default (Kaiming), xavier, orthogonal
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ bookkeeping number as a metric.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -36,7 +38,22 @@ def default_tracking_uri() -> str:
 
 def experiment_id(client: MlflowClient, name: str) -> str:
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    if exp:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """For a SQLite store, artifacts next to the database (``mlruns/`` beside ``mlflow.db``),
+    not in whatever directory the sweep was started from (MLflow's default, ``./mlruns``);
+    a tracking server decides for itself."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not db.is_absolute():
+        db = Path.cwd() / db
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+    return (db.parent / "mlruns" / safe).as_uri()
 
 
 def start_parent_run(client: MlflowClient, experiment: str, spec: SweepSpec, n_trials: int) -> str:
@@ -61,18 +78,23 @@ def _spec_dict(spec: SweepSpec) -> dict:
     return {**{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, **hp}
 
 
-def finished_trial_keys(tracking_uri: str, experiment: str) -> set[str]:
-    """Trial keys with a FINISHED run in the experiment: cells that need not run again."""
+def finished_cells(tracking_uri: str, experiment: str) -> Counter[str]:
+    """FINISHED runs per cell key in the experiment: cells that need not run again.
+
+    A cell is a plan row; its key is the row's full-config key, which is also the run's own
+    key unless a hyperparameter search changed the run's hyperparameters."""
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        return set()
+        return Counter()
     runs = client.search_runs(
         [exp.experiment_id],
         filter_string="tags.`lmblocks.kind` = 'trial' AND attributes.status = 'FINISHED'",
         max_results=50_000,
     )
-    return {r.data.tags.get("lmblocks.trial_key") for r in runs} - {None}
+    keys = (r.data.tags.get("lmblocks.cell_key") or r.data.tags.get("lmblocks.trial_key")
+            for r in runs)
+    return Counter(k for k in keys if k)
 
 
 def run_name(t: TrialSpec) -> str:
@@ -98,6 +120,7 @@ class MlflowTrialLogger(LoggerCallback):
         self.identities = identities  # (family, size) -> checkpoint identity, resolved up front
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self.tagged: set[str] = set()
+        self.where: dict[tuple[str, str], str] = {}
         self.finished = 0
         self.failed = 0
 
@@ -110,8 +133,13 @@ class MlflowTrialLogger(LoggerCallback):
         self.tagged = set(state.get("tagged", []))
 
     def log_trial_start(self, trial: Trial) -> None:
+        self._run_of(trial)
+
+    def _run_of(self, trial: Trial) -> str:
+        """The trial's MLflow run, created on first sight: at its start, or at its end when it
+        failed before it could start (an out-of-memory kill while its worker was set up)."""
         if trial.trial_id in self.runs:  # a retried trial keeps its run
-            return
+            return self.runs[trial.trial_id]
         spec = TrialSpec.from_config(trial.config)
         if spec.control == "pretrained":
             checkpoint = self.identities[(spec.family, spec.size)]
@@ -123,6 +151,7 @@ class MlflowTrialLogger(LoggerCallback):
             PARENT_TAG: self.parent_run_id,
             "lmblocks.kind": "trial",
             "lmblocks.trial_key": spec.key,
+            "lmblocks.cell_key": str(trial.config.get("cell_key", spec.key)),
             "lmblocks.tune_trial_id": trial.trial_id,
             "weights.source": spec.weights_source,
             "checkpoint.identity": checkpoint,
@@ -131,6 +160,7 @@ class MlflowTrialLogger(LoggerCallback):
         self.runs[trial.trial_id] = run.info.run_id
         params = [mlflow.entities.Param(k, str(v)) for k, v in spec.to_config().items()]
         self.client.log_batch(run.info.run_id, params=params)
+        return run.info.run_id
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         """A failed trial restarts from its last checkpoint: its run records the retry."""
@@ -160,14 +190,20 @@ class MlflowTrialLogger(LoggerCallback):
                 self.client.set_tag(run_id, "checkpoint.layers_sha256", result["layers_sha256"])
             if result.get("compute_dtype"):
                 self.client.set_tag(run_id, "compute_dtype", result["compute_dtype"])
+        # where it ran, per attempt (a retry may land on another node)
+        for tag, key in (("ray.node_id", "node_id"), ("ray.node_ip", "node_ip"),
+                         ("host", "hostname")):
+            if result.get(key) and self.where.get((run_id, tag)) != result[key]:
+                self.where[(run_id, tag)] = result[key]
+                self.client.set_tag(run_id, tag, str(result[key]))
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
-            return
+        run_id = self._run_of(trial)
         if failed:
             self.failed += 1
-            self.client.set_tag(run_id, "failure.reason", _failure_reason(trial))
+            reason = _failure_reason(trial)
+            self.client.set_tag(run_id, "failure.reason", reason)
+            self.client.set_tag(run_id, "failure.kind", failure_kind(reason))
         else:
             self.finished += 1
             planned = int(trial.config.get("epochs", 0))
@@ -177,10 +213,36 @@ class MlflowTrialLogger(LoggerCallback):
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b.*:")
+FAILURE_KINDS = {
+    "out-of-memory": ("OutOfMemoryError", "out of memory", "can't allocate memory",
+                      "MemoryError", "running low on memory"),
+    "non-finite-loss": ("NonFiniteLossError",),
+}
+
+
 def _failure_reason(trial: Trial) -> str:
     path = getattr(trial, "error_file", None)
     try:
-        lines = Path(path).read_text().strip().splitlines() if path else []
+        text = Path(path).read_text() if path else ""
     except OSError:
-        lines = []
-    return (lines[-1] if lines else "unknown error")[:500]
+        text = ""
+    return failure_reason(text)
+
+
+def failure_reason(error_text: str) -> str:
+    """One line from a Tune error file: its last exception line (the root cause is re-raised
+    last); failing that (a worker killed by Ray's memory monitor: message, then a memory
+    table and advice), its first line of text."""
+    lines = [ln.strip() for ln in error_text.splitlines()
+             if ln.strip() and not ln.startswith("Failure # ")]
+    found = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+    return (found[-1] if found else lines[0] if lines else "unknown error")[:500]
+
+
+def failure_kind(reason: str) -> str:
+    """out-of-memory, non-finite-loss or error: what the report and a user filter on."""
+    for kind, marks in FAILURE_KINDS.items():
+        if any(m in reason for m in marks):
+            return kind
+    return "error"

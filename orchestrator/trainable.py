@@ -24,9 +24,12 @@ def tune_trial(config: dict, *, weights_dir: str | None = None) -> None:
         with checkpoint.as_directory() as d:
             restore = load_state(d)
 
+    node = ray.get_runtime_context().get_node_id()  # which machine of the cluster ran it
+
     def report(metrics: dict, state: TrainState) -> None:
         with tempfile.TemporaryDirectory() as d:
             save_state(d, state)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**metrics, "node_id": node},
+                        checkpoint=tune.Checkpoint.from_directory(d))
 
     run_trial(trial, report, weights_dir=weights_dir, restore=restore, device=device)

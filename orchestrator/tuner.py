@@ -71,6 +71,21 @@ SEARCHES = ("grid", "optuna")
 SCHEDULERS = ("fifo", "asha")
 
 
+HPARAM_SEARCHES = ("joint", "per-cell")
+
+
+def suggest_hparams(trial, suffix: str = "") -> dict[str, object]:
+    """The searched hyperparameters; ``suffix`` names a cell, so that each cell's search is
+    modelled on its own trials only (a parameter's history is its name's)."""
+    from encoders.frozen_block import ADAPTER_INITS
+
+    return {
+        "lr": trial.suggest_float(f"lr{suffix}", 1e-4, 1e-2, log=True),
+        "weight_decay": trial.suggest_float(f"weight_decay{suffix}", 1e-4, 0.3, log=True),
+        "adapter_init": trial.suggest_categorical(f"adapter_init{suffix}", list(ADAPTER_INITS)),
+    }
+
+
 class GridCells:
     """Define-by-run space of the exhaustive grid: one categorical ``cell`` (a plan row's
     index) that Optuna's GridSampler walks without repeats; the row's axes are returned as
@@ -79,10 +94,39 @@ class GridCells:
     cells before it repeats finished ones."""
 
     def __init__(self, plan: list[TrialSpec]) -> None:
-        self.rows = [{k: v for k, v in t.to_config().items() if k in AXES} for t in plan]
+        self.rows = [cell_config(t) for t in plan]
 
     def __call__(self, trial) -> dict[str, object]:
         return dict(self.rows[trial.suggest_categorical("cell", list(range(len(self.rows))))])
+
+
+def cell_config(t: TrialSpec) -> dict[str, object]:
+    """A plan row's structural axes plus ``cell_key``, the row's identity in MLflow (its
+    trial key), kept when a hyperparameter search changes the run's own key."""
+    return {**{k: v for k, v in t.to_config().items() if k in AXES}, "cell_key": t.key}
+
+
+class PerCellHparams:
+    """Hyperparameters searched per cell: every plan row runs ``samples`` trials, taken
+    round-robin (trial ``n`` is row ``n % rows``), each with hyperparameters the sampler
+    proposes from that row's earlier trials alone."""
+
+    def __init__(self, plan: list[TrialSpec], samples: int) -> None:
+        self.rows = [cell_config(t) for t in plan]
+        self.samples = samples
+
+    def __call__(self, trial) -> dict[str, object]:
+        cell = trial.number % len(self.rows)
+        return {**self.rows[cell], **suggest_hparams(trial, f"|cell{cell}")}
+
+
+class CellGridSampler(GridSampler):
+    """Optuna's GridSampler without its ``study.stop()`` once the grid is used up: Tune's
+    ``num_samples`` already ends the sweep there, and ``stop()`` outside ``optimize()`` only
+    raises (Tune logs it as a warning after every grid sweep's last trial)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
 
 
 def optuna_exhaustive(
@@ -94,7 +138,7 @@ def optuna_exhaustive(
         space=cells,
         metric=metric,
         mode=mode,
-        sampler=GridSampler({"cell": list(range(len(cells.rows)))}, seed=seed),
+        sampler=CellGridSampler({"cell": list(range(len(cells.rows)))}, seed=seed),
         **study,
     )
 
@@ -107,6 +151,8 @@ class DefineByRunSpace:
 
     def __init__(self, plan: list[TrialSpec], search_hparams: bool) -> None:
         self.cells: dict = {}
+        self.keys = {(t.control, t.family, t.size, t.layer_label, t.task, t.seed): t.key
+                     for t in plan}
         for t in plan:
             sizes = self.cells.setdefault(t.control, {}).setdefault(t.family, {})
             labels = sizes.setdefault(t.size, [])
@@ -126,30 +172,47 @@ class DefineByRunSpace:
         out = {"control": control, "family": family, "size": size, "layers": layers,
                "task": trial.suggest_categorical("task", self.tasks),
                "seed": trial.suggest_categorical("seed", self.seeds)}
+        key = self.keys.get((control, family, size, layers, out["task"], out["seed"]))
+        if key is not None:  # a combination that is a plan row
+            out["cell_key"] = key
         if self.search_hparams:
-            out["lr"] = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
-            out["weight_decay"] = trial.suggest_float("weight_decay", 1e-4, 0.3, log=True)
+            out.update(suggest_hparams(trial))
         return out
 
 
 def make_searcher(
     plan: list[TrialSpec], *, search: str, sampler: str, metric: str, mode: str,
-    study_path: Path | None, study_name: str, search_hparams: bool = False, seed: int = 0,
+    study_path: Path | None, study_name: str, search_hparams: str | None = None,
+    samples_per_cell: int = 1, seed: int = 0,
 ) -> OptunaSearch:
-    """The Optuna study is journaled next to the Ray results, so a resumed sweep continues it."""
+    """The Optuna study is journaled next to the Ray results, so a resumed sweep continues it.
+
+    ``search_hparams``: None (the spec's values), ``joint`` (with ``--search optuna``: the
+    hyperparameters are more axes of the one search) or ``per-cell`` (with ``--search grid``:
+    every row gets ``samples_per_cell`` trials and a search of its own)."""
     study = {"study_name": study_name}
     if study_path is not None:
         study_path.parent.mkdir(parents=True, exist_ok=True)
         study["storage"] = JournalStorage(JournalFileBackend(str(study_path)))
+    if search == "grid" and search_hparams == "per-cell":
+        return OptunaSearch(space=PerCellHparams(plan, samples_per_cell), metric=metric,
+                            mode=mode, sampler=SAMPLERS[sampler](seed=seed), **study)
     if search == "grid":
         return optuna_exhaustive(plan, metric, mode, seed, **study)
     return OptunaSearch(
-        space=DefineByRunSpace(plan, search_hparams),
+        space=DefineByRunSpace(plan, search_hparams == "joint"),
         metric=metric,
         mode=mode,
         sampler=SAMPLERS[sampler](seed=seed),
         **study,
     )
+
+
+def trial_count(plan: list[TrialSpec], search: str, num_samples: int | None,
+                search_hparams: str | None, samples_per_cell: int) -> int:
+    if search == "grid":
+        return len(plan) * (samples_per_cell if search_hparams == "per-cell" else 1)
+    return num_samples or len(plan)
 
 
 def make_scheduler(name: str, metric: str, mode: str, epochs: int):
@@ -176,7 +239,8 @@ def run_sweep(
     num_samples: int | None = None,
     max_concurrent: int | None = None,
     scheduler: str = "fifo",
-    search_hparams: bool = False,
+    search_hparams: str | None = None,
+    samples_per_cell: int = 1,
     gpus_per_trial: float | None = None,
     gpu_memory_gb: float | None = None,
 ) -> SweepOutcome:
@@ -198,14 +262,16 @@ def run_sweep(
             plan, search=search, sampler=sampler, metric=task.metric, mode=task.mode,
             study_path=Path(storage) / name / "optuna.journal" if local else None,
             study_name=experiment, search_hparams=search_hparams,
+            samples_per_cell=samples_per_cell,
         )
+        total = trial_count(plan, search, num_samples, search_hparams, samples_per_cell)
         tuner = tune.Tuner(
             trainable,
             param_space=_hparams(plan[0]),
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 scheduler=make_scheduler(scheduler, task.metric, task.mode, spec.hparams.epochs),
-                num_samples=len(plan) if search == "grid" else (num_samples or len(plan)),
+                num_samples=total,
                 max_concurrent_trials=max_concurrent,
                 reuse_actors=True,  # a new worker re-imports torch/transformers: ~10 s a trial
                 trial_dirname_creator=lambda t: f"{run_name(TrialSpec.from_config(t.config))}-{t.trial_id}",
@@ -214,8 +280,7 @@ def run_sweep(
                 name=name,
                 storage_path=storage,
                 callbacks=[logger] if quiet else [logger, ProgressLine(
-                    len(plan) if search == "grid" else (num_samples or len(plan)),
-                    task.metric, task.mode)],
+                    total, task.metric, task.mode)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 verbose=0,  # our one-line progress view instead of Tune's tables
@@ -261,6 +326,10 @@ def _start_ray(address: str | None, quiet: bool) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
              configure_logging=not quiet)
+    # Tune lets a searcher keep ONE trial pending by default: on a cluster the trials would
+    # start one actor start-up (~10 s) after another. Let as many wait as there are CPUs.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG",
+                          str(max(2, int(ray.cluster_resources().get("CPU", 1)))))
 
 
 def _fit(tuner, tracking_uri: str, experiment: str, parent: str, path: str, start: float):

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 AXES = ["family", "size", "layers", "task", "control", "seed"]
 CONTROL_ORDER = ["pretrained", "random", "adapters", "none"]
+HPARAMS = ["lr", "weight_decay", "adapter_init"]
 
 
 class ReportError(RuntimeError):
@@ -75,6 +76,8 @@ def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = No
     df["status"] = raw["status"]
     df["run_id"] = raw["run_id"]
     df["weights_source"] = raw.get("tags.weights.source")
+    for hp in HPARAMS:
+        df[hp] = raw.get(f"params.{hp}")
     for col in raw.columns:
         if col.startswith("metrics."):
             df[col.removeprefix("metrics.")] = raw[col]
@@ -89,8 +92,22 @@ def _layer_key(label: str) -> float:
     return float(label.split(":")[0]) if label else -1.0
 
 
+def best_hparams(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
+    """One row per (cell, seed): where a hyperparameter search ran several trials of it, the
+    FINISHED one with the best ``metric`` (else the latest failure); ``hparam_trials`` says
+    how many there were, so a reader sees what was selected from."""
+    if df.empty:
+        return df.assign(hparam_trials=pd.Series(dtype=int))
+    ranked = df.assign(_done=df["status"].eq("FINISHED"), _m=df[metric].fillna(float("-inf")))
+    counts = ranked.groupby(AXES)["run_id"].transform("size")
+    ranked = ranked.assign(hparam_trials=counts).sort_values(["_done", "_m"], ascending=False)
+    return ranked.drop_duplicates(AXES).drop(columns=["_done", "_m"]).sort_index()
+
+
 def summarize(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
-    """Per cell: mean, std, n over FINISHED seeds, failed count, paired delta vs ``none``."""
+    """Per cell: mean, std, n over FINISHED seeds, failed count, paired delta vs ``none``.
+    Cells searched over hyperparameters count with their best trial per seed."""
+    df = best_hparams(df, metric)
     done = df[df["status"] == "FINISHED"]
     base = done[done["control"] == "none"].set_index(["task", "seed"])[metric]
     rows = []
@@ -109,6 +126,7 @@ def summarize(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
                 "n": len(ok),
                 "failed": int((grp["status"] != "FINISHED").sum()),
                 "delta_vs_none": (sum(paired) / len(paired)) if paired else float("nan"),
+                "hparam_trials": int(grp["hparam_trials"].max()),
             }
         )
     out = pd.DataFrame(rows)
@@ -127,6 +145,8 @@ def _cell(row: pd.Series) -> str:
         text += f" (Δ {row['delta_vs_none']:+.3f})"
     if row["failed"]:
         text += f" [{row['failed']} failed]"
+    if row.get("hparam_trials", 1) > 1:
+        text += f" [best of {row['hparam_trials']}]"
     return text
 
 

@@ -7,6 +7,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
@@ -71,7 +72,7 @@ class RangeServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> RangeServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -54,6 +54,14 @@ def run_bad(capsys, *argv: str) -> str:
         (["--compute-dtype", "int3"], "unknown compute dtype 'int3'"),
         (["--epochs", "0"], "must be positive"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["--search-hparams", "both"], "unknown --search-hparams 'both'; valid: joint, per-cell"),
+        (["--search-hparams"], "--search-hparams joint needs --search optuna (got --search grid)"),
+        (["--search", "optuna", "--search-hparams", "per-cell"],
+         "--search-hparams per-cell needs --search grid"),
+        (["--search-hparams", "per-cell", "--samples-per-cell", "0"],
+         "--samples-per-cell must be positive (got 0)"),
+        (["--preset", str(ROOT / "tests" / "data" / "bad_init.yaml")],
+         "unknown adapter init 'he'; valid: default, xavier, orthogonal"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, argv, expected):

@@ -115,3 +115,21 @@ def test_controls_build_and_insert_after_last_vit_block(control):
         assert info.weights_source == "pretrained" and len(info.layers_sha256) == 64
     x = torch.randn(3, 1, 8, 8)
     assert model(x).shape == (3, 10)
+
+
+def test_adapter_init_schemes_touch_only_the_two_linear_maps(block):
+    frozen = {k: v.clone() for k, v in block.layers.state_dict().items()}
+    default = block.proj_in.weight.clone()
+    block.init_adapters("default")
+    assert torch.equal(block.proj_in.weight, default)  # PyTorch's init is kept
+    block.init_adapters("orthogonal")
+    w = block.proj_in.weight  # (lm_dim, visual_dim): orthonormal columns
+    eye = torch.eye(w.shape[1])
+    assert torch.allclose(w.T @ w, eye, atol=1e-5)
+    block.init_adapters("xavier")
+    bound = (6 / sum(block.proj_out.weight.shape)) ** 0.5
+    assert block.proj_out.weight.abs().max() <= bound
+    assert not torch.allclose(block.proj_in.weight.T @ block.proj_in.weight, eye, atol=1e-2)
+    assert all(torch.equal(v, frozen[k]) for k, v in block.layers.state_dict().items())
+    with pytest.raises(ValueError, match="unknown adapter init 'he'; valid: default, xavier"):
+        block.init_adapters("he")

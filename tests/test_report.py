@@ -16,10 +16,11 @@ def log_sweep(uri: str, experiment: str, rows: list[dict]) -> str:
     exp = found.experiment_id if found else client.create_experiment(experiment)
     parent = client.create_run(exp, tags={"lmblocks.kind": "sweep"}).info.run_id
     for row in rows:
-        key = "|".join(str(row.get(k, "")) for k in ("family", "size", "layers", "control", "seed"))
+        key = "|".join(str(row.get(k, ""))
+                       for k in ("family", "size", "layers", "control", "seed", "lr"))
         tags = {"mlflow.parentRunId": parent, "lmblocks.kind": "trial", "lmblocks.trial_key": key}
         run = client.create_run(exp, tags=tags).info.run_id
-        for k in ("family", "size", "layers", "task", "control", "seed"):
+        for k in ("family", "size", "layers", "task", "control", "seed", "lr"):
             client.log_param(run, k, row.get(k, ""))
         if "val_acc" in row:
             client.log_metric(run, "val_acc", 0.0, step=1)
@@ -89,3 +90,25 @@ def test_experiment_wide_by_default_one_run_per_cell(uri, tmp_path, capsys):
     report = build_report(uri, "exp", tmp_path / "x")
     cells = report.summary.set_index(["control", "layers"])
     assert cells.loc[("pretrained", "3"), "failed"] == 0
+
+
+def test_hyperparameter_search_counts_the_best_trial_of_each_cell_and_seed(uri, tmp_path):
+    cell = {"family": "opt", "size": "125m", "layers": "11", "task": "digits",
+            "control": "pretrained"}
+    searched = [  # seed 0: three lr samples, one failed; seed 1: two samples
+        {**cell, "seed": 0, "lr": 1e-3, "val_acc": 0.70},
+        {**cell, "seed": 0, "lr": 3e-3, "val_acc": 0.80},
+        {**cell, "seed": 0, "lr": 1e-2, "status": "FAILED"},
+        {**cell, "seed": 1, "lr": 1e-3, "val_acc": 0.60},
+        {**cell, "seed": 1, "lr": 3e-4, "val_acc": 0.90},
+    ]
+    log_sweep(uri, "hp", ROWS[:2] + searched)
+    df = load_runs(uri, "hp")
+    assert len(df) == 7 and set(df["lr"].dropna()) >= {"0.001", "0.003", "0.01", "0.0003"}
+    s = summarize(df).set_index(["control", "layers"]).loc[("pretrained", "11")]
+    assert s["mean"] == pytest.approx(0.85)  # best of seed 0 (0.80) and of seed 1 (0.90)
+    assert s["n"] == 2 and s["failed"] == 0 and s["hparam_trials"] == 3
+    assert s["delta_vs_none"] == pytest.approx(((0.8 - 0.5) + (0.9 - 0.6)) / 2)
+    report = build_report(uri, "hp", tmp_path / "r")
+    assert "[best of 3]" in (tmp_path / "r" / "ablation.md").read_text()
+    assert report.summary["hparam_trials"].min() == 1  # the none control was not searched

@@ -1,0 +1,80 @@
+"""The Optuna search spaces, driven by a real in-memory study (no Ray): what each asks for."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import optuna
+import pytest
+
+from encoders.frozen_block import ADAPTER_INITS
+from orchestrator.plan import build_plan
+from orchestrator.spec import load_spec
+from orchestrator.tuner import DefineByRunSpace, GridCells, PerCellHparams, trial_count
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def drive(space, n: int, sampler, objective) -> list[dict]:
+    """What OptunaSearch does with a define-by-run space: the space runs on each trial."""
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    configs: list[dict] = []
+
+    def run(trial):
+        configs.append(space(trial))
+        return objective(configs[-1])
+
+    study.optimize(run, n_trials=n)
+    return configs
+
+
+@pytest.fixture
+def plan():
+    return build_plan(load_spec("smoke").replace(seeds=(0, 1)))
+
+
+def test_grid_walks_every_row_once_with_its_key(plan):
+    cells = GridCells(plan)
+    grid = optuna.samplers.GridSampler({"cell": list(range(len(plan)))}, seed=0)
+    configs = drive(cells, len(plan), grid, lambda c: 0.5)
+    assert sorted(c["cell_key"] for c in configs) == sorted(t.key for t in plan)
+
+
+def test_per_cell_search_gives_each_row_its_own_trials_and_history(plan):
+    k = 3
+    space = PerCellHparams(plan, samples=k)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    configs = []
+    for _ in range(trial_count(plan, "grid", None, "per-cell", k)):
+        trial = study.ask()
+        configs.append(space(trial))
+        study.tell(trial, configs[-1]["lr"])
+    assert Counter(c["cell_key"] for c in configs) == {t.key: k for t in plan}
+    for c in configs:
+        assert 1e-4 <= c["lr"] <= 1e-2 and 1e-4 <= c["weight_decay"] <= 0.3
+        assert c["adapter_init"] in ADAPTER_INITS
+    # each cell's parameters are its own: a trial holds exactly one cell's names
+    for t in study.trials:
+        cells = {name.split("|")[1] for name in t.params}
+        assert len(cells) == 1
+    assert {c["adapter_init"] for c in configs} == set(ADAPTER_INITS)  # explored
+
+
+def test_joint_space_stays_inside_the_plan_and_conditions_layers_on_size():
+    plan = build_plan(load_spec("smoke").replace(layers=("all",), controls=("pretrained", "none")))
+    space = DefineByRunSpace(plan, search_hparams=True)
+    configs = drive(space, 30, optuna.samplers.RandomSampler(seed=1), lambda c: c["lr"])
+    rows = {(t.control, t.family, t.size, t.layer_label) for t in plan}
+    for c in configs:
+        assert (c["control"], c["family"], c["size"], c["layers"]) in rows
+        assert c["cell_key"] in {t.key for t in plan}
+        assert "adapter_init" in c and "lr" in c
+    assert {c["layers"] for c in configs if c["control"] == "pretrained"} == {str(i) for i in range(6)}
+
+
+def test_trial_count():
+    plan = list(range(5))
+    assert trial_count(plan, "grid", None, None, 4) == 5
+    assert trial_count(plan, "grid", None, "per-cell", 4) == 20
+    assert trial_count(plan, "optuna", 7, "joint", 4) == 7
+    assert trial_count(plan, "optuna", None, None, 4) == 5
