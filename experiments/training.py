@@ -8,6 +8,7 @@ in a test, or in a benchmark's bare loop.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.block_factory import BlockInfo, build_block
 from encoders.frozen_block import FrozenLMBlock, frozen_parameter_count
 from experiments.tasks.registry import get_task
+from results.filtering import probe
 
 
 @dataclass
@@ -75,6 +77,18 @@ def evaluate(model, loader, device) -> tuple[float, float]:
     return total / n, correct / n
 
 
+def probe_filtering(model: nn.Module, task, probe_x: torch.Tensor) -> dict[str, object]:
+    """The information-filtering measures on the fixed probe batch: concentration scores as
+    metrics (where the task knows its informative tokens) and the per-token maps, as JSON
+    text, for the report's figures."""
+    if task.informative_tokens is None or not hasattr(model, "blocks"):
+        return {}
+    informative = task.informative_tokens(probe_x.cpu())
+    result = probe(model, probe_x, informative.to(probe_x.device), task.prefix_tokens)
+    maps = result.to_json(probe_x.cpu(), informative)
+    return {**result.metrics(), "probe_maps": json.dumps(maps, separators=(",", ":"))}
+
+
 def resolve_compute_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """``auto``: float32 on CPU (bf16 matmuls are slow there), bfloat16 on a GPU."""
     if name == "auto":
@@ -121,6 +135,7 @@ def run_trial(
 
     train_ds, val_ds = task.build_data()
     val_loader = DataLoader(val_ds, batch_size=256)
+    probe_x = torch.stack([val_ds[i][0] for i in range(min(task.probe_size, len(val_ds)))])
     static = {
         "frozen_params": frozen_parameter_count(block),
         "trainable_params": sum(p.numel() for p in params),
@@ -133,6 +148,7 @@ def run_trial(
         train_loss = train_epoch(model, loader, optimizer, device, epoch)
         val_loss, val_acc = evaluate(model, val_loader, device)
         best = max(best, val_acc)
+        filtering = probe_filtering(model, task, probe_x.to(device))
         metrics = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -142,6 +158,7 @@ def run_trial(
             **static,
             "layers_sha256": info.layers_sha256,
             "compute_dtype": str(block_dtype).removeprefix("torch."),
+            **filtering,
         }
         opt_state = copy.deepcopy(optimizer.state_dict())  # a snapshot, not live references
         state = TrainState(epoch + 1, trainable_state(model), opt_state, best)

@@ -178,6 +178,10 @@ class MlflowTrialLogger(LoggerCallback):
             mlflow.entities.Metric(k, float(result[k]), ts, step)
             for k in TRIAL_METRICS
             if k in result
+        ] + [  # information-filtering concentration scores, whatever the task provides
+            mlflow.entities.Metric(k, float(v), ts, step)
+            for k, v in result.items()
+            if k.startswith("conc_") and isinstance(v, int | float)
         ]
         if "time_this_iter_s" in result:
             metrics.append(
@@ -199,6 +203,9 @@ class MlflowTrialLogger(LoggerCallback):
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
         run_id = self._run_of(trial)
+        maps = (trial.last_result or {}).get("probe_maps")
+        if maps:  # the probe batch's per-token maps at the trial's last epoch
+            self.client.log_text(run_id, maps, "analysis/probe_maps.json")
         if failed:
             self.failed += 1
             reason = _failure_reason(trial)

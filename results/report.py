@@ -1,250 +1,255 @@
-"""Ablation report from MLflow alone: tidy runs -> table (Markdown + CSV) -> plot (PNG).
+"""Ablation report from MLflow alone: tidy runs -> statistics -> the paper's tables, figures,
+and one self-contained HTML page; logged to the sweep's parent run.
 
-``python -m results.report --experiment NAME`` rebuilds it for the latest sweep of NAME.
-Table: for each family and task, layer selection x model size, final validation metric as
-mean +- std over seeds, and the paired difference against the ``none`` control (same task,
-same seed), so "the block helps" is read against the ViT alone.
+    python -m results.report EXPERIMENT [EXPERIMENT ...] [--task T] [--family F]
+        [--control none|adapters|random] [--layer last|N|A:B] [--out DIR]
+
+Every number is over seeds: mean ± std, n, and the paired difference against the control
+(same task and seed) with a bootstrap 95% interval; ``*`` marks an interval excluding zero.
+Failed and missing seeds are written in the cells, never dropped.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import html
+import json
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-AXES = ["family", "size", "layers", "task", "control", "seed"]
-CONTROL_ORDER = ["pretrained", "random", "adapters", "none"]
-HPARAMS = ["lr", "weight_decay", "adapter_init"]
+from results import plots, tables
+from results.runs import AXES, CONTROL_ORDER, ReportError, latest_sweep_run, load_runs
+from results.stats import COMPARABLE_CONTROLS, best_hparams, summarize
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in reports
 
-class ReportError(RuntimeError):
-    pass
+__all__ = ["AXES", "Report", "ReportError", "build_report", "load_runs", "main", "summarize",
+           "write_report"]
 
-
-def latest_sweep_run(client: MlflowClient, experiment: str) -> str:
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise ReportError(f"unknown experiment {experiment!r}; valid: {', '.join(names) or 'none'}")
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string="tags.`lmblocks.kind` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        raise ReportError(f"experiment {experiment!r} has no sweep run")
-    return runs[0].info.run_id
-
-
-def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
-    """One row per trial cell: every axis, status, final and best metrics.
-
-    By default the whole experiment (every sweep invocation that added cells to the study),
-    one run per trial key: the latest FINISHED one, else the latest. With ``parent_run_id``,
-    only that invocation's runs. ``attrs["parent_run_id"]`` is the latest sweep run.
-    """
-    client = MlflowClient(tracking_uri)
-    latest = latest_sweep_run(client, experiment)
-    exp_id = client.get_run(latest).info.experiment_id
-    mlflow.set_tracking_uri(tracking_uri)
-    where = (f"tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id
-             else "tags.`lmblocks.kind` = 'trial'")
-    raw = mlflow.search_runs(experiment_ids=[exp_id], filter_string=where, output_format="pandas")
-    if not raw.empty and not parent_run_id and "tags.lmblocks.trial_key" in raw:
-        raw = (
-            raw.assign(_done=raw["status"].eq("FINISHED"))
-            .sort_values(["_done", "start_time"], ascending=False)
-            .drop_duplicates("tags.lmblocks.trial_key")
-            .drop(columns="_done")
-        )
-    if raw.empty:
-        empty = pd.DataFrame(columns=[*AXES, "status", "run_id"])
-        empty.attrs["parent_run_id"] = parent_run_id or latest
-        return empty
-    df = pd.DataFrame({axis: raw[f"params.{axis}"].fillna("") for axis in AXES})
-    df["seed"] = df["seed"].astype(int)
-    df["status"] = raw["status"]
-    df["run_id"] = raw["run_id"]
-    df["weights_source"] = raw.get("tags.weights.source")
-    for hp in HPARAMS:
-        df[hp] = raw.get(f"params.{hp}")
-    for col in raw.columns:
-        if col.startswith("metrics."):
-            df[col.removeprefix("metrics.")] = raw[col]
-    for metric in ("train_loss", "val_loss", "val_acc", "best_val_acc"):
-        if metric not in df:  # every run failed before its first epoch
-            df[metric] = float("nan")
-    df.attrs["parent_run_id"] = parent_run_id or latest
-    return df
-
-
-def _layer_key(label: str) -> float:
-    return float(label.split(":")[0]) if label else -1.0
-
-
-def best_hparams(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
-    """One row per (cell, seed): where a hyperparameter search ran several trials of it, the
-    FINISHED one with the best ``metric`` (else the latest failure); ``hparam_trials`` says
-    how many there were, so a reader sees what was selected from."""
-    if df.empty:
-        return df.assign(hparam_trials=pd.Series(dtype=int))
-    ranked = df.assign(_done=df["status"].eq("FINISHED"), _m=df[metric].fillna(float("-inf")))
-    counts = ranked.groupby(AXES)["run_id"].transform("size")
-    ranked = ranked.assign(hparam_trials=counts).sort_values(["_done", "_m"], ascending=False)
-    return ranked.drop_duplicates(AXES).drop(columns=["_done", "_m"]).sort_index()
-
-
-def summarize(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
-    """Per cell: mean, std, n over FINISHED seeds, failed count, paired delta vs ``none``.
-    Cells searched over hyperparameters count with their best trial per seed."""
-    df = best_hparams(df, metric)
-    done = df[df["status"] == "FINISHED"]
-    base = done[done["control"] == "none"].set_index(["task", "seed"])[metric]
-    rows = []
-    for key, grp in df.groupby(["family", "size", "layers", "task", "control"], sort=False):
-        ok = grp[grp["status"] == "FINISHED"]
-        paired = [
-            v - base[(t, s)]
-            for t, s, v in zip(ok["task"], ok["seed"], ok[metric], strict=True)
-            if (t, s) in base.index
-        ]
-        rows.append(
-            {
-                **dict(zip(["family", "size", "layers", "task", "control"], key, strict=True)),
-                "mean": ok[metric].mean(),
-                "std": ok[metric].std(ddof=1) if len(ok) > 1 else float("nan"),
-                "n": len(ok),
-                "failed": int((grp["status"] != "FINISHED").sum()),
-                "delta_vs_none": (sum(paired) / len(paired)) if paired else float("nan"),
-                "hparam_trials": int(grp["hparam_trials"].max()),
-            }
-        )
-    out = pd.DataFrame(rows)
-    out["_order"] = out["control"].map(CONTROL_ORDER.index)
-    out["_layer"] = out["layers"].map(_layer_key)
-    return out.sort_values(["task", "family", "_order", "size", "_layer"]).drop(
-        columns=["_order", "_layer"]
-    )
-
-
-def _cell(row: pd.Series) -> str:
-    text = f"{row['mean']:.3f}"
-    if row["n"] > 1:
-        text += f" ± {row['std']:.3f}"
-    if row["control"] != "none" and pd.notna(row["delta_vs_none"]):
-        text += f" (Δ {row['delta_vs_none']:+.3f})"
-    if row["failed"]:
-        text += f" [{row['failed']} failed]"
-    if row.get("hparam_trials", 1) > 1:
-        text += f" [best of {row['hparam_trials']}]"
-    return text
-
-
-def ablation_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Rows: task, family, control, layers; columns: model size; cells: mean ± std (Δ)."""
-    s = summary.assign(cell=summary.apply(_cell, axis=1))
-    s["family"] = s["family"].replace("", "-")
-    s["size"] = s["size"].replace("", "-")
-    s["layers"] = s["layers"].replace("", "-")
-    table = s.pivot_table(
-        index=["task", "family", "control", "layers"], columns="size", values="cell",
-        aggfunc="first", sort=False,
-    )
-    return table.fillna("").reset_index().rename_axis(columns=None)
-
-
-def plot_metric_vs_layer(summary: pd.DataFrame, path: Path, metric: str = "val_acc") -> Path:
-    pre = summary[summary["control"] == "pretrained"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (task, family, size), grp in pre.groupby(["task", "family", "size"]):
-        grp = grp.assign(x=grp["layers"].map(_layer_key)).sort_values("x")
-        ax.errorbar(grp["x"], grp["mean"], yerr=grp["std"].fillna(0), marker="o", capsize=3,
-                    label=f"{family}-{size} pretrained block ({task})")
-    styles = {"random": ":", "adapters": "-.", "none": "--"}
-    colors = {"random": "tab:red", "adapters": "tab:green", "none": "grey"}
-    for _, row in summary[summary["control"] != "pretrained"].iterrows():
-        name = "no block" if row["control"] == "none" else f"{row['family']}-{row['size']} {row['control']}"
-        ax.axhline(row["mean"], linestyle=styles[row["control"]], color=colors[row["control"]],
-                   label=f"{name} ({row['task']})")
-    ax.set_xlabel("index of the frozen LM layer inserted after the last ViT block")
-    ax.set_ylabel(f"final {metric.replace('_', ' ')} (mean ± std over seeds)")
-    ax.set_title("Frozen LM block: validation accuracy by layer, against controls")
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+TABLES = {
+    "by_layer": "Table 1. Metric by layer index, per LM family and size (pretrained block)",
+    "by_size": "Table 2. Metric by model size at a fixed layer: do only large LMs help?",
+    "by_control": "Table 3. Task x control: no block, adapters only, random block, pretrained",
+    "filtering": "Information filtering: accuracy gain next to concentration gain",
+}
 
 
 @dataclass
 class Report:
-    table: pd.DataFrame
+    table: pd.DataFrame  # the by-layer/by-control view printed at the end of a sweep
     summary: pd.DataFrame
+    tables: dict[str, pd.DataFrame]
     files: list[Path]
 
 
-def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc") -> Report:
+def _higher_is_better(df: pd.DataFrame) -> bool:
+    import experiments.tasks  # noqa: F401  (registers the tasks)
+    from experiments.tasks.registry import get_task
+
+    modes = set()
+    for task in df["task"].unique():
+        try:
+            modes.add(get_task(task).mode)
+        except KeyError:
+            modes.add("max")
+    return modes != {"min"}
+
+
+def probe_maps_by_control(df: pd.DataFrame, summary: pd.DataFrame, client: MlflowClient,
+                          task: str) -> dict[str, dict]:
+    """One run per control for the activation-map figure: the lowest seed of the best
+    pretrained cell, and of each other control's first cell."""
+    out: dict[str, dict] = {}
+    done = best_hparams(df)
+    done = done[(done["status"] == "FINISHED") & (done["task"] == task)]
+    cells = summary[(summary["task"] == task) & (summary["n"] > 0)]
+    higher = summary.attrs.get("higher", True)
+    for control in CONTROL_ORDER:
+        these = cells[cells["control"] == control]
+        if these.empty:
+            continue
+        cell = these.sort_values("mean", ascending=not higher).iloc[0]
+        runs = done[(done["control"] == control) & (done["family"] == cell["family"])
+                    & (done["size"] == cell["size"]) & (done["layers"] == cell["layers"])]
+        for run_id in runs.sort_values("seed")["run_id"]:
+            if (maps := _load_maps(client, run_id)) is not None:
+                label = control if control != "pretrained" else f"pretrained L{cell['layers']}"
+                out[label] = maps
+                break
+    return out
+
+
+def _load_maps(client: MlflowClient, run_id: str) -> dict | None:
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            path = client.download_artifacts(run_id, "analysis/probe_maps.json", d)
+        except (MlflowException, OSError):  # the run failed before its first epoch
+            return None
+        return json.loads(Path(path).read_text())
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def write_html(path: Path, title: str, intro: str, named_tables: dict[str, pd.DataFrame],
+               figures: list[Path]) -> Path:
+    """One file, nothing external: tables as HTML, figures inlined as base64 PNG."""
+    parts = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>"]
+    for name, table in named_tables.items():
+        if table.empty:
+            continue
+        parts.append(f"<h2>{html.escape(TABLES.get(name, name))}</h2>")
+        parts.append(table.to_html(index=False, classes="ablation", na_rep="", border=0))
+    parts.append("<h2>Figures</h2>")
+    parts += [_image(f) for f in figures]
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
+             "table.ablation{border-collapse:collapse;font-size:13px;margin-bottom:1.5em}"
+             "table.ablation td,table.ablation th{border:1px solid #ccc;padding:3px 8px}"
+             "table.ablation th{background:#eee}img{max-width:100%}figure{margin:1em 0}")
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>"
+                    f"{html.escape(title)}</title><style>{style}</style></head><body>"
+                    + "\n".join(parts) + "</body></html>")
+    return path
+
+
+def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
+                 control: str = "none", layer: str = "last",
+                 client: MlflowClient | None = None) -> Report:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(df, metric)
-    table = ablation_table(summary)
-    md = out / "ablation.md"
-    md.write_text(
-        f"# Ablation: final {metric} (mean ± std over seeds; Δ = paired difference vs no block)\n\n"
-        + table.to_markdown(index=False)
-        + "\n"
-    )
-    csv = out / "ablation.csv"
-    summary.to_csv(csv, index=False)
-    runs_csv = out / "runs.csv"
-    df.to_csv(runs_csv, index=False)
-    png = plot_metric_vs_layer(summary, out / "metric_vs_layer.png", metric)
-    return Report(table, summary, [md, csv, runs_csv, png])
+    summary = summarize(df, metric, control, _higher_is_better(df))
+    named = {
+        "by_layer": tables.by_layer(summary),
+        "by_size": tables.by_size(summary, layer),
+        "by_control": tables.by_control(summary, layer),
+        "filtering": tables.filtering_table(summary),
+    }
+    files: list[Path] = []
+    md = [f"# Ablation report: final {metric}\n",
+          (f"mean ± std over seeds; Δ = paired difference against '{control}' (same task and "
+          "seed) with its bootstrap 95% interval; * = interval excludes zero (3+ seeds).\n")]
+    for name, table in named.items():
+        if table.empty:
+            continue
+        md += [f"## {TABLES[name]}\n", table.to_markdown(index=False), ""]
+        table.to_csv(out / f"{name}.csv", index=False)
+        files.append(out / f"{name}.csv")
+    (out / "ablation.md").write_text("\n".join(md) + "\n")
+    summary.to_csv(out / "summary.csv", index=False)
+    df.to_csv(out / "runs.csv", index=False)
+    files += [out / "ablation.md", out / "summary.csv", out / "runs.csv"]
+
+    figures = [plots.metric_vs_layer(summary, out / "metric_vs_layer.png")]
+    if not tables.fixed_layer(summary, layer).empty:
+        figures.append(plots.metric_vs_size(summary, out / "metric_vs_size.png", layer))
+    if (summary["control"] == "pretrained").any():
+        figures.append(plots.layer_size_heatmap(summary, out / "layer_size_heatmap.png"))
+    if "conc_act_gain" in summary:
+        figures.append(plots.gain_vs_concentration(summary, out / "gain_vs_concentration.png"))
+    if client is not None:
+        for task in summary["task"].unique():
+            maps = probe_maps_by_control(df, summary, client, task)
+            if maps:
+                figures.append(plots.activation_maps(maps, out / f"activation_maps_{task}.png"))
+    experiments = ", ".join(sorted(df["experiment"].unique())) if "experiment" in df else ""
+    done = int((df["status"] == "FINISHED").sum())
+    intro = (f"Experiments: {experiments}. {len(df)} trials, {done} finished, "
+             f"{len(df) - done} not. " + md[1].strip())
+    files.append(write_html(out / "report.html", f"Ablation report: final {metric}", intro,
+                            named, figures))
+    files += figures
+    headline = named["by_layer"] if not named["by_layer"].empty else named["by_control"]
+    return Report(headline, summary, named, files)
 
 
 def build_report(
-    tracking_uri: str, experiment: str, out_dir: str | Path, parent_run_id: str | None = None,
-    log_to: str | None = None,
+    tracking_uri: str, experiments: str | list[str], out_dir: str | Path,
+    parent_run_id: str | None = None, log_to: str | list[str] | None = None,
+    tasks: list[str] | None = None, families: list[str] | None = None,
+    control: str = "none", layer: str = "last", metric: str | None = None,
 ) -> Report:
-    """Report on the experiment (or one sweep run); artifacts logged to ``log_to`` if given."""
-    df = load_runs(tracking_uri, experiment, parent_run_id)
+    """Report on the experiments (or one sweep run); artifacts logged to ``log_to``."""
+    df = load_runs(tracking_uri, experiments, parent_run_id)
     if df.empty:
-        raise ReportError(f"experiment {experiment!r}: the sweep has no trial runs")
-    report = write_report(df, out_dir)
-    if log_to:
-        client = MlflowClient(tracking_uri)
+        raise ReportError(f"experiment(s) {experiments!r}: the sweep has no trial runs")
+    df = _filter(df, "task", tasks)
+    df = _filter(df, "family", families, keep_empty=True)  # 'none' has no family
+    if control not in COMPARABLE_CONTROLS:
+        raise ReportError(f"unknown control {control!r}; valid: {', '.join(COMPARABLE_CONTROLS)}")
+    metric = metric or _task_metric(df)
+    if metric not in df:
+        valid = [c for c in df.columns if df[c].dtype.kind == "f" and c not in ("seed",)]
+        raise ReportError(f"unknown metric {metric!r}; valid: {', '.join(valid)}")
+    client = MlflowClient(tracking_uri)
+    report = write_report(df, out_dir, metric, control, layer, client)
+    for run_id in [log_to] if isinstance(log_to, str) else (log_to or []):
         for f in report.files:
-            client.log_artifact(log_to, str(f), artifact_path="report")
+            client.log_artifact(run_id, str(f), artifact_path="report")
     return report
+
+
+def _task_metric(df: pd.DataFrame) -> str:
+    import experiments.tasks  # noqa: F401
+    from experiments.tasks.registry import get_task
+
+    try:
+        return get_task(df["task"].iloc[0]).metric
+    except KeyError:
+        return "val_acc"
+
+
+def _filter(df: pd.DataFrame, column: str, wanted: list[str] | None,
+            keep_empty: bool = False) -> pd.DataFrame:
+    if not wanted:
+        return df
+    valid = sorted(v for v in df[column].unique() if v)
+    for w in wanted:
+        if w not in valid:
+            raise ReportError(f"unknown {column} {w!r}; valid: {', '.join(valid)}")
+    keep = df[column].isin(wanted) | (df[column].eq("") if keep_empty else False)
+    return df[keep]
 
 
 def main(argv: list[str] | None = None) -> int:
     from orchestrator.tracking import default_tracking_uri
 
-    p = argparse.ArgumentParser(prog="python -m results.report", description=__doc__.split("\n")[0])
-    p.add_argument("--experiment", required=True, help="MLflow experiment name of the sweep")
+    p = argparse.ArgumentParser(prog="python -m results.report",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("experiments", nargs="*", help="MLflow experiment name(s) of the sweeps")
+    p.add_argument("--experiment", action="append", default=[], help="same, as a flag")
     p.add_argument("--tracking-uri", default=None, help="default: sqlite mlflow.db in this dir")
     p.add_argument("--parent-run", default=None,
-                   help="only this sweep run's trials (default: every cell of the experiment)")
-    p.add_argument("--out", default=None, help="output dir (default: lmblocks-reports/EXPERIMENT)")
+                   help="only this sweep run's trials (default: every cell of the experiments)")
+    p.add_argument("--task", action="append", help="only these tasks")
+    p.add_argument("--family", action="append", help="only these LM families (plus no block)")
+    p.add_argument("--control", default="none", help="compare against: none, adapters, random")
+    p.add_argument("--layer", default="last", help="fixed layer of tables 2-3: last, N or A:B")
+    p.add_argument("--metric", default=None, help="default: the task's metric")
+    p.add_argument("--out", default=None, help="output dir (default: lmblocks-reports/NAME)")
     args = p.parse_args(argv)
+    names = [*args.experiments, *args.experiment]
+    if not names:
+        print("report: error: no experiment given; name one or more", file=sys.stderr)
+        return 2
     uri = args.tracking_uri or default_tracking_uri()
-    out = Path(args.out or Path("lmblocks-reports") / args.experiment).resolve()
+    out = Path(args.out or Path("lmblocks-reports") / "+".join(names)).resolve()
     try:
         client = MlflowClient(uri)
-        log_to = args.parent_run or latest_sweep_run(client, args.experiment)
-        report = build_report(uri, args.experiment, out, args.parent_run, log_to=log_to)
+        log_to = [args.parent_run] if args.parent_run else [
+            latest_sweep_run(client, n) for n in names]
+        report = build_report(uri, names, out, args.parent_run, log_to=log_to,
+                              tasks=args.task, families=args.family, control=args.control,
+                              layer=args.layer, metric=args.metric)
     except ReportError as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 2

@@ -1,13 +1,17 @@
-"""The report is rebuilt from MLflow alone: tidy runs, mean/std over seeds, paired delta."""
+"""The report is rebuilt from MLflow alone: tidy runs, statistics over seeds, paired
+differences with bootstrap intervals, the paper's tables, figures and one HTML page."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from results.report import build_report, load_runs, main, summarize
+from results.report import build_report, load_runs, main
+from results.stats import bootstrap_ci, summarize
 
 
 def log_sweep(uri: str, experiment: str, rows: list[dict]) -> str:
@@ -25,6 +29,9 @@ def log_sweep(uri: str, experiment: str, rows: list[dict]) -> str:
         if "val_acc" in row:
             client.log_metric(run, "val_acc", 0.0, step=1)
             client.log_metric(run, "val_acc", row["val_acc"], step=2)  # final value wins
+        for k, v in row.items():
+            if k.startswith("conc_"):
+                client.log_metric(run, k, v, step=2)
         client.set_terminated(run, row.get("status", "FINISHED"))
     client.set_terminated(parent, "FINISHED")
     return parent
@@ -59,18 +66,20 @@ def test_summary_mean_std_and_paired_delta(uri):
     assert last["mean"] == pytest.approx(0.8)
     assert last["std"] == pytest.approx(math.sqrt(0.02))
     assert last["n"] == 2 and last["failed"] == 0
-    assert last["delta_vs_none"] == pytest.approx(0.25)  # (0.7-0.5 + 0.9-0.6) / 2
+    assert last["delta"] == pytest.approx(0.25)  # (0.7-0.5 + 0.9-0.6) / 2
     third = s.loc[("pretrained", "3")]
     assert third["n"] == 1 and third["failed"] == 1
-    assert third["delta_vs_none"] == pytest.approx(0.05)
+    assert third["delta"] == pytest.approx(0.05)
 
 
 def test_report_files_logged_to_the_parent_run(uri, tmp_path, capsys):
     parent = log_sweep(uri, "exp", ROWS)
     assert main(["--experiment", "exp", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
-    assert "0.800 ± 0.141 (Δ +0.250)" in out and "[1 failed]" in out
-    for name in ("ablation.md", "ablation.csv", "runs.csv", "metric_vs_layer.png"):
+    # two seeds: the interval is shown, but two pairs are too few to call it significant
+    assert "0.800 ± 0.141 (Δ +0.250 [+0.200, +0.300])" in out and "[1 failed]" in out
+    for name in ("ablation.md", "by_layer.csv", "summary.csv", "runs.csv", "report.html",
+                 "metric_vs_layer.png", "metric_vs_size.png", "layer_size_heatmap.png"):
         assert (tmp_path / "r" / name).stat().st_size > 0
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, "report")}
     assert "report/metric_vs_layer.png" in logged and "report/ablation.md" in logged
@@ -108,7 +117,105 @@ def test_hyperparameter_search_counts_the_best_trial_of_each_cell_and_seed(uri, 
     s = summarize(df).set_index(["control", "layers"]).loc[("pretrained", "11")]
     assert s["mean"] == pytest.approx(0.85)  # best of seed 0 (0.80) and of seed 1 (0.90)
     assert s["n"] == 2 and s["failed"] == 0 and s["hparam_trials"] == 3
-    assert s["delta_vs_none"] == pytest.approx(((0.8 - 0.5) + (0.9 - 0.6)) / 2)
+    assert s["delta"] == pytest.approx(((0.8 - 0.5) + (0.9 - 0.6)) / 2)
     report = build_report(uri, "hp", tmp_path / "r")
     assert "[best of 3]" in (tmp_path / "r" / "ablation.md").read_text()
     assert report.summary["hparam_trials"].min() == 1  # the none control was not searched
+
+
+def test_bootstrap_interval_and_significance_rules():
+    assert bootstrap_ci([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2))
+    assert all(math.isnan(v) for v in bootstrap_ci([0.3]))
+    lo, hi = bootstrap_ci([0.1, 0.2, 0.3, 0.4])
+    assert 0.1 <= lo < 0.25 < hi <= 0.4
+    lo, hi = bootstrap_ci([-0.2, 0.1, 0.3])
+    assert lo < 0 < hi
+    assert bootstrap_ci([0.1, 0.5, 0.2]) == bootstrap_ci([0.1, 0.5, 0.2])  # seeded
+
+
+def opt_row(size, layers, seed, acc, control="pretrained", **extra):
+    return {"family": "opt", "size": size, "layers": layers, "task": "digits",
+            "control": control, "seed": seed, "val_acc": acc, **extra}
+
+
+SIZES = [  # three seeds, two sizes, two layers, all controls; one seed of one cell missing
+    *[{"control": "none", "task": "digits", "seed": s, "val_acc": 0.50 + 0.01 * s}
+      for s in range(3)],
+    *[opt_row("125m", "11", s, 0.60 + 0.01 * s) for s in range(3)],
+    *[opt_row("125m", "0", s, v) for s, v in [(0, 0.45), (1, 0.56)]],  # seed 2 never ran
+    *[opt_row("1.3b", "23", s, 0.70 + 0.02 * s, conc_act_before=0.6, conc_act_after=0.7 + s / 100)
+      for s in range(3)],
+    *[opt_row("1.3b", "0", s, 0.52) for s in range(3)],
+    *[opt_row("125m", "", s, 0.55, control="adapters") for s in range(3)],
+    *[opt_row("125m", "11", s, 0.40, control="random") for s in range(3)],
+]
+
+
+def test_paper_tables_significance_missing_and_html(uri, tmp_path):
+    log_sweep(uri, "sizes", SIZES)
+    report = build_report(uri, "sizes", tmp_path / "r")
+    s = report.summary.set_index(["size", "layers", "control"])
+    big = s.loc[("1.3b", "23", "pretrained")]
+    assert big["delta"] == pytest.approx(0.21) and big["significant"] and big["pairs"] == 3
+    assert big["ci_lo"] > 0
+    first = s.loc[("125m", "0", "pretrained")]
+    assert first["missing"] == 1 and first["n"] == 2 and not first["significant"]
+    flat = s.loc[("1.3b", "0", "pretrained")]  # 0.52 vs 0.50, 0.51, 0.52: interval holds 0
+    assert flat["ci_lo"] <= 0 <= flat["ci_hi"] and not flat["significant"]
+
+    t1, t2, t3 = (report.tables[k] for k in ("by_layer", "by_size", "by_control"))
+    assert list(t1.columns[-2:]) == ["125m", "1.3b"]  # sizes by parameter count
+    assert "[1 missing]" in t1.set_index("layers").loc["0", "125m"]
+    assert list(t2.columns[-2:]) == ["125m", "1.3b"]  # each size's own last layer: 11, 23
+    assert t2["1.3b"].iloc[0].startswith("0.720 ± 0.020 (Δ +0.210 [")
+    assert t2["1.3b"].iloc[0].count("*") == 1
+    row = t3.set_index("size").loc["125m"]
+    assert row["adapters"].startswith("0.550") and row["random"].startswith("0.400")
+    assert row["none"].startswith("0.510 ± 0.010")
+
+    filtering = report.tables["filtering"].set_index(["size", "layers", "control"])
+    assert filtering.loc[("1.3b", "23", "pretrained"), "conc_act_gain"] == pytest.approx(0.11)
+    assert filtering.loc[("1.3b", "23", "pretrained"), "delta"] == pytest.approx(0.21)
+    assert (tmp_path / "r" / "gain_vs_concentration.png").stat().st_size > 1000
+
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert page.count("<table") == 4 and "Table 2. Metric by model size" in page
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert len(srcs) == 4 and all(u.startswith("data:image/png;base64,") for u in srcs)
+    assert "http" not in page.split("<body>")[1]  # nothing to fetch: one self-contained file
+    for png in ("metric_vs_layer", "metric_vs_size", "layer_size_heatmap"):
+        assert (tmp_path / "r" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_control_choice_pairs_within_the_lm_and_filters_are_validated(uri, tmp_path, capsys):
+    log_sweep(uri, "sizes", SIZES)
+    log_sweep(uri, "other", [{"control": "none", "task": "digits", "seed": 0, "val_acc": 0.9}])
+    report = build_report(uri, "sizes", tmp_path / "a", control="adapters")
+    s = report.summary.set_index(["size", "layers", "control"])
+    assert s.loc[("125m", "11", "pretrained"), "delta"] == pytest.approx(0.06)  # vs adapters
+    assert math.isnan(s.loc[("1.3b", "23", "pretrained"), "delta"])  # no 1.3b adapters run
+    both = load_runs(uri, ["sizes", "other"])
+    assert set(both["experiment"]) == {"sizes", "other"} and len(both) == len(SIZES) + 1
+    assert {"lr", "status", "weights_source", "layer_index", "lm_params"} <= set(both.columns)
+    out = tmp_path / "f"
+    assert main(["sizes", "--tracking-uri", uri, "--family", "opt", "--out", str(out)]) == 0
+    for argv, message in ((["--family", "gpt9"], "unknown family 'gpt9'; valid: opt"),
+                          (["--task", "cifar"], "unknown task 'cifar'; valid: digits"),
+                          (["--control", "pretrained"], "unknown control 'pretrained'"),
+                          (["--metric", "nope"], "unknown metric 'nope'")):
+        capsys.readouterr()
+        assert main(["sizes", "--tracking-uri", uri, "--out", str(out), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+
+
+def test_activation_maps_figure_from_logged_probe_maps(uri, tmp_path):
+    log_sweep(uri, "maps", ROWS[:3])
+    client = MlflowClient(uri)
+    runs = load_runs(uri, "maps")
+    for run_id in runs["run_id"]:
+        maps = {"inputs": [[[0.0] * 8] * 8] * 2, "informative": [[1] * 16] * 2,
+                "act_after": [list(range(16))] * 2}
+        client.log_text(run_id, json.dumps(maps), "analysis/probe_maps.json")
+    build_report(uri, "maps", tmp_path / "r")
+    assert (tmp_path / "r" / "activation_maps_digits.png").stat().st_size > 1000

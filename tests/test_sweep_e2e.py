@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +51,24 @@ def test_smoke_sweep_end_to_end(tmp_path):
     assert pre["tags.checkpoint.layers_sha256"].nunique() == len(pre)  # layer 0 != layer 5
 
     report = tmp_path / "lmblocks-reports" / "e2e"
-    assert (report / "ablation.md").read_text().count("minilm") == len(plan) - 1
-    assert (report / "metric_vs_layer.png").stat().st_size > 1000
+    runs_csv = (report / "runs.csv").read_text()
+    assert all(r in runs_csv for r in children["run_id"])
+    for png in ("metric_vs_layer", "layer_size_heatmap", "gain_vs_concentration",
+                "activation_maps_digits"):
+        assert (report / f"{png}.png").stat().st_size > 1000, png
+    assert (report / "report.html").read_text().count("data:image/png;base64,") >= 4
+    # the information-filtering probe ran on every trained trial and was logged
+    client = MlflowClient(uri)
+    for _, row in children.iterrows():
+        for name in ("act_before", "act_after", "freq_before", "freq_after", "cls_attn"):
+            assert 0 < row[f"metrics.conc_{name}"] < 1, name
+        maps = json.loads(Path(client.download_artifacts(
+            row["run_id"], "analysis/probe_maps.json", str(tmp_path))).read_text())
+        assert len(maps["act_after"]) == 8 and len(maps["act_after"][0]) == 16
+    none = children[children["params.control"] == "none"].iloc[0]
+    assert none["metrics.conc_act_before"] == none["metrics.conc_act_after"]  # no block
+    logged = {a.path for a in client.list_artifacts(parent["run_id"].iloc[0], "report")}
+    assert "report/report.html" in logged
     assert "report:" in proc.stdout and "| digits" in proc.stdout
     # per-epoch Tune checkpoints hold the trainable weights as safetensors
     assert list((tmp_path / "ray").rglob("checkpoint_*/trainable.safetensors"))

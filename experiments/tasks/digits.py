@@ -37,8 +37,20 @@ def build_data() -> tuple[TensorDataset, TensorDataset]:
     return TensorDataset(x_tr, y_tr), TensorDataset(x_va, y_va)
 
 
+PATCH = 2
+INK = 0.25  # a patch with a pixel above a quarter of full intensity holds part of the digit
+
+
+def ink_patches(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 8, 8) -> (B, 16) bool, in timm's row-major patch order."""
+    b, _, h, w = x.shape
+    patches = x.reshape(b, h // PATCH, PATCH, w // PATCH, PATCH).amax(dim=(2, 4))
+    return (patches > INK).reshape(b, -1)
+
+
 def build_model(block: nn.Module | None) -> nn.Module:
-    vit = small_vit(img_size=8, in_chans=1, num_classes=10, embed_dim=EMBED_DIM)
+    vit = small_vit(img_size=8, in_chans=1, num_classes=10, embed_dim=EMBED_DIM,
+                    patch_size=PATCH)
     return insert_after_last_block(vit, block)
 
 
@@ -49,5 +61,6 @@ DIGITS = register_task(
         visual_dim=EMBED_DIM,
         build_data=build_data,
         build_model=build_model,
+        informative_tokens=ink_patches,
     )
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -25,6 +26,11 @@ class Task:
     build_model: Callable[[nn.Module | None], nn.Module]
     metric: str = "val_acc"
     mode: str = "max"
+    # Which patch tokens carry the object, (B, C, H, W) -> (B, n_patches) bool: lets the
+    # information-filtering probe score concentration (None: maps only, no scores).
+    informative_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
+    prefix_tokens: int = 1  # class/register tokens ahead of the patches
+    probe_size: int = 8  # validation samples in the fixed probe batch
 
 
 _TASKS: dict[str, Task] = {}

@@ -1,0 +1,158 @@
+"""The report's figures (PNG, matplotlib), each titled and labelled for a reader without the
+code: metric vs layer with interval bands, metric vs model size (log x), a layer x size heat
+map of the gain over the control, the probe's activation maps per control, and accuracy gain
+against concentration gain (the information-filtering hypothesis)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from results.tables import fixed_layer
+
+CONTROL_STYLE = {"random": ("tab:red", ":"), "adapters": ("tab:green", "-."),
+                 "none": ("grey", "--")}
+CONTROL_NAME = {"none": "no block", "adapters": "adapters only", "random": "random frozen block",
+                "pretrained": "pretrained frozen block"}
+
+
+def _metric_label(summary: pd.DataFrame) -> str:
+    return f"final {summary.attrs.get('metric', 'val_acc').replace('_', ' ')}"
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def metric_vs_layer(summary: pd.DataFrame, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    pre = summary[summary["control"] == "pretrained"]
+    for (task, family, size), grp in pre.groupby(["task", "family", "size"], sort=False):
+        grp = grp.sort_values("layer_index")
+        line, = ax.plot(grp["layer_index"], grp["mean"], marker="o",
+                        label=f"{family}-{size}, pretrained ({task})")
+        if grp["mean_lo"].notna().any():
+            ax.fill_between(grp["layer_index"], grp["mean_lo"], grp["mean_hi"],
+                            color=line.get_color(), alpha=0.2)
+    for _, row in summary[summary["control"] != "pretrained"].iterrows():
+        color, style = CONTROL_STYLE[row["control"]]
+        lm = "" if row["control"] == "none" else f"{row['family']}-{row['size']} "
+        ax.axhline(row["mean"], color=color, linestyle=style,
+                   label=f"{lm}{CONTROL_NAME[row['control']]} ({row['task']})")
+    ax.set_xlabel("index of the frozen LM layer inserted after the last visual block")
+    ax.set_ylabel(f"{_metric_label(summary)} (mean; band: 95% CI over seeds)")
+    ax.set_title("Which layer helps: validation metric by layer, against the controls")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def metric_vs_size(summary: pd.DataFrame, path: Path, layer: str = "last") -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    pre = fixed_layer(summary, layer).dropna(subset=["lm_params"])
+    for (task, family), grp in pre.groupby(["task", "family"], sort=False):
+        grp = grp.sort_values("lm_params")
+        err = np.vstack([grp["mean"] - grp["mean_lo"], grp["mean_hi"] - grp["mean"]])
+        ax.errorbar(grp["lm_params"], grp["mean"], yerr=np.nan_to_num(err), marker="o",
+                    capsize=3, label=f"{family} ({task})")
+        for _, r in grp.iterrows():
+            ax.annotate(r["size"], (r["lm_params"], r["mean"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    for _, row in summary[summary["control"] == "none"].iterrows():
+        ax.axhline(row["mean"], color="grey", linestyle="--", label=f"no block ({row['task']})")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters of the language model the block comes from (log scale)")
+    ax.set_ylabel(f"{_metric_label(summary)} (mean; bars: 95% CI)")
+    ax.set_title(f"Do larger LMs help? Pretrained block at layer '{layer}' of each size")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
+    """Rows: layer index; columns: sizes of each family (by parameters); colour: the paired
+    gain over the control (the mean where there is no pair)."""
+    pre = summary[summary["control"] == "pretrained"]
+    use_delta = pre["delta"].notna().any()
+    value = "delta" if use_delta else "mean"
+    cols = pre.sort_values(["family", "lm_params"])[["family", "size"]].drop_duplicates()
+    labels = [f"{f}-{s}" for f, s in zip(cols["family"], cols["size"], strict=True)]
+    layers = sorted(pre["layer_index"].dropna().unique())
+    grid = np.full((len(layers), len(labels)), np.nan)
+    for _, r in pre.iterrows():
+        if pd.notna(r["layer_index"]):
+            grid[layers.index(r["layer_index"]), labels.index(f"{r['family']}-{r['size']}")] = (
+                r[value])
+    fig, ax = plt.subplots(figsize=(2 + 1.2 * max(1, len(labels)), 1.5 + 0.4 * max(1, len(layers))))
+    bound = np.nanmax(np.abs(grid)) if use_delta and np.isfinite(grid).any() else None
+    im = ax.imshow(grid, aspect="auto", cmap="RdBu" if use_delta else "viridis",
+                   vmin=-bound if bound else None, vmax=bound if bound else None)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:+.3f}" if use_delta else f"{grid[i, j]:.3f}",
+                        ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(layers)), [str(int(v)) for v in layers], fontsize=8)
+    ax.set_xlabel("language model (family-size, by parameters)")
+    ax.set_ylabel("frozen layer index")
+    control = summary.attrs.get("control", "none")
+    what = f"gain over '{CONTROL_NAME.get(control, control)}'" if use_delta else "mean metric"
+    ax.set_title(f"Layer x model size: {what}")
+    fig.colorbar(im, ax=ax, label=what)
+    return _save(fig, path)
+
+
+def activation_maps(maps_by_control: dict[str, dict], path: Path, samples: int = 4) -> Path:
+    """Rows: probe samples; columns: the input, then the token activation after the block
+    for each control (each map over the patch grid, scaled per map)."""
+    controls = list(maps_by_control)
+    first = next(iter(maps_by_control.values()))
+    n = min(samples, len(first["inputs"]))
+    fig, axes = plt.subplots(n, 1 + len(controls), figsize=(1.9 * (1 + len(controls)), 1.9 * n),
+                             squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(np.array(first["inputs"][i]), cmap="gray_r")
+        axes[i, 0].set_title("input" if i == 0 else "", fontsize=8)
+        for j, control in enumerate(controls):
+            act = np.array(maps_by_control[control]["act_after"][i])
+            side = round(len(act) ** 0.5)
+            axes[i, j + 1].imshow(act.reshape(side, side), cmap="magma")
+            if i == 0:
+                axes[i, j + 1].set_title(control, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Token activation (L2 norm, centred) after the block, per control", fontsize=9)
+    return _save(fig, path)
+
+
+def gain_vs_concentration(summary: pd.DataFrame, path: Path) -> Path:
+    cells = summary[summary["control"] != summary.attrs.get("control", "none")].dropna(
+        subset=["delta", "conc_act_gain"]) if "conc_act_gain" in summary else summary.iloc[:0]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for control, grp in cells.groupby("control"):
+        ax.scatter(grp["conc_act_gain"], grp["delta"], label=CONTROL_NAME.get(control, control))
+        for _, r in grp.iterrows():
+            tag = f"L{r['layers']}" if r["layers"] else r["control"]
+            ax.annotate(tag, (r["conc_act_gain"], r["delta"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("concentration gain: share of activation on informative tokens, after - before")
+    ax.set_ylabel(f"gain in {_metric_label(summary)} over the control")
+    ax.set_title("Information filtering: does concentrating activation go with accuracy?")
+    ax.grid(alpha=0.3)
+    if len(cells):
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+

@@ -1,0 +1,115 @@
+"""Per-cell statistics over seeds, and paired comparisons against a control with bootstrap
+confidence intervals: the numbers behind every claim a report makes.
+
+A *cell* is (task, family, size, layers, control); its seeds are repeats. A cell is compared
+with the chosen control seed by seed (same task and seed; for the ``adapters`` and ``random``
+controls also the same family and size, since those controls are sized like the LM), and the
+paired differences get a percentile bootstrap 95% interval. A cell is *significant* only when
+that interval excludes zero and rests on at least three pairs (with two, a percentile
+bootstrap interval is just the span of the two differences).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from results.runs import AXES, CONTROL_ORDER
+
+CELL = ["task", "family", "size", "layers", "control"]
+COMPARABLE_CONTROLS = ("none", "adapters", "random")
+BOOTSTRAP_SAMPLES = 10_000
+CONFIDENCE = 0.95
+MIN_PAIRS = 3  # for a cell to be called significant
+
+
+def bootstrap_ci(values, samples: int = BOOTSTRAP_SAMPLES, confidence: float = CONFIDENCE,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean; NaNs with fewer than two values."""
+    x = np.asarray(list(values), dtype=float)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(samples, len(x)))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def best_hparams(df: pd.DataFrame, metric: str = "val_acc", higher: bool = True) -> pd.DataFrame:
+    """One row per (cell, seed): where a hyperparameter search ran several trials of it, the
+    FINISHED one with the best ``metric`` (else the latest failure); ``hparam_trials`` says
+    how many there were, so a reader sees what was selected from."""
+    if df.empty:
+        return df.assign(hparam_trials=pd.Series(dtype=int))
+    worst = float("-inf") if higher else float("inf")
+    ranked = df.assign(_done=df["status"].eq("FINISHED"), _m=df[metric].fillna(worst))
+    counts = ranked.groupby(AXES)["run_id"].transform("size")
+    ranked = ranked.assign(hparam_trials=counts).sort_values(
+        ["_done", "_m"], ascending=[False, not higher])
+    return ranked.drop_duplicates(AXES).drop(columns=["_done", "_m"]).sort_index()
+
+
+def _pair_key(control: str) -> list[str]:
+    return ["task", "seed"] if control == "none" else ["family", "size", "task", "seed"]
+
+
+def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
+              higher: bool = True) -> pd.DataFrame:
+    """Per cell: mean, std, n over FINISHED seeds; failed and missing seeds; paired
+    difference against ``control`` with its bootstrap interval and significance; the
+    information-filtering concentration before/after the block and its gain."""
+    if control not in COMPARABLE_CONTROLS:
+        raise ValueError(f"unknown control {control!r}; valid: {', '.join(COMPARABLE_CONTROLS)}")
+    df = best_hparams(df, metric, higher)
+    done = df[df["status"] == "FINISHED"]
+    key = _pair_key(control)
+    base = done[done["control"] == control].set_index(key)[metric]
+    base = base[~base.index.duplicated()]
+    expected = df.groupby("task")["seed"].agg(lambda s: set(s))
+    rows = []
+    for cell, grp in df.groupby(CELL, sort=False):
+        ok = grp[grp["status"] == "FINISHED"]
+        seeds_tried = set(grp["seed"])
+        diffs = []
+        if grp["control"].iloc[0] != control:
+            for _, r in ok.iterrows():
+                k = tuple(r[c] for c in key)
+                if k in base.index:
+                    diffs.append(r[metric] - base[k])
+        lo, hi = bootstrap_ci(diffs)
+        mean_lo, mean_hi = bootstrap_ci(ok[metric])
+        row = {
+            **dict(zip(CELL, cell, strict=True)),
+            "layer_index": grp["layer_index"].iloc[0],
+            "lm_params": grp["lm_params"].iloc[0],
+            "mean": ok[metric].mean(),
+            "std": ok[metric].std(ddof=1) if len(ok) > 1 else float("nan"),
+            "mean_lo": mean_lo,  # bootstrap 95% interval of the mean over seeds
+            "mean_hi": mean_hi,
+            "n": len(ok),
+            "failed": int((~grp["seed"].isin(ok["seed"])).sum()),
+            "missing": len(expected[cell[0]] - seeds_tried),
+            "delta": float(np.mean(diffs)) if diffs else float("nan"),
+            "ci_lo": lo,
+            "ci_hi": hi,
+            "pairs": len(diffs),
+            "significant": bool(len(diffs) >= MIN_PAIRS and (lo > 0 or hi < 0)),
+            "hparam_trials": int(grp["hparam_trials"].max()),
+        }
+        for name in ("act", "freq"):
+            b, a = f"conc_{name}_before", f"conc_{name}_after"
+            if b in ok and a in ok:
+                row[f"{b}"] = ok[b].mean()
+                row[f"{a}"] = ok[a].mean()
+                row[f"conc_{name}_gain"] = (ok[a] - ok[b]).mean()
+        if "conc_cls_attn" in ok:
+            row["conc_cls_attn"] = ok["conc_cls_attn"].mean()
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs.update(metric=metric, control=control, higher=higher)
+    if out.empty:
+        return out
+    out["_order"] = out["control"].map(CONTROL_ORDER.index)
+    return out.sort_values(["task", "family", "_order", "lm_params", "layer_index"],
+                           na_position="first").drop(columns="_order").reset_index(drop=True)

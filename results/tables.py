@@ -1,0 +1,118 @@
+"""The paper's three ablation tables, generated from a per-cell summary.
+
+1. metric by layer index, per family and size (which layer helps);
+2. metric by model size, per family, at one fixed layer (do only large LMs help?);
+3. task x control: no block, the adapters alone, a random frozen block, the pretrained block.
+
+Each cell reads ``mean ± std (Δ +d [lo, hi]*) n/expected``: Δ is the paired difference against
+the chosen control with its bootstrap 95% interval, ``*`` marks an interval excluding zero,
+and failed or missing seeds are written out, never dropped.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from results.runs import CONTROL_ORDER, last_layer
+
+
+def cell_text(row: pd.Series) -> str:
+    if row["n"] == 0:
+        text = "—"
+    else:
+        text = f"{row['mean']:.3f}"
+        if row["n"] > 1:
+            text += f" ± {row['std']:.3f}"
+    if pd.notna(row.get("delta")):
+        star = "*" if row["significant"] else ""
+        if pd.notna(row["ci_lo"]):
+            text += f" (Δ {row['delta']:+.3f} [{row['ci_lo']:+.3f}, {row['ci_hi']:+.3f}]{star})"
+        else:
+            text += f" (Δ {row['delta']:+.3f})"
+    if row["failed"]:
+        text += f" [{row['failed']} failed]"
+    if row["missing"]:
+        text += f" [{row['missing']} missing]"
+    if row.get("hparam_trials", 1) > 1:
+        text += f" [best of {row['hparam_trials']}]"
+    return text
+
+
+def _blank(s: pd.Series) -> pd.Series:
+    return s.replace("", "-")
+
+
+def _sizes_in_order(summary: pd.DataFrame) -> list[str]:
+    sized = summary[summary["size"] != ""].sort_values("lm_params")
+    return list(dict.fromkeys(sized["size"]))
+
+
+def by_layer(summary: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: rows task, family, layer selection; columns model size (pretrained block)."""
+    pre = summary[summary["control"] == "pretrained"].sort_values("layer_index")
+    if pre.empty:
+        return pd.DataFrame()
+    t = pre.assign(cell=pre.apply(cell_text, axis=1)).pivot_table(
+        index=["task", "family", "layers"], columns="size", values="cell", aggfunc="first",
+        sort=False)
+    t = t[[s for s in _sizes_in_order(pre) if s in t.columns]]
+    return t.fillna("").reset_index().rename_axis(columns=None)
+
+
+def fixed_layer(summary: pd.DataFrame, layer: str = "last") -> pd.DataFrame:
+    """The pretrained cells at one layer of every size: ``last`` (each size's own last
+    layer: sizes differ in depth), or an index such as ``0``, or a label such as ``3:5``."""
+    pre = summary[summary["control"] == "pretrained"]
+    if layer == "last":
+        keep = [str(last_layer(f, s)) == lab for f, s, lab in
+                zip(pre["family"], pre["size"], pre["layers"], strict=True)]
+        return pre[keep]
+    return pre[pre["layers"] == layer]
+
+
+def by_size(summary: pd.DataFrame, layer: str = "last") -> pd.DataFrame:
+    """Table 2: rows task, family; columns model size (by parameter count); one layer."""
+    pre = fixed_layer(summary, layer)
+    if pre.empty:
+        return pd.DataFrame()
+    t = pre.assign(cell=pre.apply(cell_text, axis=1)).pivot_table(
+        index=["task", "family"], columns="size", values="cell", aggfunc="first", sort=False)
+    t = t[[s for s in _sizes_in_order(pre) if s in t.columns]]
+    return t.fillna("").reset_index().rename_axis(columns=None)
+
+
+def by_control(summary: pd.DataFrame, layer: str = "last") -> pd.DataFrame:
+    """Table 3: rows task, family, size; columns none / adapters / random / pretrained
+    (the pretrained block at ``layer``). ``none`` belongs to every family's row of its task."""
+    pre = fixed_layer(summary, layer)
+    others = summary[summary["control"].isin(["random", "adapters"])]
+    none = summary[summary["control"] == "none"]
+    cells = pd.concat([pre, others])
+    if cells.empty and none.empty:
+        return pd.DataFrame()
+    rows = []
+    lms = cells[["task", "family", "size"]].drop_duplicates() if not cells.empty else (
+        none[["task"]].assign(family="", size=""))
+    for _, lm in lms.iterrows():
+        row = {"task": lm["task"], "family": lm["family"] or "-", "size": lm["size"] or "-"}
+        for control in reversed(CONTROL_ORDER):  # none, adapters, random, pretrained
+            src = none[none["task"] == lm["task"]] if control == "none" else cells[
+                (cells["task"] == lm["task"]) & (cells["family"] == lm["family"])
+                & (cells["size"] == lm["size"]) & (cells["control"] == control)]
+            label = f"pretrained (layer {layer})" if control == "pretrained" else control
+            row[label] = cell_text(src.iloc[0]) if len(src) else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def filtering_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy gain next to concentration gain, per cell: the hypothesis' test."""
+    cols = ["conc_act_before", "conc_act_after", "conc_act_gain", "conc_freq_gain",
+            "conc_cls_attn"]
+    if "conc_act_gain" not in summary:
+        return pd.DataFrame()
+    t = summary[["task", "family", "size", "layers", "control", "n", "mean", "delta",
+                 *[c for c in cols if c in summary]]].copy()
+    for c in ("family", "size", "layers"):
+        t[c] = _blank(t[c])
+    return t.round(4)
