@@ -92,7 +92,7 @@ def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
         if pd.notna(r["layer_index"]):
             grid[layers.index(r["layer_index"]), labels.index(f"{r['family']}-{r['size']}")] = (
                 r[value])
-    fig, ax = plt.subplots(figsize=(2 + 1.2 * max(1, len(labels)), 1.5 + 0.4 * max(1, len(layers))))
+    fig, ax = plt.subplots(figsize=(max(6.5, 2.5 + 1.2 * len(labels)), 2 + 0.4 * max(1, len(layers))))
     bound = np.nanmax(np.abs(grid)) if use_delta and np.isfinite(grid).any() else None
     im = ax.imshow(grid, aspect="auto", cmap="RdBu" if use_delta else "viridis",
                    vmin=-bound if bound else None, vmax=bound if bound else None)

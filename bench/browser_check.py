@@ -1,0 +1,135 @@
+"""Look at a sweep's report and its MLflow comparison in a real browser (headless Chromium).
+
+Serves the report folder on 127.0.0.1, starts ``mlflow ui`` on the sweep's store, and has
+Chromium render (1) ``report.html`` and (2) MLflow's compare-runs page for the sweep's trials.
+For each it saves a screenshot and checks the rendered DOM: the report's tables and inline
+figures, MLflow's run names and metric keys. Prints what it found; exit 1 if something did
+not render.
+
+    apt-get install chromium        # Debian's package: /usr/bin/chromium
+    python bench/browser_check.py --experiment default --report lmblocks-reports/default \\
+        [--tracking-uri sqlite:///$PWD/mlflow.db] [--out browser-check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    sys.exit("browser_check: no Chromium on PATH; install Debian's: apt-get install chromium")
+
+
+def render(url: str, png: Path, budget_ms: int = 15000) -> str:
+    """Screenshot ``url`` and return its DOM after scripts ran (virtual time budget)."""
+    common = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              f"--virtual-time-budget={budget_ms}", "--window-size=1400,2200"]
+    subprocess.run([*common, f"--screenshot={png}", url], check=True, capture_output=True,
+                   timeout=120)
+    dom = subprocess.run([*common, "--dump-dom", url], check=True, capture_output=True,
+                         text=True, timeout=120)
+    return dom.stdout
+
+
+def ink_share(png: Path) -> float:
+    """Share of non-white pixels: a blank page scores ~0."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)[..., :3]
+    return float((img.mean(axis=-1) < 0.97).mean())
+
+
+def wait_http(url: str, seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    sys.exit(f"browser_check: {url} did not answer in {seconds:.0f} s")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--report", required=True, help="folder holding report.html")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--out", default="browser-check")
+    args = p.parse_args()
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ok = True
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=args.report)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    report_url = f"http://127.0.0.1:{httpd.server_address[1]}/report.html"
+    dom = render(report_url, out / "report.png")
+    rows = len(re.findall(r"<tr>", dom))
+    images = len(re.findall(r'<img [^>]*src="data:image/png', dom))
+    share = ink_share(out / "report.png")
+    print(f"report.html: {rows} table rows, {images} inline figures, "
+          f"{share:.1%} of the screenshot inked -> {out / 'report.png'}")
+    ok &= rows > 0 and images > 0 and share > 0.02
+    httpd.shutdown()
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(args.experiment)
+    runs = client.search_runs([exp.experiment_id], "tags.`lmblocks.kind` = 'trial'",
+                              max_results=20)
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                           "--host", "127.0.0.1", "--port", str(port)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        ids = json.dumps([r.info.run_id for r in runs])
+        query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp.experiment_id])})
+        compare = f"http://127.0.0.1:{port}/#/compare-runs?{query}"
+        dom = render(compare, out / "mlflow_compare.png", budget_ms=30000)
+        names = sum(r.info.run_name in dom for r in runs)
+        metrics = [m for m in ("val_acc", "conc_act_after") if m in dom]
+        share = ink_share(out / "mlflow_compare.png")
+        print(f"MLflow compare-runs: {names}/{len(runs)} run names, metrics shown {metrics}, "
+              f"{share:.1%} inked -> {out / 'mlflow_compare.png'}")
+        ok &= names > 0 and "val_acc" in metrics and share > 0.02
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+    print("rendered" if ok else "NOT rendered")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
