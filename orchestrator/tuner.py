@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import ray
 from mlflow.tracking import MlflowClient
 from optuna.samplers import (
@@ -27,6 +29,7 @@ from optuna.samplers import (
 )
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -89,15 +92,16 @@ def suggest_hparams(trial, suffix: str = "") -> dict[str, object]:
 class GridCells:
     """Define-by-run space of the exhaustive grid: one categorical ``cell`` (a plan row's
     index) that Optuna's GridSampler walks without repeats; the row's axes are returned as
-    constants. Any sample is a valid row, and a cell that was asked for but never ran (its
-    driver died) is asked for again once the others are done: GridSampler returns unfinished
-    cells before it repeats finished ones."""
+    constants, with the Optuna trial's number (``optuna_trial``), so that a resumed sweep can
+    tell the study's trials Tune still knows from those its dead driver asked for and never
+    saved (``release_stale_trials``)."""
 
     def __init__(self, plan: list[TrialSpec]) -> None:
         self.rows = [cell_config(t) for t in plan]
 
     def __call__(self, trial) -> dict[str, object]:
-        return dict(self.rows[trial.suggest_categorical("cell", list(range(len(self.rows))))])
+        cell = trial.suggest_categorical("cell", list(range(len(self.rows))))
+        return {**self.rows[cell], "optuna_trial": trial.number}
 
 
 def cell_config(t: TrialSpec) -> dict[str, object]:
@@ -108,16 +112,44 @@ def cell_config(t: TrialSpec) -> dict[str, object]:
 
 class PerCellHparams:
     """Hyperparameters searched per cell: every plan row runs ``samples`` trials, taken
-    round-robin (trial ``n`` is row ``n % rows``), each with hyperparameters the sampler
-    proposes from that row's earlier trials alone."""
+    round-robin (the row with the fewest trials so far, lowest first; trials released after
+    a driver crash do not count), each with hyperparameters the sampler proposes from that
+    row's earlier trials alone."""
 
     def __init__(self, plan: list[TrialSpec], samples: int) -> None:
         self.rows = [cell_config(t) for t in plan]
         self.samples = samples
 
     def __call__(self, trial) -> dict[str, object]:
-        cell = trial.number % len(self.rows)
-        return {**self.rows[cell], **suggest_hparams(trial, f"|cell{cell}")}
+        counts = Counter(
+            t.user_attrs["cell"] for t in trial.study.get_trials(deepcopy=False)
+            if "cell" in t.user_attrs and not t.system_attrs.get(RELEASED))
+        cell = min(range(len(self.rows)), key=lambda i: (counts[i], i))
+        trial.set_user_attr("cell", cell)
+        return {**self.rows[cell], **suggest_hparams(trial, f"|cell{cell}"),
+                "optuna_trial": trial.number}
+
+
+RELEASED = "lmblocks_released"
+
+
+def release_stale_trials(study_path: Path, study_name: str, live: set[int]) -> list[int]:
+    """After a driver crash, the study's RUNNING trials that Tune's restored experiment does
+    not know (asked for, never saved) are ended FAIL and marked released, so that their
+    cells are asked for again: GridSampler would otherwise count them as running forever
+    and, once the rest is done, pick at random among unfinished cells, possibly one that
+    is running, twice. Returns the released trial numbers."""
+    storage = JournalStorage(JournalFileBackend(str(study_path)))
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    released = []
+    for t in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+        if t.number in live:
+            continue
+        storage.set_trial_system_attr(t._trial_id, "search_space", {})  # GridSampler: not ours
+        storage.set_trial_system_attr(t._trial_id, RELEASED, True)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        released.append(t.number)
+    return released
 
 
 class CellGridSampler(GridSampler):
@@ -313,6 +345,13 @@ def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = 
             per_trial_resources(ray.cluster_resources().get("GPU", 0), meta["gpus_per_trial"],
                                 meta["gpu_memory_bytes"]),
         )
+        journal = Path(path) / "optuna.journal"
+        if journal.is_file():
+            live = {int(t.config["optuna_trial"]) for t in
+                    tune.ExperimentAnalysis(str(path)).trials if "optuna_trial" in t.config}
+            if stale := release_stale_trials(journal, meta["experiment"], live):
+                print(f"released Optuna trials {stale}: asked for by the dead driver, never "
+                      "started; their cells will be asked for again")
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
         return _fit(tuner, meta["tracking_uri"], meta["experiment"], meta["parent_run_id"],

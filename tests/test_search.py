@@ -78,3 +78,39 @@ def test_trial_count():
     assert trial_count(plan, "grid", None, "per-cell", 4) == 20
     assert trial_count(plan, "optuna", 7, "joint", 4) == 7
     assert trial_count(plan, "optuna", None, None, 4) == 5
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_resume_releases_cells_a_dead_driver_asked_for(tmp_path, seed, plan):
+    """The driver died after asking for a cell and before Tune saved it: that cell must be
+    asked for again, and no cell twice (GridSampler alone picks at random among the cells
+    it thinks are running once the others are done)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from orchestrator.tuner import CellGridSampler, release_stale_trials
+
+    rows = plan[:3]
+    cells = GridCells(rows)
+    journal = tmp_path / "optuna.journal"
+
+    def study():
+        return optuna.create_study(
+            study_name="s", load_if_exists=True, direction="maximize",
+            storage=JournalStorage(JournalFileBackend(str(journal))),
+            sampler=CellGridSampler({"cell": [0, 1, 2]}, seed=seed))
+
+    before = study()
+    done, stale = before.ask(), before.ask()
+    first = cells(done)
+    before.tell(done, 0.5)
+    stale_cell = cells(stale)["cell_key"]  # asked, never saved by Tune: the driver died
+
+    assert release_stale_trials(journal, "s", live={done.number}) == [stale.number]
+    after = study()
+    running = after.ask()
+    seen = [first["cell_key"], cells(running)["cell_key"]]
+    last = after.ask()  # one cell left: it must be the released one, not the running one
+    seen.append(cells(last)["cell_key"])
+    assert sorted(seen) == sorted(t.key for t in rows)
+    assert stale_cell == seen[-1] or stale_cell == seen[1]
