@@ -65,16 +65,24 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, loader, device) -> tuple[float, float]:
+def evaluate(model, loader, device) -> tuple[float, float, float]:
+    """(mean loss, overall accuracy, mean class accuracy: the recall of each class seen in
+    the validation set, averaged, so that a rare class counts as much as a common one)."""
     model.eval()
-    total, correct, n = 0.0, 0, 0
+    total, n = 0.0, 0
+    preds, labels = [], []
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         logits = model(x)
         total += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
+        preds.append(logits.argmax(-1).cpu())
+        labels.append(y.cpu())
         n += len(y)
-    return total / n, correct / n
+    pred, label = torch.cat(preds), torch.cat(labels)
+    hit = (pred == label).float()
+    classes = label.unique()
+    per_class = torch.stack([hit[label == c].mean() for c in classes])
+    return total / n, hit.mean().item(), per_class.mean().item()
 
 
 def probe_filtering(model: nn.Module, task, probe_x: torch.Tensor) -> dict[str, object]:
@@ -101,6 +109,7 @@ def run_trial(
     report: Report,
     *,
     weights_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
     restore: TrainState | None = None,
     device: str | torch.device = "cpu",
 ) -> BlockInfo:
@@ -133,7 +142,7 @@ def run_trial(
         optimizer.load_state_dict(restore.optimizer)
         start = restore.epoch
 
-    train_ds, val_ds = task.build_data()
+    train_ds, val_ds = task.build_data(data_dir)
     val_loader = DataLoader(val_ds, batch_size=256)
     probe_x = torch.stack([val_ds[i][0] for i in range(min(task.probe_size, len(val_ds)))])
     static = {
@@ -146,7 +155,7 @@ def run_trial(
         gen = torch.Generator().manual_seed(trial.seed * 100_003 + epoch)
         loader = DataLoader(train_ds, batch_size=hp.batch_size, shuffle=True, generator=gen)
         train_loss = train_epoch(model, loader, optimizer, device, epoch)
-        val_loss, val_acc = evaluate(model, val_loader, device)
+        val_loss, val_acc, val_mean_class_acc = evaluate(model, val_loader, device)
         best = max(best, val_acc)
         filtering = probe_filtering(model, task, probe_x.to(device))
         metrics = {
@@ -154,6 +163,7 @@ def run_trial(
             "train_loss": train_loss,
             "val_loss": val_loss,
             "val_acc": val_acc,
+            "val_mean_class_acc": val_mean_class_acc,
             "best_val_acc": best,
             **static,
             "layers_sha256": info.layers_sha256,

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="sweep name (default: the preset's)")
     r.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
     r.add_argument("--weights-dir", help="folder of checkpoints: DIR/facebook/opt-125m, ...")
+    r.add_argument("--data-dir", help="dataset folder for tasks with real data (modelnet40, ...)")
     r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     r.add_argument("--storage", help="Ray results/checkpoints (default: ./lmblocks-runs)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite ./mlflow.db)")
@@ -127,6 +128,17 @@ def print_plan(plan) -> None:
         ).to_string(index=False))
 
 
+def preflight_data(plan, data_dir: str | None) -> None:
+    """Every task's data must be where --data-dir says (embedded tasks need none)."""
+    from experiments.tasks.registry import DataError, get_task
+
+    for name in dict.fromkeys(t.task for t in plan):
+        try:
+            get_task(name).check_data(data_dir)
+        except DataError as e:
+            raise SpecError(str(e)) from None
+
+
 def preflight_weights(plan, weights_dir: str | None) -> dict[tuple[str, str], str]:
     """Every pretrained (family, size) must be findable and match the registry; config only."""
     from encoders.block_factory import check_checkpoint
@@ -192,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"(got --search {args.search})")
         if args.samples_per_cell < 1:
             raise SpecError(f"--samples-per-cell must be positive (got {args.samples_per_cell})")
+        preflight_data(plan, args.data_dir)
         identities = preflight_weights(plan, args.weights_dir)
     except SpecError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
@@ -227,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         storage=storage,
         address=args.address,
         weights_dir=str(Path(args.weights_dir).resolve()) if args.weights_dir else None,
+        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         quiet=args.quiet,
         max_failures=args.max_failures,
         search=args.search,

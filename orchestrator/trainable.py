@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 
 import ray
@@ -13,8 +14,11 @@ from experiments.training import TrainState, run_trial
 from orchestrator.plan import TrialSpec
 
 
-def tune_trial(config: dict, *, weights_dir: str | None = None) -> None:
+def tune_trial(config: dict, *, weights_dir: str | None = None,
+               data_dir: str | None = None) -> None:
     trial = TrialSpec.from_config(config)
+    # one "Checkpoint successfully created" INFO line per epoch per trial drowns the progress line
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
@@ -32,4 +36,5 @@ def tune_trial(config: dict, *, weights_dir: str | None = None) -> None:
             tune.report({**metrics, "node_id": node},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
-    run_trial(trial, report, weights_dir=weights_dir, restore=restore, device=device)
+    run_trial(trial, report, weights_dir=weights_dir, data_dir=data_dir, restore=restore,
+              device=device)

@@ -264,6 +264,7 @@ def run_sweep(
     storage: str,
     address: str | None = None,
     weights_dir: str | None = None,
+    data_dir: str | None = None,
     quiet: bool = False,
     max_failures: int = 2,
     search: str = "grid",
@@ -285,7 +286,7 @@ def run_sweep(
         logger = MlflowTrialLogger(tracking_uri, experiment, parent, identities)
         gpu_bytes = gpu_memory_bytes(gpu_memory_gb)
         trainable = tune.with_resources(
-            tune.with_parameters(tune_trial, weights_dir=weights_dir),
+            tune.with_parameters(tune_trial, weights_dir=weights_dir, data_dir=data_dir),
             per_trial_resources(ray.cluster_resources().get("GPU", 0), gpus_per_trial, gpu_bytes),
         )
         name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -323,7 +324,8 @@ def run_sweep(
             path.mkdir(parents=True, exist_ok=True)
             (path / SWEEP_FILE).write_text(json.dumps({
                 "experiment": experiment, "parent_run_id": parent, "tracking_uri": tracking_uri,
-                "weights_dir": weights_dir, "gpus_per_trial": gpus_per_trial,
+                "weights_dir": weights_dir, "data_dir": data_dir,
+                "gpus_per_trial": gpus_per_trial,
                 "gpu_memory_bytes": gpu_bytes,
             }))
         client.set_tag(parent, "ray.experiment_path", str(path))
@@ -341,7 +343,8 @@ def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = 
     _start_ray(address, quiet)
     try:
         trainable = tune.with_resources(
-            tune.with_parameters(tune_trial, weights_dir=meta["weights_dir"]),
+            tune.with_parameters(tune_trial, weights_dir=meta["weights_dir"],
+                                 data_dir=meta.get("data_dir")),
             per_trial_resources(ray.cluster_resources().get("GPU", 0), meta["gpus_per_trial"],
                                 meta["gpu_memory_bytes"]),
         )

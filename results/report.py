@@ -87,6 +87,12 @@ def probe_maps_by_control(df: pd.DataFrame, summary: pd.DataFrame, client: Mlflo
     return out
 
 
+def _is_image(maps: dict) -> bool:
+    first = maps["inputs"][0]
+    return isinstance(first, list) and isinstance(first[0], list) and not isinstance(
+        first[0][0], list) and len(first) == len(first[0]) > 4
+
+
 def _load_maps(client: MlflowClient, run_id: str) -> dict | None:
     with tempfile.TemporaryDirectory() as d:
         try:
@@ -159,7 +165,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
     if client is not None:
         for task in summary["task"].unique():
             maps = probe_maps_by_control(df, summary, client, task)
-            if maps:
+            if maps and _is_image(next(iter(maps.values()))):  # maps over a patch grid
                 figures.append(plots.activation_maps(maps, out / f"activation_maps_{task}.png"))
     experiments = ", ".join(sorted(df["experiment"].unique())) if "experiment" in df else ""
     done = int((df["status"] == "FINISHED").sum())

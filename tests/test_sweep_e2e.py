@@ -184,11 +184,11 @@ def test_driver_killed_then_resume_completes_every_cell_once(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--epochs", "3",
-            "--seeds", "0", "1", "--quiet", "--tracking-uri", uri,
+            "--seeds", "0", "--quiet", "--tracking-uri", uri,
             "--storage", str(tmp_path / "ray"), "--experiment", "crash"]
     driver = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
-    plan = build_plan(load_spec("smoke").replace(epochs=3, seeds=(0, 1)))
+    plan = build_plan(load_spec("smoke").replace(epochs=3, seeds=(0,)))
     deadline = time.time() + 400
     mlflow.set_tracking_uri(uri)
     while time.time() < deadline:  # kill once some cells are done and others are not
@@ -199,7 +199,7 @@ def test_driver_killed_then_resume_completes_every_cell_once(tmp_path):
         except Exception as e:  # noqa: BLE001  (the store is still being created)
             print("store not ready:", e)
             continue
-        if (runs.get("status", pd_empty()) == "FINISHED").sum() >= 2:
+        if (runs.get("status", pd_empty()) == "FINISHED").sum() >= 1:
             break
     assert driver.poll() is None, "the sweep ended before it could be killed"
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started

@@ -32,7 +32,8 @@ def _split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return x[idx_train], y[idx_train], x[idx_val], y[idx_val]
 
 
-def build_data() -> tuple[TensorDataset, TensorDataset]:
+def build_data(data_dir: str | None = None) -> tuple[TensorDataset, TensorDataset]:
+    """Bundled with scikit-learn: ``data_dir`` is not used."""
     x_tr, y_tr, x_va, y_va = _split()
     return TensorDataset(x_tr, y_tr), TensorDataset(x_va, y_va)
 
@@ -62,5 +63,6 @@ DIGITS = register_task(
         build_data=build_data,
         build_model=build_model,
         informative_tokens=ink_patches,
+        chance=0.1,
     )
 )

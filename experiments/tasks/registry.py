@@ -10,6 +10,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 
+class DataError(ValueError):
+    """A task's data is not where it was said to be; the message names the expected layout."""
+
+
+def _data_ok(data_dir: str | None) -> None:  # embedded data: nothing to check
+    return None
+
+
 @dataclass(frozen=True)
 class Task:
     """What a trial needs from a task: its data, its model around a block, its metric.
@@ -22,7 +30,7 @@ class Task:
     name: str
     description: str
     visual_dim: int
-    build_data: Callable[[], tuple[Dataset, Dataset]]
+    build_data: Callable[..., tuple[Dataset, Dataset]]  # (data_dir=None) -> (train, val)
     build_model: Callable[[nn.Module | None], nn.Module]
     metric: str = "val_acc"
     mode: str = "max"
@@ -31,6 +39,9 @@ class Task:
     informative_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
     prefix_tokens: int = 1  # class/register tokens ahead of the patches
     probe_size: int = 8  # validation samples in the fixed probe batch
+    # Validates ``--data-dir`` before anything starts (raises DataError); embedded: no-op.
+    check_data: Callable[[str | None], None] = _data_ok
+    chance: float = 0.0  # the metric of a constant guess, for "clearly above chance" checks
 
 
 _TASKS: dict[str, Task] = {}
