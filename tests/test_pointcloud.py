@@ -118,6 +118,7 @@ def test_scanobjectnn_mask_marks_background(tmp_path):
             mask[:, :100] = -1  # background points
             h5["mask"] = mask
     train, val = get_task("scanobjectnn").build_data(tmp_path)
+    assert len(val) == 3
     assert len(train) == 3 and train[1][1] == 7
     assert (train[0][0][:100, 3] == 0).all() and (train[0][0][100:, 3] == 1).all()
     files = sorted(d.glob("training*.h5"))
