@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.block_factory import BlockInfo, build_block
 from encoders.frozen_block import FrozenLMBlock, frozen_parameter_count
+from experiments.recipe import lr_at, make_loss, make_mixer
 from experiments.tasks.registry import get_task
 from results.filtering import probe
 
@@ -48,12 +50,21 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite: the trial stops at once (the sweep goes on)."""
 
 
-def train_epoch(model, loader, optimizer, device, epoch: int = 0) -> float:
+def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
+                lr: Callable[[int], float] | None = None, loss_fn=None, mixer=None) -> float:
+    """One pass; ``lr(step)`` sets the learning rate before each step (the schedule),
+    ``mixer`` turns (x, y) into mixed inputs and soft targets for ``loss_fn``."""
     model.train()
+    loss_fn = loss_fn or F.cross_entropy
     total, n = 0.0, 0
     for step, (x, y) in enumerate(loader):
         x, y = x.to(device), y.to(device)
-        loss = F.cross_entropy(model(x), y)
+        if lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr(step)
+        if mixer is not None:
+            x, y = mixer(x, y)
+        loss = loss_fn(model(x), y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -143,6 +154,8 @@ def run_trial(
         start = restore.epoch
 
     train_ds, val_ds = task.build_data(data_dir)
+    mixer = make_mixer(hp, task.num_classes)
+    loss_fn = make_loss(hp, mixing=mixer is not None)
     val_loader = DataLoader(val_ds, batch_size=256)
     probe_x = torch.stack([val_ds[i][0] for i in range(min(task.probe_size, len(val_ds)))])
     static = {
@@ -153,8 +166,13 @@ def run_trial(
     for epoch in range(start, hp.epochs):
         # Shuffling seeded per (seed, epoch): a resumed trial sees the same batches.
         gen = torch.Generator().manual_seed(trial.seed * 100_003 + epoch)
-        loader = DataLoader(train_ds, batch_size=hp.batch_size, shuffle=True, generator=gen)
-        train_loss = train_epoch(model, loader, optimizer, device, epoch)
+        loader = DataLoader(train_ds, batch_size=hp.batch_size, shuffle=True, generator=gen,
+                            drop_last=mixer is not None)  # timm's Mixup wants even batches
+        np.random.seed(trial.seed * 100_003 + epoch)  # timm's Mixup draws from numpy
+        steps = len(loader)
+        train_loss = train_epoch(
+            model, loader, optimizer, device, epoch,
+            lr=lambda step, e=epoch, n=steps: lr_at(hp, e, step, n), loss_fn=loss_fn, mixer=mixer)
         val_loss, val_acc, val_mean_class_acc = evaluate(model, val_loader, device)
         best = max(best, val_acc)
         filtering = probe_filtering(model, task, probe_x.to(device))
@@ -164,6 +182,7 @@ def run_trial(
             "val_loss": val_loss,
             "val_acc": val_acc,
             "val_mean_class_acc": val_mean_class_acc,
+            "lr": optimizer.param_groups[0]["lr"],
             "best_val_acc": best,
             **static,
             "layers_sha256": info.layers_sha256,

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--weight-decay", type=float)
     h.add_argument("--batch-size", type=int)
     h.add_argument("--compute-dtype")
+    h.add_argument("--schedule", help="learning rate after warm-up: constant or cosine")
+    h.add_argument("--warmup-epochs", type=float)
+    h.add_argument("--label-smoothing", type=float)
+    h.add_argument("--mixup", type=float, help="Mixup alpha (0: off)")
+    h.add_argument("--cutmix", type=float, help="CutMix alpha (0: off)")
     h.add_argument("--final-norm", action="store_true", default=None,
                    help="the LM's final norm follows the block (recorded on the run)")
     r = p.add_argument_group("where it runs and records")
@@ -97,7 +102,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         except ValueError:
             raise SpecError(f"bad seeds {list(seeds)}; valid: integers") from None
     for name in ("epochs", "lr", "weight_decay", "batch_size", "compute_dtype", "final_norm",
-                 "name"):
+                 "schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "name"):
         if (v := getattr(args, name)) is not None:
             changes[name] = v
     return spec.replace(**changes)

@@ -22,6 +22,7 @@ import encoders.families  # noqa: F401  (registers the families)
 import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.frozen_block import ADAPTER_INITS, CONTROLS, WEIGHT_SOURCE
 from encoders.registry import get_family, list_families
+from experiments.recipe import SCHEDULES
 from experiments.tasks.registry import list_tasks
 from orchestrator.layers import LayerSpecError, Selection, label, parse_label, resolve_layers
 from orchestrator.spec import Hyperparameters, SpecError, SweepSpec
@@ -122,6 +123,12 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
     if spec.hparams.adapter_init not in ADAPTER_INITS:
         raise SpecError(f"unknown adapter init {spec.hparams.adapter_init!r}; "
                         f"valid: {', '.join(ADAPTER_INITS)}")
+    hp = spec.hparams
+    if hp.schedule not in SCHEDULES:
+        raise SpecError(f"unknown schedule {hp.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    for name in ("warmup_epochs", "label_smoothing", "mixup", "cutmix"):
+        if getattr(hp, name) < 0 or (name == "label_smoothing" and hp.label_smoothing >= 1):
+            raise SpecError(f"bad {name} {getattr(hp, name)}; valid: >= 0 (label_smoothing < 1)")
     if spec.hparams.epochs < 1 or spec.hparams.batch_size < 1 or spec.hparams.lr <= 0:
         raise SpecError(f"epochs, batch_size and lr must be positive (got {spec.hparams})")
     if len(set(spec.seeds)) != len(spec.seeds):

@@ -23,6 +23,11 @@ class Hyperparameters:
     compute_dtype: str = "auto"  # the block's compute dtype: auto = float32 on CPU, bf16 on GPU
     final_norm: bool = False  # the LM's final norm follows the block (off: the paper's setup)
     adapter_init: str = "default"  # the two linear maps: default (Kaiming), xavier, orthogonal
+    schedule: str = "constant"  # learning rate after warm-up: constant or cosine
+    warmup_epochs: float = 0.0  # linear warm-up from 0 to lr
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # Mixup alpha (0: off); with cutmix, timm's Mixup draws one per batch
+    cutmix: float = 0.0  # CutMix alpha (0: off; image tasks)
 
 
 @dataclass(frozen=True)

@@ -62,3 +62,20 @@ def test_non_finite_loss_stops_the_trial_at_once():
     with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1, step"):
         run_trial(TrialSpec("", "", (), "digits", "none", 0, hp), lambda m, s: seen.append(m))
     assert seen == []  # no epoch reported, no checkpoint
+
+
+def test_recipe_schedule_mixup_and_resume_follow_the_same_course(tmp_path):
+    """Warm-up + cosine, label smoothing and Mixup in a real trial; a resumed trial continues
+    the schedule (the lr is a function of the position, not saved state) and the mixing."""
+    hp = Hyperparameters(epochs=3, lr=2e-3, batch_size=64, schedule="cosine", warmup_epochs=1,
+                         label_smoothing=0.1, mixup=0.4)
+    spec = TrialSpec("minilm", "l6", (), "digits", "none", 0, hp)
+    full, states = [], []
+    run_trial(spec, lambda m, s: (full.append(m), states.append(s)))
+    assert full[0]["lr"] == pytest.approx(2e-3)  # the end of warm-up is the peak
+    assert full[1]["lr"] < full[0]["lr"] and full[2]["lr"] == pytest.approx(2e-5)
+    save_state(tmp_path, states[0])
+    resumed = []
+    run_trial(spec, lambda m, s: resumed.append(m), restore=load_state(tmp_path))
+    for key in ("lr", "train_loss", "val_acc"):
+        assert resumed[0][key] == pytest.approx(full[1][key], rel=1e-5), key

@@ -64,5 +64,6 @@ DIGITS = register_task(
         build_model=build_model,
         informative_tokens=ink_patches,
         chance=0.1,
+        num_classes=10,
     )
 )

@@ -202,6 +202,7 @@ SHAPES3D = register_task(Task(
     build_model=model_builder(len(SHAPES), GROUPS),
     informative_tokens=object_patches(GROUPS),
     chance=1 / len(SHAPES),
+    num_classes=len(SHAPES),
 ))
 
 for _name, _classes in (("modelnet40", 40), ("scanobjectnn", 15)):
@@ -215,5 +216,6 @@ for _name, _classes in (("modelnet40", 40), ("scanobjectnn", 15)):
         informative_tokens=object_patches(64),
         check_data=_check,
         chance=1 / _classes,
+        num_classes=_classes,
     ))
 

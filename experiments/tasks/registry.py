@@ -42,6 +42,7 @@ class Task:
     # Validates ``--data-dir`` before anything starts (raises DataError); embedded: no-op.
     check_data: Callable[[str | None], None] = _data_ok
     chance: float = 0.0  # the metric of a constant guess, for "clearly above chance" checks
+    num_classes: int = 0  # for Mixup's soft targets
 
 
 _TASKS: dict[str, Task] = {}

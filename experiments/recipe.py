@@ -1,0 +1,48 @@
+"""The optimisation recipe of a trial beyond AdamW's lr and weight decay: learning-rate
+schedule with linear warm-up, label smoothing, and Mixup/CutMix (timm's), as the paper's ViT
+recipe (DeiT's) uses them. The learning rate is a pure function of the position in training,
+so a trial resumed from an epoch checkpoint continues the same schedule without saving one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+SCHEDULES = ("constant", "cosine")
+MIN_LR_FRACTION = 0.01  # cosine decays to 1% of the peak
+
+
+def lr_at(hp, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Peak ``hp.lr`` after ``hp.warmup_epochs`` of linear warm-up, then constant or cosine."""
+    t = epoch + (step + 1) / steps_per_epoch  # epochs done after this step
+    if hp.warmup_epochs > 0 and t <= hp.warmup_epochs:
+        return hp.lr * t / hp.warmup_epochs
+    if hp.schedule == "cosine":
+        span = max(hp.epochs - hp.warmup_epochs, 1e-9)
+        progress = min(max((t - hp.warmup_epochs) / span, 0.0), 1.0)
+        floor = hp.lr * MIN_LR_FRACTION
+        return floor + (hp.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return hp.lr
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_mixer(hp, num_classes: int):
+    """timm's Mixup/CutMix (soft targets, smoothing folded in), or None."""
+    if not (hp.mixup or hp.cutmix):
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=hp.mixup, cutmix_alpha=hp.cutmix,
+                 label_smoothing=hp.label_smoothing, num_classes=num_classes)
+
+
+def make_loss(hp, mixing: bool) -> Loss:
+    if mixing:  # soft targets from the mixer
+        return lambda logits, target: torch.sum(-target * F.log_softmax(logits, -1), -1).mean()
+    return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=hp.label_smoothing)

@@ -1,0 +1,148 @@
+"""Real image datasets: CIFAR in torchvision's on-disk format and ImageFolder trees, on tiny
+fixtures written in those layouts; the block after the ViTs; the training recipe."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.block_factory import build_block
+from experiments.recipe import lr_at, make_loss, make_mixer
+from experiments.tasks.images import read_cifar_batch
+from experiments.tasks.registry import DataError, get_task
+from experiments.training import train_epoch
+from orchestrator import cli
+
+
+def write_cifar10(root, n_train=8, n_test=4):
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
+        n = n_test if name == "test_batch" else n_train // 5 + 1
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                 b"batch_label": f"batch {i}".encode()}
+        with open(d / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
+def test_cifar10_layout_normalised_and_augmented(tmp_path):
+    write_cifar10(tmp_path)
+    task = get_task("cifar10")
+    train, val = task.build_data(str(tmp_path))
+    assert len(train) == 5 * 2 and len(val) == 4
+    x, y = val[0]
+    assert x.shape == (3, 32, 32) and 0 <= int(y) < 10
+    assert torch.equal(val[0][0], val[0][0])  # validation: no augmentation
+    torch.manual_seed(0)
+    views = {tuple(train[0][0].flatten()[:50].tolist()) for _ in range(8)}
+    assert len(views) > 1  # training: random crops and flips
+    raw, labels = read_cifar_batch(tmp_path / "cifar-10-batches-py" / "test_batch", b"labels")
+    assert raw.shape == (4, 3, 32, 32) and labels.tolist() == val.labels.tolist()
+
+
+def test_cifar_batches_cannot_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "test_batch"
+    path.write_bytes(pickle.dumps({b"data": Evil(), b"labels": [0]}))
+    with pytest.raises(pickle.UnpicklingError, match="refusing builtins.print"):
+        read_cifar_batch(path, b"labels")
+
+
+@pytest.mark.parametrize("control", ["pretrained", "none"])
+def test_cifar_vit_with_the_block_trains(tmp_path, control):
+    write_cifar10(tmp_path)
+    task = get_task("cifar10")
+    block, _ = build_block(family="minilm", size="l6", layers=(5,), control=control, seed=0,
+                           visual_dim=task.visual_dim)
+    model = task.build_model(block)
+    assert len(model.blocks) == 12 + (block is not None)
+    train, _ = task.build_data(str(tmp_path))
+    loader = torch.utils.data.DataLoader(train, batch_size=4, drop_last=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    hp = SimpleNamespace(mixup=0.8, cutmix=1.0, label_smoothing=0.1)
+    mixer = make_mixer(hp, task.num_classes)
+    loss = train_epoch(model, loader, opt, "cpu", 0, lr=lambda step: 1e-3,
+                       loss_fn=make_loss(hp, mixing=True), mixer=mixer)
+    assert math.isfinite(loss) and loss > 0
+
+
+def write_folder(root):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 1)):
+        for cls in ("cat", "dog"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
+                    d / f"{i}.png")
+
+
+def test_imagefolder_tree_at_224_with_vit_small(tmp_path):
+    write_folder(tmp_path)
+    task = get_task("imagenet-vit-small")
+    train, val = task.build_data(str(tmp_path))
+    assert len(train) == 6 and len(val) == 2 and train.classes == ["cat", "dog"]
+    x, y = val[1]
+    assert x.shape == (3, 224, 224) and y == 1  # cat/0.png, then dog/0.png
+    block, _ = build_block(family="minilm", size="l6", layers=(0,), control="pretrained",
+                           seed=0, visual_dim=task.visual_dim)
+    model = task.build_model(block).eval()
+    seen = []
+    block.register_forward_hook(lambda m, a, out: seen.append(a[0].shape))
+    with torch.no_grad():
+        assert model(x[None]).shape == (1, 1000)
+    assert seen == [torch.Size([1, 197, 384])]  # class token + 14x14 patches, ViT-S width
+
+
+def test_wrong_image_data_dirs_exit_2_naming_the_layout(tmp_path, capsys, monkeypatch):
+    from orchestrator import tuner
+
+    monkeypatch.setattr(tuner, "run_sweep", lambda *a, **k: pytest.fail("reached Ray"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for argv, msg in (
+        (["--tasks", "cifar10"], "task 'cifar10' needs --data-dir"),
+        (["--tasks", "cifar100", "--data-dir", str(tmp_path / "empty")],
+         "missing train, test for task 'cifar100'; expected cifar-100-python/"),
+        (["--tasks", "imagenet-vit-tiny", "--data-dir", str(tmp_path / "empty")],
+         "no class folders in train/"),
+    ):
+        assert cli.main([*argv, "--controls", "none"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1
+    with pytest.raises(DataError):
+        get_task("imagenet-vit-small").check_data(None)
+
+
+def test_schedule_warmup_then_cosine():
+    hp = SimpleNamespace(lr=1.0, epochs=10, warmup_epochs=2, schedule="cosine")
+    assert lr_at(hp, 0, 0, 4) == pytest.approx(0.125)  # 1/4 epoch of 2 warm-up epochs
+    assert lr_at(hp, 1, 3, 4) == pytest.approx(1.0)  # end of warm-up: the peak
+    assert lr_at(hp, 5, 3, 4) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr_at(hp, 9, 3, 4) == pytest.approx(0.01)  # the floor at the end
+    flat = SimpleNamespace(lr=0.3, epochs=10, warmup_epochs=0, schedule="constant")
+    assert lr_at(flat, 7, 1, 4) == 0.3
+    smooth = make_loss(SimpleNamespace(label_smoothing=0.1), mixing=False)
+    logits = torch.tensor([[10.0, 0.0]])
+    assert smooth(logits, torch.tensor([0])) > torch.nn.functional.cross_entropy(
+        logits, torch.tensor([0]))
+
+
+@pytest.mark.parametrize("preset", ["imagenet_deit", "cifar_small"])
+def test_image_presets_dry_run(capsys, preset):
+    assert cli.main(["--preset", preset, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ("imagenet-vit-small" if preset == "imagenet_deit" else "cifar10") in out
+    assert cli.main(["--preset", preset, "--schedule", "linear", "--dry-run"]) == 2
