@@ -76,24 +76,27 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
 
 
 @torch.no_grad()
-def evaluate(model, loader, device) -> tuple[float, float, float]:
-    """(mean loss, overall accuracy, mean class accuracy: the recall of each class seen in
-    the validation set, averaged, so that a rare class counts as much as a common one)."""
+def evaluate(model, loader, device) -> tuple[float, float, float, float]:
+    """(mean loss, overall (top-1) accuracy, mean class accuracy: the recall of each class seen
+    in the validation set, averaged, so that a rare class counts as much as a common one,
+    top-5 accuracy)."""
     model.eval()
-    total, n = 0.0, 0
+    total, n, top5 = 0.0, 0, 0
     preds, labels = [], []
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         logits = model(x)
         total += F.cross_entropy(logits, y, reduction="sum").item()
         preds.append(logits.argmax(-1).cpu())
+        k = min(5, logits.shape[-1])
+        top5 += (logits.topk(k, dim=-1).indices == y[:, None]).any(-1).sum().item()
         labels.append(y.cpu())
         n += len(y)
     pred, label = torch.cat(preds), torch.cat(labels)
     hit = (pred == label).float()
     classes = label.unique()
     per_class = torch.stack([hit[label == c].mean() for c in classes])
-    return total / n, hit.mean().item(), per_class.mean().item()
+    return total / n, hit.mean().item(), per_class.mean().item(), top5 / n
 
 
 def probe_filtering(model: nn.Module, task, probe_x: torch.Tensor) -> dict[str, object]:
@@ -173,7 +176,7 @@ def run_trial(
         train_loss = train_epoch(
             model, loader, optimizer, device, epoch,
             lr=lambda step, e=epoch, n=steps: lr_at(hp, e, step, n), loss_fn=loss_fn, mixer=mixer)
-        val_loss, val_acc, val_mean_class_acc = evaluate(model, val_loader, device)
+        val_loss, val_acc, val_mean_class_acc, val_top5 = evaluate(model, val_loader, device)
         best = max(best, val_acc)
         filtering = probe_filtering(model, task, probe_x.to(device))
         metrics = {
@@ -182,6 +185,7 @@ def run_trial(
             "val_loss": val_loss,
             "val_acc": val_acc,
             "val_mean_class_acc": val_mean_class_acc,
+            "val_top5_acc": val_top5,
             "lr": optimizer.param_groups[0]["lr"],
             "best_val_acc": best,
             **static,
