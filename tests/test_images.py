@@ -58,7 +58,7 @@ def test_cifar_batches_cannot_run_code(tmp_path):
         read_cifar_batch(path, b"labels")
 
 
-@pytest.mark.parametrize("control", ["pretrained", "none"])
+@pytest.mark.parametrize("control", ["pretrained", "random", "adapters", "none"])
 def test_cifar_vit_with_the_block_trains(tmp_path, control):
     write_cifar10(tmp_path)
     task = get_task("cifar10")
