@@ -136,6 +136,32 @@ def activation_maps(maps_by_control: dict[str, dict], path: Path, samples: int =
     return _save(fig, path)
 
 
+def token_activation_strips(maps_by_control: dict[str, dict], path: Path,
+                            samples: int = 4) -> Path:
+    """For tokens that are not a square image grid (point-cloud patches, video tubes): one
+    panel per control, rows = probe samples, columns = tokens in the encoder's order, colour =
+    activation after the block (each row scaled to its maximum); dots mark informative
+    tokens, so concentration can be seen."""
+    controls = list(maps_by_control)
+    fig, axes = plt.subplots(len(controls), 1, figsize=(9, 1.2 + 0.45 * samples * len(controls)),
+                             squeeze=False)
+    for ax, control in zip(axes[:, 0], controls, strict=True):
+        maps = maps_by_control[control]
+        act = np.array(maps["act_after"][:samples], dtype=float)
+        act = act / np.maximum(act.max(axis=1, keepdims=True), 1e-12)
+        ax.imshow(act, aspect="auto", cmap="magma", vmin=0, vmax=1)
+        info = np.array(maps["informative"][:samples], dtype=bool)
+        rows, cols = np.nonzero(info)
+        ax.scatter(cols, rows, s=6, c="cyan", marker="o", label="informative token")
+        ax.set_ylabel(control, fontsize=8)
+        ax.set_yticks(range(len(act)), [f"probe {i}" for i in range(len(act))], fontsize=6)
+    axes[-1, 0].set_xlabel("token (the encoder's order)")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("Token activation after the block (row-normalised); dots: informative tokens",
+                 fontsize=9)
+    return _save(fig, path)
+
+
 def gain_vs_concentration(summary: pd.DataFrame, path: Path) -> Path:
     cells = summary[summary["control"] != summary.attrs.get("control", "none")].dropna(
         subset=["delta", "conc_act_gain"]) if "conc_act_gain" in summary else summary.iloc[:0]

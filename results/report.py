@@ -165,8 +165,11 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
     if client is not None:
         for task in summary["task"].unique():
             maps = probe_maps_by_control(df, summary, client, task)
-            if maps and _is_image(next(iter(maps.values()))):  # maps over a patch grid
-                figures.append(plots.activation_maps(maps, out / f"activation_maps_{task}.png"))
+            if not maps:
+                continue
+            draw = (plots.activation_maps if _is_image(next(iter(maps.values())))
+                    else plots.token_activation_strips)  # image grid, or tokens in a row
+            figures.append(draw(maps, out / f"activation_maps_{task}.png"))
     experiments = ", ".join(sorted(df["experiment"].unique())) if "experiment" in df else ""
     done = int((df["status"] == "FINISHED").sum())
     intro = (f"Experiments: {experiments}. {len(df)} trials, {done} finished, "

@@ -219,3 +219,15 @@ def test_activation_maps_figure_from_logged_probe_maps(uri, tmp_path):
         client.log_text(run_id, json.dumps(maps), "analysis/probe_maps.json")
     build_report(uri, "maps", tmp_path / "r")
     assert (tmp_path / "r" / "activation_maps_digits.png").stat().st_size > 1000
+
+
+def test_token_strips_for_tasks_whose_tokens_are_not_an_image(uri, tmp_path):
+    log_sweep(uri, "pc", [{**r, "task": "shapes3d"} for r in ROWS[:3]])
+    client = MlflowClient(uri)
+    for run_id in load_runs(uri, "pc")["run_id"]:
+        maps = {"inputs": [[[0.1, 0.2, 0.3, 1.0]] * 256] * 2,  # point clouds, not a grid
+                "informative": [[1, 0] * 8] * 2, "act_after": [list(range(16))] * 2}
+        client.log_text(run_id, json.dumps(maps), "analysis/probe_maps.json")
+    report = build_report(uri, "pc", tmp_path / "r")
+    figure = tmp_path / "r" / "activation_maps_shapes3d.png"
+    assert figure in report.files and figure.stat().st_size > 1000

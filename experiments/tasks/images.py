@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from encoders.vit import insert_after_last_block
-from experiments.tasks.registry import DataError, Task, register_task
+from experiments.tasks.registry import DataError, Task, data_root, register_task
 
 CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
 CIFAR_STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
@@ -77,12 +77,7 @@ def cifar_files(task: str, data_dir: str | Path | None) -> tuple[list[Path], Pat
     folder, train_names, test_name, _, _ = CIFAR[task]
     layout = (f"{folder}/ with {', '.join(train_names[:2])}{', ...' if len(train_names) > 2 else ''}"
               f" and {test_name} (torchvision's CIFAR format)")
-    if data_dir is None:
-        raise DataError(f"task {task!r} needs --data-dir: a folder holding {layout}")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"--data-dir {str(data_dir)!r} is not a directory; task {task!r} "
-                        f"expects {layout}")
+    root = data_root(task, data_dir, layout)
     base = root / folder if (root / folder).is_dir() else root
     files = [base / n for n in train_names]
     missing = [f.name for f in [*files, base / test_name] if not f.is_file()]

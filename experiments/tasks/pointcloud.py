@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 
 from encoders.point_encoder import PointTransformer, farthest_point_sample
 from encoders.vit import insert_after_last_block
-from experiments.tasks.registry import DataError, Task, register_task
+from experiments.tasks.registry import DataError, Task, data_root, register_task
 
 POINTS = 256
 GROUPS = 16
@@ -122,12 +122,7 @@ def _find(root: Path, patterns: tuple[str, ...]) -> list[Path]:
 def h5_files(task: str, data_dir: str | Path | None, split: str) -> list[Path]:
     """The h5 files of a split, or DataError naming the expected layout."""
     layout = MODELNET_LAYOUT if task == "modelnet40" else SCANOBJECTNN_LAYOUT
-    if data_dir is None:
-        raise DataError(f"task {task!r} needs --data-dir: a folder holding {layout}")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"--data-dir {str(data_dir)!r} is not a directory; task {task!r} "
-                        f"expects {layout}")
+    root = data_root(task, data_dir, layout)
     if task == "modelnet40":
         name = "train" if split == "train" else "test"
         files = _find(root, (f"ply_data_{name}*.h5", f"modelnet40_ply_hdf5_2048/ply_data_{name}*.h5"))

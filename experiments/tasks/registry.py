@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,6 +13,17 @@ from torch.utils.data import Dataset
 
 class DataError(ValueError):
     """A task's data is not where it was said to be; the message names the expected layout."""
+
+
+def data_root(task: str, data_dir: str | Path | None, layout: str) -> Path:
+    """``--data-dir`` as a folder, or DataError saying what the task expects there."""
+    if data_dir is None:
+        raise DataError(f"task {task!r} needs --data-dir: a folder holding {layout}")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"--data-dir {str(data_dir)!r} is not a directory; task {task!r} "
+                        f"expects {layout}")
+    return root
 
 
 def _data_ok(data_dir: str | None) -> None:  # embedded data: nothing to check

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from encoders.video_vit import VideoViT
 from encoders.vit import insert_after_last_block
-from experiments.tasks.registry import DataError, Task, register_task
+from experiments.tasks.registry import DataError, Task, data_root, register_task
 
 DIRECTIONS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 FRAMES, CANVAS, TUBE, PATCH, EMBED_DIM = 8, 16, 2, 4, 64
@@ -83,12 +83,7 @@ LAYOUT = ("train.csv and val.csv ('<clip> <label>' per line), each clip a folder
 
 
 def read_list(data_dir: str | Path | None, split: str, task: str) -> list[tuple[Path, int]]:
-    if data_dir is None:
-        raise DataError(f"task {task!r} needs --data-dir: a folder holding {LAYOUT}")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"--data-dir {str(data_dir)!r} is not a directory; task {task!r} "
-                        f"expects {LAYOUT}")
+    root = data_root(task, data_dir, LAYOUT)
     name = "train" if split == "train" else "val"
     listing = next((root / f"{name}{ext}" for ext in (".csv", ".txt") if (root / f"{name}{ext}").is_file()), None)
     if listing is None:
