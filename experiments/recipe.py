@@ -43,6 +43,8 @@ def make_mixer(hp, num_classes: int):
 
 
 def make_loss(hp, mixing: bool) -> Loss:
-    if mixing:  # soft targets from the mixer
-        return lambda logits, target: torch.sum(-target * F.log_softmax(logits, -1), -1).mean()
+    if mixing:  # the mixer's soft targets (smoothing already folded in)
+        from timm.loss import SoftTargetCrossEntropy
+
+        return SoftTargetCrossEntropy()
     return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=hp.label_smoothing)

@@ -27,8 +27,8 @@ from orchestrator.spec import SweepSpec
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_METRICS = (
-    "train_loss", "val_loss", "val_acc", "val_mean_class_acc", "val_top5_acc", "best_val_acc", "frozen_params",
-    "trainable_params", "lr",
+    "train_loss", "val_loss", "val_acc", "val_mean_class_acc", "val_top5_acc", "best_val_acc",
+    "frozen_params", "trainable_params", "lr",
 )
 
 

@@ -116,9 +116,8 @@ class PerCellHparams:
     a driver crash do not count), each with hyperparameters the sampler proposes from that
     row's earlier trials alone."""
 
-    def __init__(self, plan: list[TrialSpec], samples: int) -> None:
+    def __init__(self, plan: list[TrialSpec]) -> None:
         self.rows = [cell_config(t) for t in plan]
-        self.samples = samples
 
     def __call__(self, trial) -> dict[str, object]:
         counts = Counter(
@@ -215,19 +214,19 @@ class DefineByRunSpace:
 def make_searcher(
     plan: list[TrialSpec], *, search: str, sampler: str, metric: str, mode: str,
     study_path: Path | None, study_name: str, search_hparams: str | None = None,
-    samples_per_cell: int = 1, seed: int = 0,
+    seed: int = 0,
 ) -> OptunaSearch:
     """The Optuna study is journaled next to the Ray results, so a resumed sweep continues it.
 
     ``search_hparams``: None (the spec's values), ``joint`` (with ``--search optuna``: the
     hyperparameters are more axes of the one search) or ``per-cell`` (with ``--search grid``:
-    every row gets ``samples_per_cell`` trials and a search of its own)."""
+    every row gets a search of its own; ``trial_count`` sets how many trials that makes)."""
     study = {"study_name": study_name}
     if study_path is not None:
         study_path.parent.mkdir(parents=True, exist_ok=True)
         study["storage"] = JournalStorage(JournalFileBackend(str(study_path)))
     if search == "grid" and search_hparams == "per-cell":
-        return OptunaSearch(space=PerCellHparams(plan, samples_per_cell), metric=metric,
+        return OptunaSearch(space=PerCellHparams(plan), metric=metric,
                             mode=mode, sampler=SAMPLERS[sampler](seed=seed), **study)
     if search == "grid":
         return optuna_exhaustive(plan, metric, mode, seed, **study)
@@ -295,7 +294,6 @@ def run_sweep(
             plan, search=search, sampler=sampler, metric=task.metric, mode=task.mode,
             study_path=Path(storage) / name / "optuna.journal" if local else None,
             study_name=experiment, search_hparams=search_hparams,
-            samples_per_cell=samples_per_cell,
         )
         total = trial_count(plan, search, num_samples, search_hparams, samples_per_cell)
         tuner = tune.Tuner(

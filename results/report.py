@@ -229,11 +229,15 @@ def _filter(df: pd.DataFrame, column: str, wanted: list[str] | None,
     return df[keep]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, not usage + message
+        raise ReportError(message)
+
+
 def main(argv: list[str] | None = None) -> int:
     from orchestrator.tracking import default_tracking_uri
 
-    p = argparse.ArgumentParser(prog="python -m results.report",
-                                description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m results.report", description=__doc__.split("\n")[0])
     p.add_argument("experiments", nargs="*", help="MLflow experiment name(s) of the sweeps")
     p.add_argument("--experiment", action="append", default=[], help="same, as a flag")
     p.add_argument("--tracking-uri", default=None, help="default: sqlite mlflow.db in this dir")
@@ -245,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layer", default="last", help="fixed layer of tables 2-3: last, N or A:B")
     p.add_argument("--metric", default=None, help="default: the task's metric")
     p.add_argument("--out", default=None, help="output dir (default: lmblocks-reports/NAME)")
-    args = p.parse_args(argv)
+    try:
+        args = p.parse_args(argv)
+    except ReportError as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 2
     names = [*args.experiments, *args.experiment]
     if not names:
         print("report: error: no experiment given; name one or more", file=sys.stderr)

@@ -202,7 +202,8 @@ def test_control_choice_pairs_within_the_lm_and_filters_are_validated(uri, tmp_p
     for argv, message in ((["--family", "gpt9"], "unknown family 'gpt9'; valid: opt"),
                           (["--task", "cifar"], "unknown task 'cifar'; valid: digits"),
                           (["--control", "pretrained"], "unknown control 'pretrained'"),
-                          (["--metric", "nope"], "unknown metric 'nope'")):
+                          (["--metric", "nope"], "unknown metric 'nope'"),
+                          (["--frobnicate"], "unrecognized arguments: --frobnicate")):
         capsys.readouterr()
         assert main(["sizes", "--tracking-uri", uri, "--out", str(out), *argv]) == 2
         err = capsys.readouterr().err.strip()

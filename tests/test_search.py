@@ -42,7 +42,7 @@ def test_grid_walks_every_row_once_with_its_key(plan):
 
 def test_per_cell_search_gives_each_row_its_own_trials_and_history(plan):
     k = 3
-    space = PerCellHparams(plan, samples=k)
+    space = PerCellHparams(plan)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
     configs = []
     for _ in range(trial_count(plan, "grid", None, "per-cell", k)):
