@@ -17,11 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.block_factory import BlockInfo, build_block
 from encoders.frozen_block import FrozenLMBlock, frozen_parameter_count
+from experiments.objectives import CLASSIFICATION, batch_len, forward, to_device
 from experiments.recipe import lr_at, make_loss, make_mixer
 from experiments.tasks.registry import get_task
 from results.filtering import probe
@@ -34,7 +35,7 @@ class TrainState:
     epoch: int  # epochs completed
     model: dict[str, torch.Tensor]
     optimizer: dict
-    best: float = 0.0  # best validation metric so far
+    best: float | None = None  # best value of the task's metric so far
 
 
 Report = Callable[[dict[str, object], TrainState], None]
@@ -53,61 +54,53 @@ class NonFiniteLossError(FloatingPointError):
 def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
                 lr: Callable[[int], float] | None = None, loss_fn=None, mixer=None) -> float:
     """One pass; ``lr(step)`` sets the learning rate before each step (the schedule),
-    ``mixer`` turns (x, y) into mixed inputs and soft targets for ``loss_fn``."""
+    ``mixer`` turns (x, y) into mixed inputs and soft targets for ``loss_fn`` (the task's
+    objective's loss; cross-entropy when not given)."""
     model.train()
     loss_fn = loss_fn or F.cross_entropy
     total, n = 0.0, 0
     for step, (x, y) in enumerate(loader):
-        x, y = x.to(device), y.to(device)
+        x, y = to_device(x, device), to_device(y, device)
         if lr is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr(step)
         if mixer is not None:
             x, y = mixer(x, y)
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(forward(model, x), y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(y)
-        n += len(y)
+        total += loss.item() * batch_len(y)
+        n += batch_len(y)
     return total / n
 
 
-@torch.no_grad()
 def evaluate(model, loader, device) -> tuple[float, float, float, float]:
-    """(mean loss, overall (top-1) accuracy, mean class accuracy: the recall of each class seen
-    in the validation set, averaged, so that a rare class counts as much as a common one,
-    top-5 accuracy)."""
-    model.eval()
-    total, n, top5 = 0.0, 0, 0
-    preds, labels = [], []
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        total += F.cross_entropy(logits, y, reduction="sum").item()
-        preds.append(logits.argmax(-1).cpu())
-        k = min(5, logits.shape[-1])
-        top5 += (logits.topk(k, dim=-1).indices == y[:, None]).any(-1).sum().item()
-        labels.append(y.cpu())
-        n += len(y)
-    pred, label = torch.cat(preds), torch.cat(labels)
-    hit = (pred == label).float()
-    classes = label.unique()
-    per_class = torch.stack([hit[label == c].mean() for c in classes])
-    return total / n, hit.mean().item(), per_class.mean().item(), top5 / n
+    """Classification: (mean loss, top-1 accuracy, mean class accuracy, top-5 accuracy)."""
+    m = CLASSIFICATION.evaluate(model, loader, device)
+    return m["val_loss"], m["val_acc"], m["val_mean_class_acc"], m["val_top5_acc"]
 
 
-def probe_filtering(model: nn.Module, task, probe_x: torch.Tensor) -> dict[str, object]:
+def probe_batch(dataset, size: int):
+    """The first ``size`` validation inputs, collated (a tensor or a tuple of tensors)."""
+    return default_collate([dataset[i][0] for i in range(min(size, len(dataset)))])
+
+
+def probe_filtering(model: nn.Module, task, probe_x) -> dict[str, object]:
     """The information-filtering measures on the fixed probe batch: concentration scores as
     metrics (where the task knows its informative tokens) and the per-token maps, as JSON
     text, for the report's figures."""
     if task.informative_tokens is None or not hasattr(model, "blocks"):
         return {}
-    informative = task.informative_tokens(probe_x.cpu())
-    result = probe(model, probe_x, informative.to(probe_x.device), task.prefix_tokens)
-    maps = result.to_json(probe_x.cpu(), informative)
+    cpu_x = to_device(probe_x, "cpu")
+    informative = task.informative_tokens(cpu_x)
+    valid = task.valid_tokens(cpu_x) if task.valid_tokens is not None else None
+    device = next(model.parameters()).device
+    result = probe(model, probe_x, informative.to(device), task.prefix_tokens,
+                   valid=None if valid is None else valid.to(device))
+    maps = result.to_json(cpu_x, informative)
     return {**result.metrics(), "probe_maps": json.dumps(maps, separators=(",", ":"))}
 
 
@@ -157,15 +150,23 @@ def run_trial(
         start = restore.epoch
 
     train_ds, val_ds = task.build_data(data_dir)
-    mixer = make_mixer(hp, task.num_classes)
-    loss_fn = make_loss(hp, mixing=mixer is not None)
+    objective = task.objective or CLASSIFICATION
+    if objective is CLASSIFICATION:
+        mixer = make_mixer(hp, task.num_classes)
+        loss_fn = make_loss(hp, mixing=mixer is not None)
+    elif hp.mixup or hp.cutmix or hp.label_smoothing:
+        raise ValueError(f"task {task.name!r} is not classification: mixup, cutmix and "
+                         "label smoothing do not apply (set them to 0)")
+    else:
+        mixer, loss_fn = None, objective.loss
     val_loader = DataLoader(val_ds, batch_size=256)
-    probe_x = torch.stack([val_ds[i][0] for i in range(min(task.probe_size, len(val_ds)))])
+    probe_x = probe_batch(val_ds, task.probe_size)
     static = {
         "frozen_params": frozen_parameter_count(block),
         "trainable_params": sum(p.numel() for p in params),
     }
-    best = restore.best if restore is not None else 0.0
+    best = restore.best if restore is not None else None
+    better = max if task.mode == "max" else min
     for epoch in range(start, hp.epochs):
         # Shuffling seeded per (seed, epoch): a resumed trial sees the same batches.
         gen = torch.Generator().manual_seed(trial.seed * 100_003 + epoch)
@@ -176,18 +177,16 @@ def run_trial(
         train_loss = train_epoch(
             model, loader, optimizer, device, epoch,
             lr=lambda step, e=epoch, n=steps: lr_at(hp, e, step, n), loss_fn=loss_fn, mixer=mixer)
-        val_loss, val_acc, val_mean_class_acc, val_top5 = evaluate(model, val_loader, device)
-        best = max(best, val_acc)
-        filtering = probe_filtering(model, task, probe_x.to(device))
+        scores = objective.evaluate(model, val_loader, device)
+        value = scores[task.metric]
+        best = value if best is None else better(best, value)
+        filtering = probe_filtering(model, task, to_device(probe_x, device))
         metrics = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "val_mean_class_acc": val_mean_class_acc,
-            "val_top5_acc": val_top5,
+            **scores,
             "lr": optimizer.param_groups[0]["lr"],
-            "best_val_acc": best,
+            f"best_{task.metric}": best,
             **static,
             "layers_sha256": info.layers_sha256,
             "compute_dtype": str(block_dtype).removeprefix("torch."),

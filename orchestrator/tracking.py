@@ -31,6 +31,9 @@ TRIAL_METRICS = (
     "frozen_params", "trainable_params", "lr",
 )
 
+# Whatever a task's objective reports (val_minADE, val_recall_i2t_at_5, ...) and its best so far.
+TASK_METRIC_PREFIXES = ("val_", "best_", "conc_")
+
 
 def default_tracking_uri() -> str:
     """SQLite in the working directory, by absolute path (Ray trials run in other dirs)."""
@@ -179,10 +182,11 @@ class MlflowTrialLogger(LoggerCallback):
             mlflow.entities.Metric(k, float(result[k]), ts, step)
             for k in TRIAL_METRICS
             if k in result
-        ] + [  # information-filtering concentration scores, whatever the task provides
+        ] + [  # the task's own validation metrics and information-filtering scores
             mlflow.entities.Metric(k, float(v), ts, step)
             for k, v in result.items()
-            if k.startswith("conc_") and isinstance(v, int | float)
+            if k.startswith(TASK_METRIC_PREFIXES) and k not in TRIAL_METRICS
+            and isinstance(v, int | float) and not isinstance(v, bool)
         ]
         if "time_this_iter_s" in result:
             metrics.append(

@@ -56,12 +56,14 @@ class ProbeResult:
     def metrics(self) -> dict[str, float]:
         return {f"conc_{k}": v for k, v in self.scores.items()}
 
-    def to_json(self, inputs: torch.Tensor, informative: torch.Tensor) -> dict:
+    def to_json(self, inputs, informative: torch.Tensor) -> dict:
+        """Maps as lists; the inputs only when they are one tensor (an image is drawn next to
+        its map; a multi-part input - image and question - is not stored)."""
         def rounded(t: torch.Tensor) -> list:
             return (t.float() * 1e4).round().div(1e4).tolist()
 
         return {
-            "inputs": rounded(inputs.squeeze(1)),
+            "inputs": rounded(inputs.squeeze(1)) if isinstance(inputs, torch.Tensor) else None,
             "informative": informative.int().tolist(),
             **{k: rounded(v) for k, v in self.maps.items()},
         }
@@ -79,13 +81,15 @@ def _visual_blocks(vit: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 @torch.no_grad()
-def probe(vit: nn.Module, inputs: torch.Tensor, informative: torch.Tensor,
-          prefix_tokens: int = 1) -> ProbeResult:
-    """Run ``inputs`` through a timm-style ViT (``.blocks``) and measure around the block.
+def probe(vit: nn.Module, inputs, informative: torch.Tensor,
+          prefix_tokens: int = 1, valid: torch.Tensor | None = None) -> ProbeResult:
+    """Run ``inputs`` (a tensor, or a tuple passed as ``vit(*inputs)``) through an encoder
+    with timm blocks in ``.blocks`` and measure around the block.
 
-    ``informative``: (B, n_patches) bool; ``prefix_tokens``: class/register tokens ahead of
-    the patches (excluded from the maps). The class-token attention is read from timm's own
-    attention (its softmax output, seen through the unfused path's ``attn_drop``)."""
+    ``informative``: (B, n_tokens) bool; ``prefix_tokens``: class/register tokens ahead of
+    the others (excluded from the maps); ``valid``: (B, n_tokens) bool, False on padding,
+    whose map values are zeroed. The first-token attention is read from timm's own attention
+    (its softmax output, seen through the unfused path's ``attn_drop``)."""
     last, after_module = _visual_blocks(vit)
     seen: dict[str, torch.Tensor] = {}
     hooks = [
@@ -98,7 +102,7 @@ def probe(vit: nn.Module, inputs: torch.Tensor, informative: torch.Tensor,
     was_training = vit.training
     vit.eval()
     try:
-        vit(inputs)
+        vit(*inputs) if isinstance(inputs, tuple | list) else vit(inputs)
     finally:
         last.attn.fused_attn = fused
         vit.train(was_training)
@@ -112,5 +116,7 @@ def probe(vit: nn.Module, inputs: torch.Tensor, informative: torch.Tensor,
         "freq_after": token_frequency(seen["after"])[:, p:],
         "cls_attn": seen["attn"][:, :, 0, p:].float().mean(dim=1),  # heads averaged
     }
+    if valid is not None:
+        maps = {name: m * valid.to(m.dtype) for name, m in maps.items()}
     scores = {name: concentration(m, informative) for name, m in maps.items()}
     return ProbeResult(maps, scores)

@@ -88,6 +88,8 @@ def probe_maps_by_control(df: pd.DataFrame, summary: pd.DataFrame, client: Mlflo
 
 
 def _is_image(maps: dict) -> bool:
+    if not maps.get("inputs"):  # multi-part inputs are not stored
+        return False
     first = maps["inputs"][0]
     return isinstance(first, list) and isinstance(first[0], list) and not isinstance(
         first[0][0], list) and len(first) == len(first[0]) > 4

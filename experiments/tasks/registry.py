@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from experiments.objectives import Objective
+
 
 class DataError(ValueError):
     """A task's data is not where it was said to be; the message names the expected layout."""
@@ -46,15 +48,21 @@ class Task:
     build_model: Callable[[nn.Module | None], nn.Module]
     metric: str = "val_acc"
     mode: str = "max"
-    # Which patch tokens carry the object, (B, C, H, W) -> (B, n_patches) bool: lets the
-    # information-filtering probe score concentration (None: maps only, no scores).
-    informative_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # Which tokens after the prefix carry the object, (inputs) -> (B, n_tokens) bool (digits:
+    # patches with ink): lets the information-filtering probe score concentration (None:
+    # maps only, no scores). ``inputs`` is the batch's input tensor or tuple of tensors.
+    informative_tokens: Callable[..., torch.Tensor] | None = None
     prefix_tokens: int = 1  # class/register tokens ahead of the patches
     probe_size: int = 8  # validation samples in the fixed probe batch
     # Validates ``--data-dir`` before anything starts (raises DataError); embedded: no-op.
     check_data: Callable[[str | None], None] = _data_ok
     chance: float = 0.0  # the metric of a constant guess, for "clearly above chance" checks
     num_classes: int = 0  # for Mixup's soft targets
+    # Loss and validation metrics; None: classification (experiments.objectives).
+    objective: Objective | None = None
+    # Which tokens are real, (inputs) -> (B, n_tokens) bool, for padded sequences: the probe
+    # leaves padding out of its maps (None: every token is real).
+    valid_tokens: Callable[..., torch.Tensor] | None = None
 
 
 _TASKS: dict[str, Task] = {}
