@@ -77,3 +77,32 @@ class Classification:
 
 
 CLASSIFICATION = Classification()
+
+
+class AnswerScores:
+    """Visual question answering as classification over an answer vocabulary with soft
+    targets (B, A): VQAv2's score per answer, min(#annotators who gave it / 3, 1), or a
+    one-hot row where there is one answer (exact match). The loss is binary cross-entropy
+    per answer, scaled by the number of answers (as in the VQA literature: BUTD, METER);
+    ``val_acc`` is the mean score of the predicted answer - VQA accuracy, or exact-match
+    accuracy for one-hot targets."""
+
+    def loss(self, logits: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, scores) * scores.shape[1]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Iterable, device) -> dict[str, float]:
+        model.eval()
+        total, acc, top5, n = 0.0, 0.0, 0.0, 0
+        for x, scores in loader:
+            x, scores = to_device(x, device), scores.to(device)
+            logits = forward(model, x)
+            total += self.loss(logits, scores).item() * len(scores)
+            acc += scores.gather(1, logits.argmax(-1, keepdim=True)).sum().item()
+            k = min(5, logits.shape[-1])
+            top5 += scores.gather(1, logits.topk(k, -1).indices).amax(-1).sum().item()
+            n += len(scores)
+        return {"val_loss": total / n, "val_acc": acc / n, "val_top5_acc": top5 / n}
+
+
+ANSWER_SCORES = AnswerScores()
