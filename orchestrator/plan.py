@@ -23,7 +23,7 @@ import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.frozen_block import ADAPTER_INITS, CONTROLS, WEIGHT_SOURCE
 from encoders.registry import get_family, list_families
 from experiments.recipe import SCHEDULES
-from experiments.tasks.registry import list_tasks
+from experiments.tasks.registry import get_task, list_tasks
 from orchestrator.layers import LayerSpecError, Selection, label, parse_label, resolve_layers
 from orchestrator.spec import Hyperparameters, SpecError, SweepSpec
 
@@ -107,6 +107,23 @@ def resolve_sizes(spec: SweepSpec, family: str) -> list[str]:
     return out
 
 
+def _check_tasks_agree(spec: SweepSpec) -> None:
+    """One sweep has one metric to search and schedule on, and the classification recipe
+    (label smoothing, Mixup, CutMix) applies to classification tasks only."""
+    tasks = [get_task(name) for name in spec.tasks]
+    targets = {(t.metric, t.mode) for t in tasks}
+    if len(targets) > 1:
+        shown = ", ".join(f"{t.name}: {t.metric} ({t.mode})" for t in tasks)
+        raise SpecError(f"tasks {list(spec.tasks)} optimise different metrics ({shown}); valid: "
+                        "tasks with one metric per sweep (run a sweep per metric)")
+    hp = spec.hparams
+    recipe = [n for n in ("label_smoothing", "mixup", "cutmix") if getattr(hp, n)]
+    other = [t.name for t in tasks if t.objective is not None]
+    if recipe and other:
+        raise SpecError(f"{', '.join(recipe)} apply to classification tasks only, not to "
+                        f"{', '.join(other)}; valid: 0 for these tasks")
+
+
 def build_plan(spec: SweepSpec) -> list[TrialSpec]:
     """Validate ``spec`` and expand it; raises SpecError with a one-line message."""
     if not spec.families or not spec.tasks or not spec.controls or not spec.seeds:
@@ -129,6 +146,7 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
     for name in ("warmup_epochs", "label_smoothing", "mixup", "cutmix"):
         if getattr(hp, name) < 0 or (name == "label_smoothing" and hp.label_smoothing >= 1):
             raise SpecError(f"bad {name} {getattr(hp, name)}; valid: >= 0 (label_smoothing < 1)")
+    _check_tasks_agree(spec)
     if spec.hparams.epochs < 1 or spec.hparams.batch_size < 1 or spec.hparams.lr <= 0:
         raise SpecError(f"epochs, batch_size and lr must be positive (got {spec.hparams})")
     if len(set(spec.seeds)) != len(spec.seeds):
