@@ -175,8 +175,9 @@ def gain_vs_concentration(summary: pd.DataFrame, path: Path) -> Path:
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_xlabel("concentration gain: share of activation on informative tokens, after - before")
-    ax.set_ylabel(f"gain in {_metric_label(summary)} over the control")
-    ax.set_title("Information filtering: does concentrating activation go with accuracy?")
+    better = "" if summary.attrs.get("higher", True) else " (lower is better)"
+    ax.set_ylabel(f"change in {_metric_label(summary)} over the control{better}")
+    ax.set_title("Information filtering: does concentrating activation go with the metric?")
     ax.grid(alpha=0.3)
     if len(cells):
         ax.legend(fontsize=7)

@@ -38,7 +38,7 @@ TABLES = {
     "by_layer": "Table 1. Metric by layer index, per LM family and size (pretrained block)",
     "by_size": "Table 2. Metric by model size at a fixed layer: do only large LMs help?",
     "by_control": "Table 3. Task x control: no block, adapters only, random block, pretrained",
-    "filtering": "Information filtering: accuracy gain next to concentration gain",
+    "filtering": "Information filtering: metric change next to concentration gain",
 }
 
 
