@@ -24,10 +24,15 @@ import torch
 from torch import nn
 
 
-def token_activation(tokens: torch.Tensor) -> torch.Tensor:
-    """(B, T, D) -> (B, T): L2 norm of each token's features, centred over the tokens."""
+def token_activation(tokens: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, D) -> (B, T): L2 norm of each token's features, centred over the tokens (over
+    the ``real`` ones, (B, T) bool, when the sequence is padded)."""
     tokens = tokens.float()
-    return (tokens - tokens.mean(dim=1, keepdim=True)).norm(dim=-1)
+    if real is None:
+        return (tokens - tokens.mean(dim=1, keepdim=True)).norm(dim=-1)
+    w = real.to(tokens.dtype)[..., None]  # (B, T, 1)
+    mean = (tokens * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)
+    return (tokens - mean).norm(dim=-1)
 
 
 def token_frequency(tokens: torch.Tensor) -> torch.Tensor:
@@ -109,9 +114,12 @@ def probe(vit: nn.Module, inputs, informative: torch.Tensor,
         for h in hooks:
             h.remove()
     p = prefix_tokens
+    real = None
+    if valid is not None:  # the prefix tokens are always real
+        real = torch.cat([valid.new_ones(valid.shape[0], p), valid.bool()], dim=1)
     maps = {
-        "act_before": token_activation(seen["before"])[:, p:],
-        "act_after": token_activation(seen["after"])[:, p:],
+        "act_before": token_activation(seen["before"], real)[:, p:],
+        "act_after": token_activation(seen["after"], real)[:, p:],
         "freq_before": token_frequency(seen["before"])[:, p:],
         "freq_after": token_frequency(seen["after"])[:, p:],
         "cls_attn": seen["attn"][:, :, 0, p:].float().mean(dim=1),  # heads averaged

@@ -66,3 +66,14 @@ def test_probe_of_a_model_measures_around_the_block(control):
     # the probe leaves the model as it found it
     assert model.training and all(b.attn.fused_attn for b in model.blocks[:2])
     assert torch.allclose(model.eval()(x), expected)
+
+
+def test_activation_of_a_padded_sequence_is_centred_over_its_real_tokens():
+    from results.filtering import token_activation
+
+    x = torch.randn(2, 5, 4)
+    x[0, 3:] = 50.0  # padding slots holding anything
+    real = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    act = token_activation(x, real)
+    torch.testing.assert_close(act[0, :3], token_activation(x[:1, :3])[0])
+    torch.testing.assert_close(act[1], token_activation(x)[1])
