@@ -5,11 +5,14 @@ block over the joint visual + text sequence, so the block's attention mixes the 
 point tokens come from the Point-BERT-style patch embedding of ``encoders.point_encoder``
 (farthest point sampling, kNN patches, a mini PointNet, a centre-position MLP), optionally
 refined by a few timm blocks over the points alone; the question tokens from a small word
-embedding; a modality-type embedding tells the two apart. The joint sequence
+embedding; a modality-type embedding tells the two apart (patch shape and position are each
+layer-normed, so that in the joint sequence they weigh as much as the normed words). The
+joint sequence
 [cls, point tokens, question tokens] runs through ``self.blocks`` (an ``nn.ModuleList`` of
 timm ``Block``s, padded question tokens masked), so the frozen block is appended after the
 last one exactly as for the ViT (``encoders.vit.insert_after_last_block``), and the
-information-filtering probe finds the last encoder block at ``blocks[-2]``.
+information-filtering probe finds the last encoder block at ``blocks[-2]``. The answer
+classifier reads the class token plus the max over the point tokens (Point-BERT's readout).
 """
 
 from __future__ import annotations
@@ -39,10 +42,14 @@ class PointQuestionModel(nn.Module):
         self.groups, self.k = groups, k
         self.patch_embed = MiniPointNet(embed_dim)
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, embed_dim))
+        # Patch offsets are a few hundredths of the scene: normed, the patch's shape and its
+        # position weigh as much as the (normed) word embeddings in the joint sequence.
+        self.patch_norm, self.pos_norm = nn.LayerNorm(embed_dim), nn.LayerNorm(embed_dim)
         self.point_blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True)
                                            for _ in range(point_depth)])
         self.text = TextEmbedding(vocab_size, embed_dim, max_len)
         self.type_embed = nn.Embedding(3, embed_dim)
+        nn.init.trunc_normal_(self.type_embed.weight, std=0.02)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True)
@@ -53,7 +60,7 @@ class PointQuestionModel(nn.Module):
     def point_tokens(self, points: torch.Tensor) -> torch.Tensor:
         """(B, N, 3+) -> (B, G, D): one token per FPS patch, its centre as its position."""
         patches, centres, _ = group(points[..., :3].float(), self.groups, self.k)
-        x = self.patch_embed(patches) + self.pos_embed(centres)  # (B, G, D)
+        x = self.patch_norm(self.patch_embed(patches)) + self.pos_norm(self.pos_embed(centres))
         for block in self.point_blocks:
             x = block(x)
         return x + self.type_embed.weight[POINT]
@@ -71,4 +78,6 @@ class PointQuestionModel(nn.Module):
                 mask: torch.Tensor) -> torch.Tensor:
         x, padding = self.tokens(points, ids, mask)
         x = self.norm(run_blocks(self.blocks, x, padding))
-        return self.head(x[:, 0])
+        # the class token plus the max over the point tokens (Point-BERT's readout): the
+        # max-pool lets a property of any one patch (an object on some side) reach the answer
+        return self.head(x[:, 0] + x[:, 1 : 1 + self.groups].amax(dim=1))
