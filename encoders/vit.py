@@ -37,8 +37,9 @@ def small_vit(
     )
 
 
-def insert_after_last_block(vit: VisionTransformer, block: nn.Module | None) -> VisionTransformer:
-    """Append ``block`` to ``vit.blocks``, so it runs after the last ViT block, before the norm."""
+def insert_after_last_block(vit: nn.Module, block: nn.Module | None) -> nn.Module:
+    """Append ``block`` to ``vit.blocks`` (any encoder's ``nn.Sequential`` or ``nn.ModuleList``
+    of blocks), so it runs after the last block, before the norm."""
     if block is not None:
         vit.blocks.append(block)
     return vit

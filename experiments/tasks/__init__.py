@@ -1,3 +1,12 @@
 """Importing this package registers every shipped task (one module each)."""
 
-from experiments.tasks import digits, forecasting, images, pointcloud, video  # noqa: F401
+from experiments.tasks import (  # noqa: F401
+    digits,
+    forecasting,
+    images,
+    pointcloud,
+    retrieval,
+    video,
+    vqa,
+    vqa3d,
+)

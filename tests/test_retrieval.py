@@ -1,0 +1,281 @@
+"""Image-text retrieval: the captioned-scene generator (seeded, captions true to the object
+records, distinct validation descriptions), the contrastive loss and recall@K on hand-made
+embeddings, the dual encoder sharing the block under each control, the Karpathy layouts on
+tiny fixtures, the preset."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from encoders.block_factory import build_block
+from encoders.frozen_block import FrozenLMBlock
+from encoders.text import UNK, words
+from experiments.tasks import retrieval  # registers the retrieval tasks
+from experiments.tasks import shape_scenes as scenes
+from experiments.tasks.registry import DataError, get_task
+from experiments.training import run_trial
+from orchestrator import cli
+from orchestrator.plan import build_plan
+from orchestrator.spec import load_spec
+
+EPOCHS = 3  # the end-to-end check; the preset trains 8
+
+
+def test_captions_are_seeded_and_true_to_the_object_records():
+    images, items = scenes.make_captioned(50, seed=3)
+    assert images.shape == (50, 3, 32, 32)
+    again, items_again = scenes.make_captioned(50, seed=3)
+    assert np.array_equal(images, again) and items == items_again
+    caption = re.compile(r"a (\w+ \w+) (left of|right of|above|below) a (\w+ \w+)")
+    for image, item in zip(images, items, strict=True):
+        objects = {f"{o.colour} {o.shape}": o for o in item.scene}
+        assert len(objects) == 2 and len(item.captions) == 2
+        for text in item.captions:
+            first, rel, second = caption.fullmatch(text).groups()
+            a, b = objects[first], objects[second]
+            dx, dy = a.x - b.x, a.y - b.y  # y grows downwards
+            if rel in ("left of", "right of"):
+                assert abs(dx) >= abs(dy) + scenes.MARGIN and (dx < 0) == (rel == "left of")
+            else:
+                assert abs(dy) >= abs(dx) + scenes.MARGIN and (dy < 0) == (rel == "above")
+        # the paraphrase names the same two objects the other way round
+        assert item.captions[0].split(" ")[1:3] == item.captions[1].split(" ")[-2:]
+        assert item.canonical[1] in ("left", "above")
+        for obj in item.scene:
+            assert tuple(image[:, int(obj.y), int(obj.x)]) == scenes.COLOURS[obj.colour]
+
+
+def test_validation_descriptions_are_distinct():
+    _, val = retrieval.build_shape_retrieval()
+    _, items = scenes.make_captioned(retrieval.N_VAL, retrieval.VAL_SEED, distinct=True)
+    assert len({it.canonical for it in items}) == retrieval.N_VAL
+    assert len({c for it in items for c in it.captions}) == 2 * retrieval.N_VAL
+    assert len(val) == 2 * retrieval.N_VAL
+    assert val.image_index.tolist() == [i for i in range(retrieval.N_VAL) for _ in range(2)]
+    _, loose = scenes.make_captioned(retrieval.N_VAL, retrieval.VAL_SEED)
+    assert len({it.canonical for it in loose}) < retrieval.N_VAL  # dedupe is doing something
+    with pytest.raises(ValueError, match="at most 264"):
+        scenes.make_captioned(265, 0, distinct=True)
+    (image, ids, mask), index = val[3]
+    assert image.shape == (3, 32, 32) and index == 1 and (ids[mask] != UNK).all()
+    assert max(len(words(c)) for c in scenes.all_captions()) == retrieval.CAPTION_LEN
+
+
+# 3 images, 5 captions: captions 0, 1 are image 0's, caption 2 image 1's, 3 and 4 image 2's
+SIM = torch.tensor([[0.90, 0.10, 0.50, 0.30, 0.20],
+                    [0.80, 0.70, 0.60, 0.10, 0.00],
+                    [0.85, 0.80, 0.70, 0.60, 0.10]])
+CAPTION_IMAGE = torch.tensor([0, 0, 1, 2, 2])
+
+
+def test_recall_of_hand_made_similarities():
+    got = retrieval.recall_at_k(SIM, CAPTION_IMAGE, ks=(1, 2, 4))
+    # image -> text, rank of its best caption: image 0 caption 0 first (0.90; its other
+    # caption is last, but ANY counts); image 1 caption 2 third; image 2 caption 3 fourth
+    assert got["val_r1_i2t"] == pytest.approx(1 / 3)
+    assert got["val_r2_i2t"] == pytest.approx(1 / 3)
+    assert got["val_r4_i2t"] == pytest.approx(1.0)
+    # text -> image ranks: caption 0 -> 0, 1 -> 2, 2 -> 1, 3 -> 0, 4 -> 1
+    assert got["val_r1_t2i"] == pytest.approx(2 / 5)
+    assert got["val_r2_t2i"] == pytest.approx(4 / 5)
+    assert got["val_r4_t2i"] == pytest.approx(1.0)
+    assert got["val_rmean"] == pytest.approx((1 / 3 + 1 / 3 + 1 + 2 / 5 + 4 / 5 + 1) / 6)
+    assert retrieval.recall_at_k(SIM, CAPTION_IMAGE)["val_r10_i2t"] == 1.0  # K > captions
+
+
+class EmbeddingsAsModel(torch.nn.Module):
+    """A 'model' whose images and captions are their own embeddings."""
+
+    def embed_image(self, image):
+        return image
+
+    def embed_text(self, ids, mask):
+        return ids
+
+    def scale(self):
+        return torch.tensor(2.0)
+
+
+def test_evaluate_embeds_each_image_once_and_scores_all_pairs():
+    image_emb = torch.eye(3)  # image i = e_i, so image_emb @ caption.T = SIM
+    pairs = [((image_emb[i], SIM[:, j], torch.ones(1)), torch.tensor(i))
+             for j, i in [(3, 2), (0, 0), (2, 1), (4, 2), (1, 0)]]  # out of order, repeated
+    seen = []
+    model = EmbeddingsAsModel()
+    model.register_forward_pre_hook(lambda *a: pytest.fail("forward is not needed"))
+    model.embed_image = lambda image: seen.append(len(image)) or image
+    got = retrieval.CONTRASTIVE.evaluate(model, DataLoader(pairs, batch_size=2), "cpu")
+    assert sum(seen) == 3  # every image once
+    assert got["val_rmean"] == pytest.approx(retrieval.recall_at_k(SIM, CAPTION_IMAGE)["val_rmean"])
+    # the loss over all images x all captions, by hand
+    logits = 2.0 * SIM
+    i2t = [-math.log(sum(math.exp(logits[i, j]) for j in range(5) if CAPTION_IMAGE[j] == i)
+                     / sum(math.exp(v) for v in logits[i])) for i in range(3)]
+    t2i = [-math.log(math.exp(logits[CAPTION_IMAGE[j], j]) / sum(math.exp(v) for v in logits[:, j]))
+           for j in range(5)]
+    assert got["val_loss"] == pytest.approx((sum(i2t) / 3 + sum(t2i) / 5) / 2, rel=1e-5)
+
+
+def test_contrastive_loss_counts_every_caption_of_the_image_as_positive():
+    target = torch.tensor([0, 0, 1])  # two captions of image 0 in the batch
+    # uniform logits: image row 0 has 2 of 3 positives, row 2 one; columns the same
+    zero = torch.zeros(3, 3)
+    expected = -(2 * math.log(2 / 3) + math.log(1 / 3)) / 3
+    assert retrieval.CONTRASTIVE.loss((torch.eye(3), zero, torch.tensor(1.0)), target).item() \
+        == pytest.approx(expected)
+    emb = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0]]), dim=-1)
+    aligned = retrieval.CONTRASTIVE.loss((emb, emb, torch.tensor(100.0)), target)
+    # pairs 0 and 1 are the same image: each other's caption is a positive, not a negative
+    assert aligned.item() < 1e-6
+
+
+def test_chance_is_the_random_ranking_rmean():
+    # 2 images with 1 and 2 of 3 captions, K = 1: i2t 1/3 and 2/3; t2i 1/2
+    assert retrieval.random_rmean([1, 2], ks=(1,)) == pytest.approx(0.5)
+    gen = torch.Generator().manual_seed(0)
+    caption_image = torch.arange(40).repeat_interleave(2)
+    draws = [retrieval.recall_at_k(torch.rand(40, 80, generator=gen), caption_image)["val_rmean"]
+             for _ in range(300)]
+    assert sum(draws) / len(draws) == pytest.approx(retrieval.random_rmean([2] * 40), rel=0.05)
+    assert get_task("shape-retrieval").chance == pytest.approx(retrieval.random_rmean([2] * 200))
+
+
+@pytest.mark.parametrize("control", ["pretrained", "random", "adapters", "none"])
+def test_both_streams_pass_the_same_block_padding_is_ignored_each_control_trains(control):
+    task = get_task("shape-retrieval")
+    torch.manual_seed(0)
+    block, _ = build_block(family="minilm", size="l6", layers=(5,), control=control, seed=0,
+                           visual_dim=task.visual_dim)
+    model = task.build_model(block)
+    seen = []
+    if isinstance(block, FrozenLMBlock):
+        assert model.blocks[-1] is block
+        block.register_forward_hook(lambda m, a, kw, out: seen.append(
+            (a[0].shape, kw["padding_mask"])), with_kwargs=True)
+    _, val = task.build_data()
+    short = [i for i in range(len(val)) if val[i][0][2].sum() < retrieval.CAPTION_LEN][:6]
+    (image, ids, mask), target = default_collate([val[i] for i in short])
+    model.eval()
+    image_emb, text_emb, scale = model(image, ids, mask)
+    assert image_emb.shape == text_emb.shape == (6, retrieval.EMBED_DIM)
+    assert torch.allclose(image_emb.norm(dim=-1), torch.ones(6))
+    assert scale.item() == pytest.approx(1 / 0.07, rel=1e-4)
+    if seen:  # the caption stream, then the image stream, through the one block
+        assert seen[0][0] == torch.Size([6, 1 + retrieval.CAPTION_LEN, task.visual_dim])
+        assert torch.equal(seen[0][1], torch.cat([torch.ones(6, 1, dtype=torch.bool), mask], 1))
+        assert seen[1][0] == torch.Size([6, 1 + 16, task.visual_dim])
+    assert torch.allclose(model.embed_image(image), image_emb, atol=1e-6)
+    noisy = torch.where(mask, ids, torch.randint(2, len(retrieval.shape_caption_vocab()),
+                                                  ids.shape))
+    assert torch.allclose(model.embed_text(noisy, mask), text_emb, atol=1e-5)
+    n = int(mask.sum(1).max())
+    assert torch.allclose(model.embed_text(ids[:, :n], mask[:, :n]), text_emb, atol=1e-5)
+
+    model.train()
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(2):
+        loss = retrieval.CONTRASTIVE.loss(model(image, ids, mask), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss)
+    assert model.logit_scale.grad is not None  # the temperature is learned
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+def write_karpathy(root, task: str):
+    """3 train images (one restval), 2 val images with 3 and 2 captions, 1 test image."""
+    from PIL import Image
+
+    coco = task == "coco-retrieval"
+    entries = [("train", ["a dog runs", "the dog is running"]),
+               ("restval" if coco else "train", ["two cats sleep"]),
+               ("train", ["a red bus", "a bus on a street", "buses"]),
+               ("val", ["a zebra grazing", "zebra in a field", "a striped horse"]),
+               ("val", ["a man surfing", "surfer on a wave"]),
+               ("test", ["a test image"])]
+    images = []
+    for i, (split, sentences) in enumerate(entries):
+        folder = "val2014" if split in ("val", "test") else "train2014"
+        entry = {"filename": f"img{i}.jpg", "split": split,
+                 "sentences": [{"raw": s, "tokens": s.split()} for s in sentences]}
+        if coco:
+            entry["filepath"] = folder
+        images.append(entry)
+        d = root / "images" / (folder if coco else "")
+        d.mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 256, (30 + i, 40, 3)).astype(np.uint8)
+        Image.fromarray(pixels).save(d / entry["filename"])
+    name = "dataset_coco.json" if coco else "dataset_flickr30k.json"
+    (root / name).write_text(json.dumps({"images": images, "dataset": task}))
+
+
+@pytest.mark.parametrize("task_name", ["flickr30k", "coco-retrieval"])
+def test_karpathy_layouts_pair_every_caption_with_its_image(tmp_path, task_name):
+    write_karpathy(tmp_path, task_name)
+    task = get_task(task_name)
+    task.check_data(str(tmp_path))
+    train, val = task.build_data(str(tmp_path))
+    assert len(train) == 2 + 1 + 3  # train (+ restval for COCO) captions
+    assert train.image_index.tolist() == [0, 0, 1, 2, 2, 2]
+    assert len(val) == 5 and val.image_index.tolist() == [0, 0, 0, 1, 1]
+    (image, ids, mask), index = val[4]  # "surfer on a wave", the second val image's
+    assert image.shape == (3, 224, 224) and index == 1
+    assert ids.shape == mask.shape == (retrieval.KARPATHY_CAPTION_LEN,) and mask.sum() == 4
+    assert ids[0] == UNK and ids[1] != UNK  # vocabulary of train captions: "on", no "surfer"
+    assert torch.equal(val[0][0][0], val[2][0][0])  # one image, three captions
+    assert not torch.equal(val[0][0][0], val[3][0][0])
+    model = task.build_model(None).eval()
+    inputs, _ = default_collate([val[0], val[3]])
+    with torch.no_grad():
+        image_emb, text_emb, _ = model(*inputs)
+    assert image_emb.shape == text_emb.shape == (2, retrieval.KARPATHY_EMBED_DIM)
+
+
+def test_wrong_data_dir_is_one_line_before_anything_starts(tmp_path, capsys, monkeypatch):
+    from orchestrator import tuner
+
+    monkeypatch.setattr(tuner, "run_sweep", lambda *a, **k: pytest.fail("reached Ray"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="needs --data-dir"):
+        get_task("flickr30k").check_data(None)
+    write_karpathy(tmp_path / "coco", "coco-retrieval")
+    (tmp_path / "coco" / "images" / "val2014" / "img3.jpg").unlink()
+    (tmp_path / "empty").mkdir()
+    for argv, msg in ((["--tasks", "flickr30k"], "task 'flickr30k' needs --data-dir"),
+                      (["--tasks", "flickr30k", "--data-dir", str(tmp_path / "empty")],
+                       "no dataset_flickr30k.json for task 'flickr30k'; expected"),
+                      (["--tasks", "coco-retrieval", "--data-dir", str(tmp_path / "coco")],
+                       "img3.jpg' not found")):
+        assert cli.main([*argv, "--controls", "none"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1
+
+
+def test_retrieval_preset_dry_run(capsys):
+    assert cli.main(["--preset", "retrieval", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "shape-retrieval" in out and "10 trials" in out  # (2 layers + 3 controls) x 2 seeds
+    assert cli.main(["--preset", "retrieval", "--tasks", "flickr30k", "--dry-run"]) == 0
+
+
+@pytest.mark.slow
+def test_embedded_default_trains_clearly_above_chance():
+    task = get_task("shape-retrieval")
+    spec = load_spec("retrieval").replace(controls=("none",), seeds=(0,), epochs=EPOCHS)
+    (trial,) = build_plan(spec)
+    out: list[dict] = []
+    torch.set_num_threads(2)
+    run_trial(trial, lambda metrics, state: out.append(metrics))
+    assert out[-1]["best_val_rmean"] > 5 * task.chance, out[-1]
+    assert out[-1]["val_r10_t2i"] > out[-1]["val_r1_t2i"]
+    conc = {k: v for k, v in out[-1].items() if k.startswith("conc_")}
+    assert len(conc) == 5 and all(0 < v < 1 for v in conc.values()), conc
