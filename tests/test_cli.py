@@ -47,7 +47,7 @@ def run_bad(capsys, *argv: str) -> str:
         (["--layers", "-7"], "layer '-7' out of range for minilm/l6 (6 layers: valid -6..5)"),
         (["--layers", "5:3"], "empty layer span '5:3'"),
         (["--layers", "x"], "bad layer 'x'; valid: last, all"),
-        (["--tasks", "imagenet"], "unknown task 'imagenet'; valid: cifar10, cifar100, digits"),
+        (["--tasks", "imagenet"], "unknown task 'imagenet'; valid: argoverse, cifar10, cifar100"),
         (["--controls", "frozen"], "unknown control 'frozen'; valid: pretrained, random"),
         (["--seeds", "a"], "bad seeds ['a']"),
         (["--preset", "nope"], "unknown preset 'nope'; valid: cifar_small, default"),
