@@ -77,12 +77,6 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
     return total / n
 
 
-def evaluate(model, loader, device) -> tuple[float, float, float, float]:
-    """Classification: (mean loss, top-1 accuracy, mean class accuracy, top-5 accuracy)."""
-    m = CLASSIFICATION.evaluate(model, loader, device)
-    return m["val_loss"], m["val_acc"], m["val_mean_class_acc"], m["val_top5_acc"]
-
-
 def probe_batch(dataset, size: int):
     """The first ``size`` validation inputs, collated (a tensor or a tuple of tensors)."""
     return default_collate([dataset[i][0] for i in range(min(size, len(dataset)))])
