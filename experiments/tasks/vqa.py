@@ -27,6 +27,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -113,7 +114,6 @@ VQAV2_QUESTION_LEN = 20
 IMAGE_SIZE, VIT_PATCH, VIT_DIM = 224, 16, 384  # ViT-S/16 width
 # About the VQA accuracy of answering "yes" to everything (Goyal et al. 2017, prior baseline).
 VQAV2_CHANCE = 0.26
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLITS = {"train": "train2014", "val": "val2014"}
 VQAV2_LAYOUT = ("v2_OpenEnded_mscoco_{train,val}2014_questions.json, "
                 "v2_mscoco_{train,val}2014_annotations.json and images in "
@@ -193,7 +193,7 @@ def image_transform():
     return transforms.Compose([
         transforms.Resize((IMAGE_SIZE, IMAGE_SIZE),
                           interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+        transforms.ToTensor(), transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
 
 
 class VQAv2Dataset(Dataset):
