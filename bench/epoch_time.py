@@ -18,8 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.training import run_trial
-from orchestrator.plan import TrialSpec
-from orchestrator.spec import Hyperparameters
+from experiments.trial import Hyperparameters, TrialSpec
 
 
 def seconds_per_epoch(family, size, layer, device, dtype, epochs) -> tuple[float, float]:
@@ -47,7 +46,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--no-cpu", action="store_true", help="GPU only (for blocks too big for CPU)")
     args = p.parse_args()
-    from encoders.registry import get_family
+    from encoders.lm.registry import get_family
 
     n = get_family(args.family).size(args.size).num_layers
     layer = args.layer % n

@@ -3,7 +3,7 @@
 For each family, generates a 24-layer sharded checkpoint with the family's own transformers
 model class (in the family's published dtype), then, each in a fresh subprocess so peak
 memory is its own:
-- layer-only: ``encoders.layer_loading.load_layers`` for one middle layer;
+- layer-only: ``encoders.lm.layer_loading.load_layers`` for one middle layer;
 - whole model: ``<ModelClass>.from_pretrained`` (what you would do without lmblocks).
 Prints bytes read, wall time (median of --repeats, page cache warm for both) and the peak
 resident memory above the post-import baseline (VmHWM, reset after the imports), with ratios.
@@ -29,11 +29,11 @@ CHILD = r"""
 import json, sys, time
 sys.path.insert(0, {root!r})
 import torch
-import encoders.families
-from encoders.checkpoints import CheckpointDir
-from encoders.layer_loading import load_layers
-from encoders.registry import get_family
-from encoders.safetensors_reader import SafetensorsReader
+import encoders.lm.families
+from encoders.weights.checkpoint_dir import CheckpointDir
+from encoders.lm.layer_loading import load_layers
+from encoders.lm.registry import get_family
+from encoders.weights.safetensors_reader import SafetensorsReader
 from pathlib import Path
 fam = get_family({family!r})
 def status(key):
@@ -60,8 +60,8 @@ print(json.dumps({{"seconds": dt, "peak_rss_kb": peak - base, "bytes": nbytes, "
 def make_checkpoint(family: str, path: Path, hidden: int, layers: int) -> None:
     import torch
 
-    import encoders.families  # noqa: F401
-    from encoders.registry import get_family
+    import encoders.lm.families  # noqa: F401
+    from encoders.lm.registry import get_family
 
     fam = get_family(family)
     real = fam.size(fam.default_size)
@@ -109,8 +109,8 @@ def bench_family(family: str, hidden: int, layers: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    import encoders.families  # noqa: F401
-    from encoders.registry import list_families
+    import encoders.lm.families  # noqa: F401
+    from encoders.lm.registry import list_families
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--families", default=",".join(f for f in list_families() if f != "minilm"))

@@ -12,11 +12,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from experiments.trial import Hyperparameters
+
 SCHEDULES = ("constant", "cosine")
 MIN_LR_FRACTION = 0.01  # cosine decays to 1% of the peak
 
 
-def lr_at(hp, epoch: int, step: int, steps_per_epoch: int) -> float:
+def lr_at(hp: Hyperparameters, epoch: int, step: int, steps_per_epoch: int) -> float:
     """Peak ``hp.lr`` after ``hp.warmup_epochs`` of linear warm-up, then constant or cosine."""
     t = epoch + (step + 1) / steps_per_epoch  # epochs done after this step
     if hp.warmup_epochs > 0 and t <= hp.warmup_epochs:
@@ -32,7 +34,7 @@ def lr_at(hp, epoch: int, step: int, steps_per_epoch: int) -> float:
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def make_mixer(hp, num_classes: int):
+def make_mixer(hp: Hyperparameters, num_classes: int):
     """timm's Mixup/CutMix (soft targets, smoothing folded in), or None."""
     if not (hp.mixup or hp.cutmix):
         return None
@@ -42,7 +44,7 @@ def make_mixer(hp, num_classes: int):
                  label_smoothing=hp.label_smoothing, num_classes=num_classes)
 
 
-def make_loss(hp, mixing: bool) -> Loss:
+def make_loss(hp: Hyperparameters, mixing: bool) -> Loss:
     if mixing:  # the mixer's soft targets (smoothing already folded in)
         from timm.loss import SoftTargetCrossEntropy
 

@@ -8,7 +8,6 @@ in a test, or in a benchmark's bare loop.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +16,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 import experiments.tasks  # noqa: F401  (registers the tasks)
-from encoders.block_factory import BlockInfo, build_block
-from encoders.frozen_block import FrozenLMBlock, frozen_parameter_count
-from experiments.objectives import CLASSIFICATION, batch_len, forward, to_device
+from encoders.lm.block_factory import BlockInfo
+from encoders.lm.controls import build_block
+from encoders.lm.frozen_block import FrozenLMBlock, frozen_parameter_count
+from experiments.batches import batch_len, forward, to_device
+from experiments.objectives.classification import CLASSIFICATION
+from experiments.probe import probe_batch, probe_filtering
 from experiments.recipe import lr_at, make_loss, make_mixer
 from experiments.tasks.registry import get_task
-from results.filtering import probe
+from experiments.trial import TrialSpec
 
 
 @dataclass
@@ -77,27 +79,6 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
     return total / n
 
 
-def probe_batch(dataset, size: int):
-    """The first ``size`` validation inputs, collated (a tensor or a tuple of tensors)."""
-    return default_collate([dataset[i][0] for i in range(min(size, len(dataset)))])
-
-
-def probe_filtering(model: nn.Module, task, probe_x) -> dict[str, object]:
-    """The information-filtering measures on the fixed probe batch: concentration scores as
-    metrics (where the task knows its informative tokens) and the per-token maps, as JSON
-    text, for the report's figures."""
-    if task.informative_tokens is None or not hasattr(model, "blocks"):
-        return {}
-    cpu_x = to_device(probe_x, "cpu")
-    informative = task.informative_tokens(cpu_x)
-    valid = task.valid_tokens(cpu_x) if task.valid_tokens is not None else None
-    device = next(model.parameters()).device
-    result = probe(model, probe_x, informative.to(device), task.prefix_tokens,
-                   valid=None if valid is None else valid.to(device))
-    maps = result.to_json(cpu_x, informative)
-    return {**result.metrics(), "probe_maps": json.dumps(maps, separators=(",", ":"))}
-
-
 def resolve_compute_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """``auto``: float32 on CPU (bf16 matmuls are slow there), bfloat16 on a GPU."""
     if name == "auto":
@@ -106,7 +87,7 @@ def resolve_compute_dtype(name: str, device: str | torch.device) -> torch.dtype:
 
 
 def run_trial(
-    trial,  # orchestrator.plan.TrialSpec (duck-typed: experiments must not import orchestrator)
+    trial: TrialSpec,
     report: Report,
     *,
     weights_dir: str | Path | None = None,
@@ -114,9 +95,13 @@ def run_trial(
     restore: TrainState | None = None,
     device: str | torch.device = "cpu",
 ) -> BlockInfo:
+    """Train ``trial`` from its start (or from ``restore``), reporting every epoch's metrics
+    with the state to checkpoint. Reports carry what the block was built from (weights'
+    source, checkpoint identity, layers' hash): the driver tags the run with it once."""
     hp = trial.hparams
     task = get_task(trial.task)
     torch.manual_seed(trial.seed)
+    dtype = resolve_compute_dtype(hp.compute_dtype, device)
     block, info = build_block(
         family=trial.family,
         size=trial.size,
@@ -125,10 +110,9 @@ def run_trial(
         seed=trial.seed,
         visual_dim=task.visual_dim,
         weights_dir=weights_dir,
-        dtype=resolve_compute_dtype(hp.compute_dtype, device),
+        dtype=dtype,
         final_norm=hp.final_norm,
     )
-    block_dtype = resolve_compute_dtype(hp.compute_dtype, device) if block is not None else "none"
     if isinstance(block, FrozenLMBlock):
         block.init_adapters(hp.adapter_init)
     model = task.build_model(block).to(device)
@@ -159,6 +143,13 @@ def run_trial(
         "frozen_params": frozen_parameter_count(block),
         "trainable_params": sum(p.numel() for p in params),
     }
+    built = {  # what this attempt loaded: the run records it once, as tags
+        "weights_source": info.weights_source,
+        "checkpoint_identity": info.checkpoint,
+        "checkpoint_path": info.checkpoint_path,
+        "layers_sha256": info.layers_sha256,
+        "compute_dtype": str(dtype).removeprefix("torch.") if block is not None else "none",
+    }
     best = restore.best if restore is not None else None
     better = max if task.mode == "max" else min
     for epoch in range(start, hp.epochs):
@@ -182,8 +173,7 @@ def run_trial(
             "lr": optimizer.param_groups[0]["lr"],
             f"best_{task.metric}": best,
             **static,
-            "layers_sha256": info.layers_sha256,
-            "compute_dtype": str(block_dtype).removeprefix("torch."),
+            **built,
             **filtering,
         }
         opt_state = copy.deepcopy(optimizer.state_dict())  # a snapshot, not live references

@@ -135,7 +135,8 @@ def print_plan(plan) -> None:
 
 def preflight_data(plan, data_dir: str | None) -> None:
     """Every task's data must be where --data-dir says (embedded tasks need none)."""
-    from experiments.tasks.registry import DataError, get_task
+    from experiments.datasets.base import DataError
+    from experiments.tasks.registry import get_task
 
     for name in dict.fromkeys(t.task for t in plan):
         try:
@@ -144,21 +145,22 @@ def preflight_data(plan, data_dir: str | None) -> None:
             raise SpecError(str(e)) from None
 
 
-def preflight_weights(plan, weights_dir: str | None) -> dict[tuple[str, str], str]:
-    """Every pretrained (family, size) must be findable and match the registry; config only."""
-    from encoders.block_factory import check_checkpoint
+def preflight_weights(plan, weights_dir: str | None) -> None:
+    """Every (family, size) whose weights a trial reads must be findable and match the
+    registry; config only. What a trial actually loads is recorded by the trial."""
+    from encoders.lm.lookup import check_checkpoint
 
     if weights_dir is not None and not Path(weights_dir).is_dir():
         raise SpecError(f"--weights-dir {weights_dir!r} is not a directory")
-    identities: dict[tuple[str, str], str] = {}
+    checked: set[tuple[str, str]] = set()
     for t in plan:
         key = (t.family, t.size)
-        if t.control == "pretrained" and key not in identities:
+        if t.weights_source == "pretrained" and key not in checked:
+            checked.add(key)
             try:
-                identities[key] = check_checkpoint(t.family, t.size, weights_dir)
+                check_checkpoint(t.family, t.size, weights_dir)
             except (FileNotFoundError, ValueError) as e:
                 raise SpecError(str(e)) from None
-    return identities
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -184,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print_plan(plan)
             return 0
-        from orchestrator.tuner import HPARAM_SEARCHES, SAMPLERS, SCHEDULERS, SEARCHES
+        from orchestrator.search import HPARAM_SEARCHES, SAMPLERS, SEARCHES
+        from orchestrator.tuner import SCHEDULERS
 
         for flag, value, valid in (("search", args.search, SEARCHES),
                                    ("sampler", args.sampler, tuple(SAMPLERS)),
@@ -210,14 +213,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.samples_per_cell < 1:
             raise SpecError(f"--samples-per-cell must be positive (got {args.samples_per_cell})")
         preflight_data(plan, args.data_dir)
-        identities = preflight_weights(plan, args.weights_dir)
+        preflight_weights(plan, args.weights_dir)
     except SpecError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from orchestrator.tracking import default_tracking_uri, finished_cells
+    from orchestrator.tracking import finished_cells
     from orchestrator.tuner import run_sweep
     from results.report import build_report
+    from results.runs import default_tracking_uri
 
     experiment = args.experiment or spec.name
     tracking_uri = args.tracking_uri or default_tracking_uri()
@@ -239,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run_sweep(
         spec,
         plan,
-        identities=identities,
         tracking_uri=tracking_uri,
         experiment=experiment,
         storage=storage,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-Selection = tuple[int, ...]
+from experiments.trial import Selection
 
 _INT = r"-?\d+"
 _RANGE = re.compile(rf"^({_INT})\.\.({_INT})$")
@@ -60,21 +60,3 @@ def resolve_layers(tokens: list[str | int], n: int, where: str) -> list[Selectio
             )
         out.extend(s for s in sels if s not in out)
     return out
-
-
-def label(selection: Selection) -> str:
-    """``(5,)`` -> ``"5"``; ``(3, 4)`` -> ``"3:5"``; ``()`` -> ``""`` (no LM layer)."""
-    if not selection:
-        return ""
-    if len(selection) == 1:
-        return str(selection[0])
-    return f"{selection[0]}:{selection[-1] + 1}"
-
-
-def parse_label(text: str) -> Selection:
-    if not text:
-        return ()
-    if ":" in text:
-        a, b = (int(v) for v in text.split(":"))
-        return tuple(range(a, b))
-    return (int(text),)

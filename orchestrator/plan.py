@@ -1,88 +1,32 @@
 """Expand a SweepSpec into one TrialSpec per (family, size, layers, task, control, seed).
 
-Controls and the layer axis:
-- ``pretrained``: one trial per layer selection;
-- ``random``: one trial per family/size, a randomly initialised frozen block shaped like the
-  LAST layer selection (every layer of a size has the same shape);
-- ``adapters``: one trial per family/size (the two linear maps at that LM's width, no layer);
-- ``none``: one trial per task and seed, not tied to any LM (family and size are empty).
+Controls and the layer axis, as the controls table (``encoders/lm/controls.py``) says:
+- ``pretrained`` (layers "each"): one trial per layer selection;
+- ``random`` (layers "last"): one trial per family/size, a randomly initialised frozen block
+  shaped like the LAST layer selection (every layer of a size has the same shape);
+- ``adapters`` (layers "none"): one trial per family/size (the two linear maps at that LM's
+  width, no layer);
+- ``none`` (not per LM): one trial per task and seed, not tied to any LM (family and size
+  are empty).
 Validation happens here, before any weights, Ray or MLflow are touched.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass, field
-
 import pandas as pd
 
-import encoders.families  # noqa: F401  (registers the families)
+import encoders.lm.families  # noqa: F401  (registers the families)
 import experiments.tasks  # noqa: F401  (registers the tasks)
-from encoders.frozen_block import ADAPTER_INITS, CONTROLS, WEIGHT_SOURCE
-from encoders.registry import get_family, list_families
+from encoders.lm.controls import get_control, list_controls
+from encoders.lm.frozen_block import ADAPTER_INITS
+from encoders.lm.registry import get_family, list_families
 from experiments.recipe import SCHEDULES
 from experiments.tasks.registry import get_task, list_tasks
-from orchestrator.layers import LayerSpecError, Selection, label, parse_label, resolve_layers
-from orchestrator.spec import Hyperparameters, SpecError, SweepSpec
+from experiments.trial import TrialSpec
+from orchestrator.layers import LayerSpecError, resolve_layers
+from orchestrator.spec import SpecError, SweepSpec
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """One trial, fully resolved; a dict only at the Ray/MLflow boundary."""
-
-    family: str
-    size: str
-    layers: Selection
-    task: str
-    control: str
-    seed: int
-    hparams: Hyperparameters = field(default_factory=Hyperparameters)
-
-    @property
-    def layer_label(self) -> str:
-        return label(self.layers)
-
-    @property
-    def weights_source(self) -> str:
-        return WEIGHT_SOURCE[self.control]
-
-    def to_config(self) -> dict[str, object]:
-        """Flat, JSON-able config: Ray Tune's trial config and MLflow's params."""
-        cfg = {
-            "family": self.family,
-            "size": self.size,
-            "layers": self.layer_label,
-            "task": self.task,
-            "control": self.control,
-            "seed": self.seed,
-        }
-        cfg.update(dataclasses.asdict(self.hparams))
-        return cfg
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, object]) -> TrialSpec:
-        hp = {f.name: cfg[f.name] for f in dataclasses.fields(Hyperparameters) if f.name in cfg}
-        if isinstance(hp.get("final_norm"), str):  # MLflow/Optuna round trips give strings
-            hp["final_norm"] = hp["final_norm"] == "True"
-        return cls(
-            family=str(cfg["family"]),
-            size=str(cfg["size"]),
-            layers=parse_label(str(cfg["layers"])),
-            task=str(cfg["task"]),
-            control=str(cfg["control"]),
-            seed=int(cfg["seed"]),
-            hparams=Hyperparameters(**hp),
-        )
-
-    @property
-    def key(self) -> str:
-        """Stable identity of the full config (later: skip cells already finished)."""
-        blob = json.dumps(self.to_config(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _choose(kind: str, values: tuple[str, ...], valid: list[str]) -> None:
@@ -132,7 +76,7 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
         )
     _choose("family", spec.families, list_families())
     _choose("task", spec.tasks, list_tasks())
-    _choose("control", spec.controls, list(CONTROLS))
+    _choose("control", spec.controls, list_controls())
     if spec.hparams.compute_dtype not in DTYPES:
         raise SpecError(
             f"unknown compute dtype {spec.hparams.compute_dtype!r}; valid: {', '.join(DTYPES)}"
@@ -151,8 +95,8 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
         raise SpecError(f"epochs, batch_size and lr must be positive (got {spec.hparams})")
     if len(set(spec.seeds)) != len(spec.seeds):
         raise SpecError(f"duplicate seeds {list(spec.seeds)}")
-    lm_controls = [c for c in spec.controls if c != "none"]
-    if ("pretrained" in lm_controls or "random" in lm_controls) and not spec.layers:
+    controls = [get_control(c) for c in spec.controls]
+    if any(c.layers != "none" for c in controls) and not spec.layers:
         raise SpecError("empty sweep: no layers; valid: last, all, 5, -1, 2..5, 3:5")
 
     if spec.hparams.final_norm:
@@ -171,8 +115,9 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
     hp = spec.hparams
     for task in spec.tasks:
         for seed in spec.seeds:
-            if "none" in spec.controls:
-                trials.append(TrialSpec("", "", (), task, "none", seed, hp))
+            for control in controls:
+                if not control.per_lm:
+                    trials.append(TrialSpec("", "", (), task, control.name, seed, hp))
     for family in spec.families:
         fam = get_family(family)
         for size in resolve_sizes(spec, family):
@@ -182,16 +127,13 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
             except LayerSpecError as e:
                 raise SpecError(str(e)) from None
             for task in spec.tasks:
-                for control in lm_controls:
-                    if control == "pretrained":
-                        sels = selections
-                    elif control == "random":
-                        sels = selections[-1:]
-                    else:
-                        sels = [()]
+                for control in (c for c in controls if c.per_lm):
+                    sels = {"each": selections, "last": selections[-1:], "none": [()]}[
+                        control.layers]
                     for sel in sels:
                         for seed in spec.seeds:
-                            trials.append(TrialSpec(family, size, sel, task, control, seed, hp))
+                            trials.append(
+                                TrialSpec(family, size, sel, task, control.name, seed, hp))
     if not trials:
         raise SpecError("empty sweep: the spec expands to no trial")
     return trials
@@ -205,7 +147,7 @@ def plan_table(trials: list[TrialSpec]) -> pd.DataFrame:
         if t.layers:
             fam = get_family(t.family)
             params = fam.layer_params(t.size) * len(t.layers)
-            if t.control == "pretrained":
+            if t.weights_source == "pretrained":  # read from the checkpoint
                 read = params * fam.size(t.size).dtype.itemsize
         rows.append(
             {

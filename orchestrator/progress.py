@@ -12,8 +12,7 @@ from typing import TextIO
 
 from ray.tune import Callback
 
-from orchestrator.plan import TrialSpec
-from orchestrator.tracking import run_name
+from experiments.trial import TrialSpec
 
 DONE, FAILED = "TERMINATED", "ERROR"
 
@@ -39,7 +38,7 @@ class ProgressLine(Callback):
             value > self.best[0] if self.mode == "max" else value < self.best[0]
         )
         if better:
-            self.best = (float(value), run_name(TrialSpec.from_config(trial.config)))
+            self.best = (float(value), TrialSpec.from_config(trial.config).run_name)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         if trial.trial_id in self.started:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from ray.tune import PlacementGroupFactory
 
-from encoders.registry import get_family
-from orchestrator.plan import TrialSpec
+from encoders.lm.registry import get_family
+from experiments.trial import TrialSpec
 
 GPU_SHARE_STEPS = 8  # shares are multiples of 1/8 GPU
 OVERHEAD_BYTES = 2 * 10**9  # CUDA context, the visual encoder, optimizer, data

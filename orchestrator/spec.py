@@ -9,25 +9,11 @@ from pathlib import Path
 
 import yaml
 
+from experiments.trial import HPARAMS, Hyperparameters
+
 
 class SpecError(ValueError):
     """Bad sweep input; the message names the bad value and the valid choices."""
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    epochs: int = 12
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    batch_size: int = 32
-    compute_dtype: str = "auto"  # the block's compute dtype: auto = float32 on CPU, bf16 on GPU
-    final_norm: bool = False  # the LM's final norm follows the block (off: the paper's setup)
-    adapter_init: str = "default"  # the two linear maps: default (Kaiming), xavier, orthogonal
-    schedule: str = "constant"  # learning rate after warm-up: constant or cosine
-    warmup_epochs: float = 0.0  # linear warm-up from 0 to lr
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # Mixup alpha (0: off); with cutmix, timm's Mixup draws one per batch
-    cutmix: float = 0.0  # CutMix alpha (0: off; image tasks)
 
 
 @dataclass(frozen=True)
@@ -52,7 +38,7 @@ class SweepSpec:
 
 
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(SweepSpec)} - {"hparams"}
-_HPARAM_FIELDS = {f.name for f in dataclasses.fields(Hyperparameters)}
+_HPARAM_FIELDS = set(HPARAMS)
 _TUPLE_FIELDS = {"families", "sizes", "layers", "tasks", "controls", "seeds"}
 
 

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 from ray.tune.logger import LoggerCallback
 
-from orchestrator.plan import TrialSpec
+from experiments.trial import TrialSpec
 from orchestrator.spec import SweepSpec
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -31,13 +31,13 @@ TRIAL_METRICS = (
     "frozen_params", "trainable_params", "lr",
 )
 
+# What the worker reports it built the block from -> the run's tags (the identity of the
+# weights the trial actually loaded, not one the driver guessed).
+BUILT_TAGS = {"checkpoint_identity": "checkpoint.identity", "checkpoint_path": "checkpoint.path",
+              "layers_sha256": "checkpoint.layers_sha256", "compute_dtype": "compute_dtype"}
+
 # Whatever a task's objective reports (val_minADE, val_recall_i2t_at_5, ...) and its best so far.
 TASK_METRIC_PREFIXES = ("val_", "best_", "conc_")
-
-
-def default_tracking_uri() -> str:
-    """SQLite in the working directory, by absolute path (Ray trials run in other dirs)."""
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -101,27 +101,13 @@ def finished_cells(tracking_uri: str, experiment: str) -> Counter[str]:
     return Counter(k for k in keys if k)
 
 
-def run_name(t: TrialSpec) -> str:
-    if t.control == "none":
-        return f"none-{t.task}-s{t.seed}"
-    layer = f"-L{t.layer_label}" if t.layers else ""
-    return f"{t.family}-{t.size}{layer}-{t.control}-{t.task}-s{t.seed}"
-
-
 class MlflowTrialLogger(LoggerCallback):
     """Creates each trial's child run on start, logs per-epoch metrics, ends it FINISHED/FAILED."""
 
-    def __init__(
-        self,
-        tracking_uri: str,
-        experiment: str,
-        parent_run_id: str,
-        identities: dict[tuple[str, str], str],
-    ) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str) -> None:
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = experiment_id(self.client, experiment)
         self.parent_run_id = parent_run_id
-        self.identities = identities  # (family, size) -> checkpoint identity, resolved up front
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self.tagged: set[str] = set()
         self.where: dict[tuple[str, str], str] = {}
@@ -145,12 +131,6 @@ class MlflowTrialLogger(LoggerCallback):
         if trial.trial_id in self.runs:  # a retried trial keeps its run
             return self.runs[trial.trial_id]
         spec = TrialSpec.from_config(trial.config)
-        if spec.control == "pretrained":
-            checkpoint = self.identities[(spec.family, spec.size)]
-        elif spec.control == "random":
-            checkpoint = f"random-init:{spec.family}/{spec.size}:seed={spec.seed}"
-        else:
-            checkpoint = ""
         tags = {
             PARENT_TAG: self.parent_run_id,
             "lmblocks.kind": "trial",
@@ -158,9 +138,8 @@ class MlflowTrialLogger(LoggerCallback):
             "lmblocks.cell_key": str(trial.config.get("cell_key", spec.key)),
             "lmblocks.tune_trial_id": trial.trial_id,
             "weights.source": spec.weights_source,
-            "checkpoint.identity": checkpoint,
         }
-        run = self.client.create_run(self.experiment_id, run_name=run_name(spec), tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=spec.run_name, tags=tags)
         self.runs[trial.trial_id] = run.info.run_id
         params = [mlflow.entities.Param(k, str(v)) for k, v in spec.to_config().items()]
         self.client.log_batch(run.info.run_id, params=params)
@@ -193,12 +172,11 @@ class MlflowTrialLogger(LoggerCallback):
                 mlflow.entities.Metric("epoch_time_s", float(result["time_this_iter_s"]), ts, step)
             )
         self.client.log_batch(run_id, metrics=metrics)
-        if run_id not in self.tagged:  # what the trial resolved: set once per run
+        if run_id not in self.tagged:  # what the worker built its block from: once per run
             self.tagged.add(run_id)
-            if result.get("layers_sha256"):
-                self.client.set_tag(run_id, "checkpoint.layers_sha256", result["layers_sha256"])
-            if result.get("compute_dtype"):
-                self.client.set_tag(run_id, "compute_dtype", result["compute_dtype"])
+            for key, tag in BUILT_TAGS.items():
+                if result.get(key):
+                    self.client.set_tag(run_id, tag, str(result[key]))
         # where it ran, per attempt (a retry may land on another node)
         for tag, key in (("ray.node_id", "node_id"), ("ray.node_ip", "node_ip"),
                          ("host", "hostname")):

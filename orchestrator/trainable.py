@@ -11,7 +11,7 @@ from ray import tune
 
 from experiments.checkpointing import load_state, save_state
 from experiments.training import TrainState, run_trial
-from orchestrator.plan import TrialSpec
+from experiments.trial import TrialSpec
 
 
 def tune_trial(config: dict, *, weights_dir: str | None = None,

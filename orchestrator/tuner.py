@@ -1,10 +1,9 @@
 """Run a plan with Ray Tune: Optuna as the search algorithm, MLflow as the record.
 
-Optuna (through Ray Tune's ``OptunaSearch``) drives the trials: ``--search grid`` walks
-the plan's rows with Optuna's GridSampler (each row once, ``num_samples`` = rows);
-``--search optuna`` samples a define-by-run conditional space built from the plan (TPE by
-default). The study is journaled next to the Ray results; ``--resume`` restores Ray Tune's
-experiment (searcher and MLflow logger state included) and continues it.
+Optuna (through Ray Tune's ``OptunaSearch``; the spaces are ``search.py``'s) drives the
+trials, ASHA may stop weak ones early, a Tune callback records every trial in MLflow. The
+study is journaled next to the Ray results; ``--resume`` restores Ray Tune's experiment
+(searcher and MLflow logger state included) and continues it.
 """
 
 from __future__ import annotations
@@ -12,38 +11,25 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import ray
 from mlflow.tracking import MlflowClient
-from optuna.samplers import (
-    CmaEsSampler,
-    GPSampler,
-    GridSampler,
-    QMCSampler,
-    RandomSampler,
-    TPESampler,
-)
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from experiments.tasks.registry import get_task
-from orchestrator.plan import TrialSpec
+from experiments.trial import AXES, TrialSpec
 from orchestrator.progress import ProgressLine
 from orchestrator.resources import per_trial_resources
+from orchestrator.search import make_searcher, release_stale_trials, trial_count
 from orchestrator.spec import SweepSpec
-from orchestrator.tracking import MlflowTrialLogger, run_name, start_parent_run
+from orchestrator.tracking import MlflowTrialLogger, start_parent_run
 from orchestrator.trainable import tune_trial
 
-AXES = ("family", "size", "layers", "task", "control", "seed")
 SWEEP_FILE = "lmblocks_sweep.json"
+SCHEDULERS = ("fifo", "asha")
 
 
 @dataclass
@@ -68,184 +54,6 @@ def gpu_memory_bytes(override_gb: float | None = None) -> float:
     return 80e9
 
 
-SAMPLERS = {"tpe": TPESampler, "random": RandomSampler, "cmaes": CmaEsSampler,
-            "gp": GPSampler, "qmc": QMCSampler}
-SEARCHES = ("grid", "optuna")
-SCHEDULERS = ("fifo", "asha")
-
-
-HPARAM_SEARCHES = ("joint", "per-cell")
-
-
-def suggest_hparams(trial, suffix: str = "") -> dict[str, object]:
-    """The searched hyperparameters; ``suffix`` names a cell, so that each cell's search is
-    modelled on its own trials only (a parameter's history is its name's)."""
-    from encoders.frozen_block import ADAPTER_INITS
-
-    return {
-        "lr": trial.suggest_float(f"lr{suffix}", 1e-4, 1e-2, log=True),
-        "weight_decay": trial.suggest_float(f"weight_decay{suffix}", 1e-4, 0.3, log=True),
-        "adapter_init": trial.suggest_categorical(f"adapter_init{suffix}", list(ADAPTER_INITS)),
-    }
-
-
-class GridCells:
-    """Define-by-run space of the exhaustive grid: one categorical ``cell`` (a plan row's
-    index) that Optuna's GridSampler walks without repeats; the row's axes are returned as
-    constants, with the Optuna trial's number (``optuna_trial``), so that a resumed sweep can
-    tell the study's trials Tune still knows from those its dead driver asked for and never
-    saved (``release_stale_trials``)."""
-
-    def __init__(self, plan: list[TrialSpec]) -> None:
-        self.rows = [cell_config(t) for t in plan]
-
-    def __call__(self, trial) -> dict[str, object]:
-        cell = trial.suggest_categorical("cell", list(range(len(self.rows))))
-        return {**self.rows[cell], "optuna_trial": trial.number}
-
-
-def cell_config(t: TrialSpec) -> dict[str, object]:
-    """A plan row's structural axes plus ``cell_key``, the row's identity in MLflow (its
-    trial key), kept when a hyperparameter search changes the run's own key."""
-    return {**{k: v for k, v in t.to_config().items() if k in AXES}, "cell_key": t.key}
-
-
-class PerCellHparams:
-    """Hyperparameters searched per cell: every plan row runs ``samples`` trials, taken
-    round-robin (the row with the fewest trials so far, lowest first; trials released after
-    a driver crash do not count), each with hyperparameters the sampler proposes from that
-    row's earlier trials alone."""
-
-    def __init__(self, plan: list[TrialSpec]) -> None:
-        self.rows = [cell_config(t) for t in plan]
-
-    def __call__(self, trial) -> dict[str, object]:
-        counts = Counter(
-            t.user_attrs["cell"] for t in trial.study.get_trials(deepcopy=False)
-            if "cell" in t.user_attrs and not t.system_attrs.get(RELEASED))
-        cell = min(range(len(self.rows)), key=lambda i: (counts[i], i))
-        trial.set_user_attr("cell", cell)
-        return {**self.rows[cell], **suggest_hparams(trial, f"|cell{cell}"),
-                "optuna_trial": trial.number}
-
-
-RELEASED = "lmblocks_released"
-
-
-def release_stale_trials(study_path: Path, study_name: str, live: set[int]) -> list[int]:
-    """After a driver crash, the study's RUNNING trials that Tune's restored experiment does
-    not know (asked for, never saved) are ended FAIL and marked released, so that their
-    cells are asked for again: GridSampler would otherwise count them as running forever
-    and, once the rest is done, pick at random among unfinished cells, possibly one that
-    is running, twice. Returns the released trial numbers."""
-    storage = JournalStorage(JournalFileBackend(str(study_path)))
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    released = []
-    for t in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
-        if t.number in live:
-            continue
-        storage.set_trial_system_attr(t._trial_id, "search_space", {})  # GridSampler: not ours
-        storage.set_trial_system_attr(t._trial_id, RELEASED, True)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        released.append(t.number)
-    return released
-
-
-class CellGridSampler(GridSampler):
-    """Optuna's GridSampler without its ``study.stop()`` once the grid is used up: Tune's
-    ``num_samples`` already ends the sweep there, and ``stop()`` outside ``optimize()`` only
-    raises (Tune logs it as a warning after every grid sweep's last trial)."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        return None
-
-
-def optuna_exhaustive(
-    plan: list[TrialSpec], metric: str, mode: str, seed: int = 0, **study
-) -> OptunaSearch:
-    """Every plan row exactly once, driven by Optuna's GridSampler."""
-    cells = GridCells(plan)
-    return OptunaSearch(
-        space=cells,
-        metric=metric,
-        mode=mode,
-        sampler=CellGridSampler({"cell": list(range(len(cells.rows)))}, seed=seed),
-        **study,
-    )
-
-
-class DefineByRunSpace:
-    """The conditional space, define-by-run: a size's choices depend on the family, the
-    layer selections on the size (OPT-125m has 12 layers, OPT-66b 64), the rest on the
-    control. Choices come from the validated plan, so the search never leaves it.
-    A class, not a closure: Tune pickles the searcher with its experiment state."""
-
-    def __init__(self, plan: list[TrialSpec], search_hparams: bool) -> None:
-        self.cells: dict = {}
-        self.keys = {(t.control, t.family, t.size, t.layer_label, t.task, t.seed): t.key
-                     for t in plan}
-        for t in plan:
-            sizes = self.cells.setdefault(t.control, {}).setdefault(t.family, {})
-            labels = sizes.setdefault(t.size, [])
-            if t.layer_label not in labels:
-                labels.append(t.layer_label)
-        self.tasks = sorted({t.task for t in plan})
-        self.seeds = sorted({t.seed for t in plan})
-        self.search_hparams = search_hparams
-
-    def __call__(self, trial) -> dict[str, object]:
-        control = trial.suggest_categorical("control", sorted(self.cells))
-        by_family = self.cells[control]
-        family = trial.suggest_categorical(f"family|{control}", sorted(by_family))
-        size = trial.suggest_categorical(f"size|{control}|{family}", sorted(by_family[family]))
-        labels = by_family[family][size]
-        layers = trial.suggest_categorical(f"layers|{control}|{family}|{size}", labels)
-        out = {"control": control, "family": family, "size": size, "layers": layers,
-               "task": trial.suggest_categorical("task", self.tasks),
-               "seed": trial.suggest_categorical("seed", self.seeds)}
-        key = self.keys.get((control, family, size, layers, out["task"], out["seed"]))
-        if key is not None:  # a combination that is a plan row
-            out["cell_key"] = key
-        if self.search_hparams:
-            out.update(suggest_hparams(trial))
-        return out
-
-
-def make_searcher(
-    plan: list[TrialSpec], *, search: str, sampler: str, metric: str, mode: str,
-    study_path: Path | None, study_name: str, search_hparams: str | None = None,
-    seed: int = 0,
-) -> OptunaSearch:
-    """The Optuna study is journaled next to the Ray results, so a resumed sweep continues it.
-
-    ``search_hparams``: None (the spec's values), ``joint`` (with ``--search optuna``: the
-    hyperparameters are more axes of the one search) or ``per-cell`` (with ``--search grid``:
-    every row gets a search of its own; ``trial_count`` sets how many trials that makes)."""
-    study = {"study_name": study_name}
-    if study_path is not None:
-        study_path.parent.mkdir(parents=True, exist_ok=True)
-        study["storage"] = JournalStorage(JournalFileBackend(str(study_path)))
-    if search == "grid" and search_hparams == "per-cell":
-        return OptunaSearch(space=PerCellHparams(plan), metric=metric,
-                            mode=mode, sampler=SAMPLERS[sampler](seed=seed), **study)
-    if search == "grid":
-        return optuna_exhaustive(plan, metric, mode, seed, **study)
-    return OptunaSearch(
-        space=DefineByRunSpace(plan, search_hparams == "joint"),
-        metric=metric,
-        mode=mode,
-        sampler=SAMPLERS[sampler](seed=seed),
-        **study,
-    )
-
-
-def trial_count(plan: list[TrialSpec], search: str, num_samples: int | None,
-                search_hparams: str | None, samples_per_cell: int) -> int:
-    if search == "grid":
-        return len(plan) * (samples_per_cell if search_hparams == "per-cell" else 1)
-    return num_samples or len(plan)
-
-
 def make_scheduler(name: str, metric: str, mode: str, epochs: int):
     if name == "asha":  # stops weak trials on the per-epoch validation metric
         return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=epochs,
@@ -257,7 +65,6 @@ def run_sweep(
     spec: SweepSpec,
     plan: list[TrialSpec],
     *,
-    identities: dict[tuple[str, str], str],
     tracking_uri: str,
     experiment: str,
     storage: str,
@@ -282,7 +89,7 @@ def run_sweep(
         task = get_task(plan[0].task)
         client = MlflowClient(tracking_uri)
         parent = start_parent_run(client, experiment, spec, len(plan))
-        logger = MlflowTrialLogger(tracking_uri, experiment, parent, identities)
+        logger = MlflowTrialLogger(tracking_uri, experiment, parent)
         gpu_bytes = gpu_memory_bytes(gpu_memory_gb)
         trainable = tune.with_resources(
             tune.with_parameters(tune_trial, weights_dir=weights_dir, data_dir=data_dir),
@@ -305,7 +112,7 @@ def run_sweep(
                 num_samples=total,
                 max_concurrent_trials=max_concurrent,
                 reuse_actors=True,  # a new worker re-imports torch/transformers: ~10 s a trial
-                trial_dirname_creator=lambda t: f"{run_name(TrialSpec.from_config(t.config))}-{t.trial_id}",
+                trial_dirname_creator=lambda t: f"{TrialSpec.from_config(t.config).run_name}-{t.trial_id}",
             ),
             run_config=tune.RunConfig(
                 name=name,

@@ -14,12 +14,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from results.tables import fixed_layer
+from encoders.lm.controls import get_control, list_controls
+from results.tables import fixed_layer, layer_controls
 
-CONTROL_STYLE = {"random": ("tab:red", ":"), "adapters": ("tab:green", "-."),
-                 "none": ("grey", "--")}
-CONTROL_NAME = {"none": "no block", "adapters": "adapters only", "random": "random frozen block",
-                "pretrained": "pretrained frozen block"}
+
+def _label(control: str) -> str:
+    """The controls table's name for it (a control this install does not know: as stored)."""
+    return get_control(control).label if control in list_controls() else control
 
 
 def _metric_label(summary: pd.DataFrame) -> str:
@@ -35,19 +36,21 @@ def _save(fig, path: Path) -> Path:
 
 def metric_vs_layer(summary: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    pre = summary[summary["control"] == "pretrained"]
-    for (task, family, size), grp in pre.groupby(["task", "family", "size"], sort=False):
+    swept = summary["control"].isin(layer_controls())
+    for (task, family, size, control), grp in summary[swept].groupby(
+            ["task", "family", "size", "control"], sort=False):
         grp = grp.sort_values("layer_index")
         line, = ax.plot(grp["layer_index"], grp["mean"], marker="o",
-                        label=f"{family}-{size}, pretrained ({task})")
+                        label=f"{family}-{size}, {control} ({task})")
         if grp["mean_lo"].notna().any():
             ax.fill_between(grp["layer_index"], grp["mean_lo"], grp["mean_hi"],
                             color=line.get_color(), alpha=0.2)
-    for _, row in summary[summary["control"] != "pretrained"].iterrows():
-        color, style = CONTROL_STYLE[row["control"]]
-        lm = "" if row["control"] == "none" else f"{row['family']}-{row['size']} "
+    for _, row in summary[~swept].iterrows():  # the controls: one level each
+        control = get_control(row["control"])
+        color, style = control.style
+        lm = f"{row['family']}-{row['size']} " if control.per_lm else ""
         ax.axhline(row["mean"], color=color, linestyle=style,
-                   label=f"{lm}{CONTROL_NAME[row['control']]} ({row['task']})")
+                   label=f"{lm}{control.label} ({row['task']})")
     ax.set_xlabel("index of the frozen LM layer inserted after the last visual block")
     ax.set_ylabel(f"{_metric_label(summary)} (mean; band: 95% CI over seeds)")
     ax.set_title("Which layer helps: validation metric by layer, against the controls")
@@ -67,8 +70,11 @@ def metric_vs_size(summary: pd.DataFrame, path: Path, layer: str = "last") -> Pa
         for _, r in grp.iterrows():
             ax.annotate(r["size"], (r["lm_params"], r["mean"]), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
-    for _, row in summary[summary["control"] == "none"].iterrows():
-        ax.axhline(row["mean"], color="grey", linestyle="--", label=f"no block ({row['task']})")
+    for _, row in summary[summary["control"].map(lambda c: not get_control(c).per_lm)].iterrows():
+        control = get_control(row["control"])  # no LM, so no size: a level across all sizes
+        color, style = control.style
+        ax.axhline(row["mean"], color=color, linestyle=style,
+                   label=f"{control.label} ({row['task']})")
     ax.set_xscale("log")
     ax.set_xlabel("parameters of the language model the block comes from (log scale)")
     ax.set_ylabel(f"{_metric_label(summary)} (mean; bars: 95% CI)")
@@ -81,7 +87,7 @@ def metric_vs_size(summary: pd.DataFrame, path: Path, layer: str = "last") -> Pa
 def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
     """Rows: layer index; columns: sizes of each family (by parameters); colour: the paired
     gain over the control (the mean where there is no pair)."""
-    pre = summary[summary["control"] == "pretrained"]
+    pre = summary[summary["control"].isin(layer_controls())]
     use_delta = pre["delta"].notna().any()
     value = "delta" if use_delta else "mean"
     cols = pre.sort_values(["family", "lm_params"])[["family", "size"]].drop_duplicates()
@@ -106,7 +112,7 @@ def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
     ax.set_xlabel("language model (family-size, by parameters)")
     ax.set_ylabel("frozen layer index")
     control = summary.attrs.get("control", "none")
-    what = f"gain over '{CONTROL_NAME.get(control, control)}'" if use_delta else "mean metric"
+    what = f"gain over '{_label(control)}'" if use_delta else "mean metric"
     ax.set_title(f"Layer x model size: {what}")
     fig.colorbar(im, ax=ax, label=what)
     return _save(fig, path)
@@ -167,7 +173,7 @@ def gain_vs_concentration(summary: pd.DataFrame, path: Path) -> Path:
         subset=["delta", "conc_act_gain"]) if "conc_act_gain" in summary else summary.iloc[:0]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for control, grp in cells.groupby("control"):
-        ax.scatter(grp["conc_act_gain"], grp["delta"], label=CONTROL_NAME.get(control, control))
+        ax.scatter(grp["conc_act_gain"], grp["delta"], label=_label(control))
         for _, r in grp.iterrows():
             tag = f"L{r['layers']}" if r["layers"] else r["control"]
             ax.annotate(tag, (r["conc_act_gain"], r["delta"]), fontsize=7,

@@ -25,13 +25,16 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from encoders.lm.controls import get_control, list_controls
+import experiments.tasks  # noqa: F401  (registers the tasks)
+from experiments.tasks.registry import get_task
 from results import plots, tables
-from results.runs import AXES, CONTROL_ORDER, ReportError, latest_sweep_run, load_runs
+from results.runs import ReportError, default_tracking_uri, latest_sweep_run, load_runs
 from results.stats import COMPARABLE_CONTROLS, best_hparams, summarize
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in reports
 
-__all__ = ["AXES", "Report", "ReportError", "build_report", "load_runs", "main", "summarize",
+__all__ = ["Report", "ReportError", "build_report", "load_runs", "main", "summarize",
            "write_report"]
 
 TABLES = {
@@ -51,9 +54,6 @@ class Report:
 
 
 def _higher_is_better(df: pd.DataFrame) -> bool:
-    import experiments.tasks  # noqa: F401  (registers the tasks)
-    from experiments.tasks.registry import get_task
-
     modes = set()
     for task in df["task"].unique():
         try:
@@ -72,7 +72,7 @@ def probe_maps_by_control(df: pd.DataFrame, summary: pd.DataFrame, client: Mlflo
     done = done[(done["status"] == "FINISHED") & (done["task"] == task)]
     cells = summary[(summary["task"] == task) & (summary["n"] > 0)]
     higher = summary.attrs.get("higher", True)
-    for control in CONTROL_ORDER:
+    for control in list_controls():
         these = cells[cells["control"] == control]
         if these.empty:
             continue
@@ -81,7 +81,8 @@ def probe_maps_by_control(df: pd.DataFrame, summary: pd.DataFrame, client: Mlflo
                     & (done["size"] == cell["size"]) & (done["layers"] == cell["layers"])]
         for run_id in runs.sort_values("seed")["run_id"]:
             if (maps := _load_maps(client, run_id)) is not None:
-                label = control if control != "pretrained" else f"pretrained L{cell['layers']}"
+                swept = get_control(control).layers == "each"
+                label = f"{control} L{cell['layers']}" if swept else control
                 out[label] = maps
                 break
     return out
@@ -210,9 +211,6 @@ def build_report(
 
 
 def _task_metric(df: pd.DataFrame) -> str:
-    import experiments.tasks  # noqa: F401
-    from experiments.tasks.registry import get_task
-
     try:
         return get_task(df["task"].iloc[0]).metric
     except KeyError:
@@ -237,8 +235,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.tracking import default_tracking_uri
-
     p = _Parser(prog="python -m results.report", description=__doc__.split("\n")[0])
     p.add_argument("experiments", nargs="*", help="MLflow experiment name(s) of the sweeps")
     p.add_argument("--experiment", action="append", default=[], help="same, as a flag")

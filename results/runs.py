@@ -9,19 +9,25 @@ Ray's folders, so a report can be rebuilt anywhere the tracking server is reacha
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-AXES = ["family", "size", "layers", "task", "control", "seed"]
-HPARAMS = ["lr", "weight_decay", "adapter_init", "epochs", "batch_size", "final_norm"]
-CONTROL_ORDER = ["pretrained", "random", "adapters", "none"]
+from experiments.trial import AXES, HPARAMS
+
 FINAL_METRICS = ["train_loss", "val_loss", "val_acc", "best_val_acc"]
 
 
 class ReportError(RuntimeError):
     """Bad report input; the message names the bad value and the valid choices."""
+
+
+def default_tracking_uri() -> str:
+    """SQLite in the working directory, by absolute path (Ray trials run in other dirs): where
+    a sweep writes and a report reads unless told otherwise."""
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 def latest_sweep_run(client: MlflowClient, experiment: str) -> str:
@@ -118,8 +124,8 @@ def lm_params(family: str, size: str) -> float:
     """Parameter count of the whole LM a block comes from (the x axis of the size plot)."""
     if not family or not size:
         return float("nan")
-    import encoders.families  # noqa: F401  (registers the families)
-    from encoders.registry import get_family
+    import encoders.lm.families  # noqa: F401  (registers the families)
+    from encoders.lm.registry import get_family
 
     try:
         return float(get_family(family).model_params(size))
@@ -129,8 +135,8 @@ def lm_params(family: str, size: str) -> float:
 
 @cache
 def last_layer(family: str, size: str) -> int | None:
-    import encoders.families  # noqa: F401
-    from encoders.registry import get_family
+    import encoders.lm.families  # noqa: F401
+    from encoders.lm.registry import get_family
 
     try:
         return get_family(family).size(size).num_layers - 1

@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from results.runs import AXES, CONTROL_ORDER
+from encoders.lm.controls import get_control, list_controls, reference_controls
+from experiments.trial import AXES
 
 CELL = ["task", "family", "size", "layers", "control"]
-COMPARABLE_CONTROLS = ("none", "adapters", "random")
+COMPARABLE_CONTROLS = tuple(reference_controls())  # what a cell can be measured against
 BOOTSTRAP_SAMPLES = 10_000
 CONFIDENCE = 0.95
 MIN_PAIRS = 3  # for a cell to be called significant
@@ -44,14 +45,10 @@ def best_hparams(df: pd.DataFrame, metric: str = "val_acc", higher: bool = True)
         return df.assign(hparam_trials=pd.Series(dtype=int))
     worst = float("-inf") if higher else float("inf")
     ranked = df.assign(_done=df["status"].eq("FINISHED"), _m=df[metric].fillna(worst))
-    counts = ranked.groupby(AXES)["run_id"].transform("size")
+    counts = ranked.groupby(list(AXES))["run_id"].transform("size")
     ranked = ranked.assign(hparam_trials=counts).sort_values(
         ["_done", "_m"], ascending=[False, not higher])
-    return ranked.drop_duplicates(AXES).drop(columns=["_done", "_m"]).sort_index()
-
-
-def _pair_key(control: str) -> list[str]:
-    return ["task", "seed"] if control == "none" else ["family", "size", "task", "seed"]
+    return ranked.drop_duplicates(list(AXES)).drop(columns=["_done", "_m"]).sort_index()
 
 
 def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
@@ -63,7 +60,7 @@ def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
         raise ValueError(f"unknown control {control!r}; valid: {', '.join(COMPARABLE_CONTROLS)}")
     df = best_hparams(df, metric, higher)
     done = df[df["status"] == "FINISHED"]
-    key = _pair_key(control)
+    key = list(get_control(control).pair_on)
     base = done[done["control"] == control].set_index(key)[metric]
     base = base[~base.index.duplicated()]
     expected = df.groupby("task")["seed"].agg(lambda s: set(s))
@@ -110,6 +107,6 @@ def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
     out.attrs.update(metric=metric, control=control, higher=higher)
     if out.empty:
         return out
-    out["_order"] = out["control"].map(CONTROL_ORDER.index)
+    out["_order"] = out["control"].map(list_controls().index)
     return out.sort_values(["task", "family", "_order", "lm_params", "layer_index"],
                            na_position="first").drop(columns="_order").reset_index(drop=True)

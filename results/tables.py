@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from results.runs import CONTROL_ORDER, last_layer
+from encoders.lm.controls import get_control, list_controls
+from results.runs import last_layer
+
+
+def layer_controls() -> list[str]:
+    """The arms with one cell per layer (the pretrained block): tables 1 and 2 are theirs."""
+    return [c for c in list_controls() if get_control(c).layers == "each"]
 
 
 def cell_text(row: pd.Series) -> str:
@@ -48,21 +54,25 @@ def _sizes_in_order(summary: pd.DataFrame) -> list[str]:
 
 
 def by_layer(summary: pd.DataFrame) -> pd.DataFrame:
-    """Table 1: rows task, family, layer selection; columns model size (pretrained block)."""
-    pre = summary[summary["control"] == "pretrained"].sort_values("layer_index")
+    """Table 1: rows task, family, layer selection; columns model size (pretrained block;
+    a control column too when several arms sweep the layers)."""
+    pre = summary[summary["control"].isin(layer_controls())].sort_values("layer_index")
     if pre.empty:
         return pd.DataFrame()
+    index = ["task", "family", "layers"]
+    if pre["control"].nunique() > 1:
+        index.append("control")
     t = pre.assign(cell=pre.apply(cell_text, axis=1)).pivot_table(
-        index=["task", "family", "layers"], columns="size", values="cell", aggfunc="first",
-        sort=False)
+        index=index, columns="size", values="cell", aggfunc="first", sort=False)
     t = t[[s for s in _sizes_in_order(pre) if s in t.columns]]
     return t.fillna("").reset_index().rename_axis(columns=None)
 
 
 def fixed_layer(summary: pd.DataFrame, layer: str = "last") -> pd.DataFrame:
-    """The pretrained cells at one layer of every size: ``last`` (each size's own last
-    layer: sizes differ in depth), or an index such as ``0``, or a label such as ``3:5``."""
-    pre = summary[summary["control"] == "pretrained"]
+    """The pretrained cells (every arm with a cell per layer) at one layer of every size:
+    ``last`` (each size's own last layer: sizes differ in depth), or an index such as ``0``,
+    or a label such as ``3:5``."""
+    pre = summary[summary["control"].isin(layer_controls())]
     if layer == "last":
         keep = [str(last_layer(f, s)) == lab for f, s, lab in
                 zip(pre["family"], pre["size"], pre["layers"], strict=True)]
@@ -82,24 +92,25 @@ def by_size(summary: pd.DataFrame, layer: str = "last") -> pd.DataFrame:
 
 
 def by_control(summary: pd.DataFrame, layer: str = "last") -> pd.DataFrame:
-    """Table 3: rows task, family, size; columns none / adapters / random / pretrained
-    (the pretrained block at ``layer``). ``none`` belongs to every family's row of its task."""
-    pre = fixed_layer(summary, layer)
-    others = summary[summary["control"].isin(["random", "adapters"])]
-    none = summary[summary["control"] == "none"]
-    cells = pd.concat([pre, others])
-    if cells.empty and none.empty:
+    """Table 3: rows task, family, size; a column per control, the controls table's order
+    reversed (none, adapters, random, pretrained: the pretrained block at ``layer``). A
+    control with no LM (``none``) belongs to every family's row of its task."""
+    controls = [get_control(c) for c in reversed(list_controls())]
+    per_lm = [c.name for c in controls if c.per_lm and c.layers != "each"]
+    no_lm = summary[summary["control"].isin([c.name for c in controls if not c.per_lm])]
+    cells = pd.concat([fixed_layer(summary, layer), summary[summary["control"].isin(per_lm)]])
+    if cells.empty and no_lm.empty:
         return pd.DataFrame()
     rows = []
     lms = cells[["task", "family", "size"]].drop_duplicates() if not cells.empty else (
-        none[["task"]].assign(family="", size=""))
+        no_lm[["task"]].drop_duplicates().assign(family="", size=""))
     for _, lm in lms.iterrows():
         row = {"task": lm["task"], "family": lm["family"] or "-", "size": lm["size"] or "-"}
-        for control in reversed(CONTROL_ORDER):  # none, adapters, random, pretrained
-            src = none[none["task"] == lm["task"]] if control == "none" else cells[
-                (cells["task"] == lm["task"]) & (cells["family"] == lm["family"])
-                & (cells["size"] == lm["size"]) & (cells["control"] == control)]
-            label = f"pretrained (layer {layer})" if control == "pretrained" else control
+        for control in controls:
+            src = no_lm if not control.per_lm else cells[
+                (cells["family"] == lm["family"]) & (cells["size"] == lm["size"])]
+            src = src[(src["task"] == lm["task"]) & (src["control"] == control.name)]
+            label = f"{control.name} (layer {layer})" if control.layers == "each" else control.name
             row[label] = cell_text(src.iloc[0]) if len(src) else ""
         rows.append(row)
     return pd.DataFrame(rows)

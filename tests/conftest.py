@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import OPTConfig, OPTForCausalLM
 
-import encoders.families  # noqa: F401
-from encoders.checkpoints import CheckpointDir
+import encoders.lm.families  # noqa: F401
+from encoders.weights.checkpoint_dir import CheckpointDir
 
 
 def tiny_opt_config(*, post_ln: bool = False, layers: int = 4) -> OPTConfig:

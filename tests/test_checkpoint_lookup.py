@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 
-from encoders.checkpoints import WeightsNotFoundError, hub_reachable, locate
-from encoders.layer_loading import load_layers
-from encoders.registry import get_family
+from encoders.lm.layer_loading import load_layers
+from encoders.lm.lookup import WeightsNotFoundError, locate
+from encoders.lm.registry import get_family
+from encoders.weights.checkpoint_dir import hub_reachable
 from tests.conftest import save_tiny_opt
 
 OPT = get_family("opt")

@@ -156,6 +156,6 @@ def test_final_norm_is_validated_and_recorded(capsys):
         ["--family", "opt", "--final-norm"]))
     plan = build_plan(spec)
     assert plan[0].to_config()["final_norm"] is True
-    from orchestrator.plan import TrialSpec
+    from experiments.trial import TrialSpec
 
     assert TrialSpec.from_config({**plan[0].to_config(), "final_norm": "True"}) == plan[0]

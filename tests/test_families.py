@@ -13,11 +13,11 @@ import dataclasses
 import pytest
 import torch
 
-from encoders.checkpoints import CheckpointDir
-from encoders.frozen_block import FrozenLMBlock, bidirectional_mask
-from encoders.layer_loading import load_layers
-from encoders.registry import get_family, list_families
-from encoders.safetensors_reader import SafetensorsReader
+from encoders.lm.frozen_block import FrozenLMBlock, bidirectional_mask
+from encoders.lm.layer_loading import load_layers
+from encoders.lm.registry import get_family, list_families
+from encoders.weights.checkpoint_dir import CheckpointDir
+from encoders.weights.safetensors_reader import SafetensorsReader
 
 FAMILIES = list_families()
 
@@ -96,7 +96,7 @@ def test_registry_sizes_plan_offline(family):
 def test_final_norm_is_the_models_own_and_optional(family_checkpoint):
     fam, model, own_layers, ckpt = family_checkpoint
     if fam.final_norm_key is None:
-        from encoders.safetensors_reader import CheckpointFormatError
+        from encoders.weights.safetensors_reader import CheckpointFormatError
 
         with pytest.raises(CheckpointFormatError, match="no final norm"):
             load_layers(fam, ckpt, [2], final_norm=True)

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from encoders.block_factory import build_block
-from experiments.tasks.digits import build_data, build_model, ink_patches
-from results.filtering import concentration, probe, token_activation, token_frequency
+from encoders.lm.controls import build_block
+from experiments.datasets.digits import build_digits as build_data
+from experiments.probe import concentration, probe, token_activation, token_frequency
+from experiments.tasks.digits import build_model, ink_patches
 
 
 def test_concentration_of_a_hand_built_map():
@@ -69,7 +70,7 @@ def test_probe_of_a_model_measures_around_the_block(control):
 
 
 def test_activation_of_a_padded_sequence_is_centred_over_its_real_tokens():
-    from results.filtering import token_activation
+    from experiments.probe import token_activation
 
     x = torch.randn(2, 5, 4)
     x[0, 3:] = 50.0  # padding slots holding anything

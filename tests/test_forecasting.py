@@ -13,10 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+import experiments.datasets.argoverse as argo
+import experiments.datasets.polylines as pl
+import experiments.datasets.road_graphs as rg
+import experiments.objectives.trajectories as trj
 import experiments.tasks.forecasting as fc  # registers road-graphs and argoverse
-from encoders.block_factory import build_block
-from encoders.frozen_block import FrozenLMBlock
-from encoders.vectornet import (
+from encoders.lm.controls import build_block
+from encoders.lm.frozen_block import FrozenLMBlock
+from encoders.visual.vectornet import (
     END,
     FEATURES,
     INFORMATIVE,
@@ -30,7 +34,8 @@ from encoders.vectornet import (
     VALID,
     constant_velocity,
 )
-from experiments.tasks.registry import DataError, get_task
+from experiments.datasets.base import DataError
+from experiments.tasks.registry import get_task
 from experiments.training import run_trial
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
@@ -47,30 +52,30 @@ def one_thread():
 
 
 def test_road_graphs_shapes_frame_and_determinism():
-    polylines, valid, future = fc.make_road_graphs(24, seed=3)
-    assert polylines.shape == (24, fc.ROAD_POLYLINES, fc.MAX_VECTORS, FEATURES)
-    assert valid.shape == (24, fc.ROAD_POLYLINES) and valid.dtype == torch.bool
-    assert future.shape == (24, fc.FUTURE, 2)
+    polylines, valid, future = rg.make_road_graphs(24, seed=3)
+    assert polylines.shape == (24, rg.ROAD_POLYLINES, pl.MAX_VECTORS, FEATURES)
+    assert valid.shape == (24, rg.ROAD_POLYLINES) and valid.dtype == torch.bool
+    assert future.shape == (24, pl.FUTURE, 2)
     agent = polylines[:, 0]
     assert (agent[..., TYPE_AGENT] == agent[..., VALID]).all() and valid[:, 0].all()
-    assert (agent[..., VALID].sum(-1) == fc.HISTORY - 1).all()
+    assert (agent[..., VALID].sum(-1) == pl.HISTORY - 1).all()
     # agent-centric: the last observed position is the origin, the heading is +x
-    last = agent[:, fc.HISTORY - 2]
+    last = agent[:, pl.HISTORY - 2]
     assert torch.allclose(last[:, END], torch.zeros(24, 2), atol=1e-5)
-    lag = last[:, END] - agent[:, fc.HISTORY - 1 - fc.HEADING_LAG, START]
+    lag = last[:, END] - agent[:, pl.HISTORY - 1 - pl.HEADING_LAG, START]
     assert (lag[:, 0] > 1.0).all() and (lag[:, 1].abs() < 1e-4).all()
     assert (future[:, 0, 0] > 0).all() and (future[:, 0, 1].abs() < 0.5).all()
     # lanes in every scene; padding is all zeros
     lanes = (polylines[..., TYPE_LANE].amax(-1) > 0) & valid
     assert (lanes.sum(-1) >= 3).all()
     assert (polylines[~valid] == 0).all()
-    again = fc.make_road_graphs(24, seed=3)
+    again = rg.make_road_graphs(24, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(again, (polylines, valid, future), strict=True))
-    assert not torch.equal(fc.make_road_graphs(24, seed=4)[2], future)
+    assert not torch.equal(rg.make_road_graphs(24, seed=4)[2], future)
 
 
 def test_the_future_follows_the_flagged_lanes():
-    polylines, valid, future = fc.make_road_graphs(64, seed=5)
+    polylines, valid, future = rg.make_road_graphs(64, seed=5)
     informative = fc.informative_polylines((polylines, valid))
     assert informative.shape == valid.shape and not (informative & ~valid).any()
     assert informative[:, 0].all() and (informative[:, 1:].sum(-1) >= 1).all()
@@ -90,43 +95,43 @@ def test_the_map_decides_the_future():
     rng = np.random.default_rng(7)
     cv_miss, lane_miss = [], []
     while len(cv_miss) < 40:
-        p = fc.draw_params(rng)
+        p = rg.draw_params(rng)
         if p.kind == "straight" or (p.kind == "intersection" and p.choice == "straight"):
             continue
-        scene = fc.render(p)
-        cv = constant_velocity(torch.from_numpy(scene.polylines)[None], fc.FUTURE)[0, 0]
+        scene = rg.render(p)
+        cv = constant_velocity(torch.from_numpy(scene.polylines)[None], pl.FUTURE)[0, 0]
         cv_miss.append(np.linalg.norm(cv[-1].numpy() - scene.future[-1]))
         lane_miss.append(np.linalg.norm(scene.on_lane - scene.future, axis=-1).max())
     assert np.mean(cv_miss) > 6.0 and np.median(cv_miss) > 3.0
     assert max(lane_miss) < 0.7
 
-    base = replace(fc.draw_params(np.random.default_rng(0)), kind="intersection",
+    base = replace(rg.draw_params(np.random.default_rng(0)), kind="intersection",
                    exits=("left", "straight", "right"), ahead=5.0, speed=8.0, accel=0.0)
     curve = replace(base, kind="curve", curve=(1.2, 40.0))
-    scenes = [fc.render(replace(base, choice=c)) for c in ("left", "straight", "right")]
-    scenes += [fc.render(curve), fc.render(replace(curve, curve=(-1.2, 40.0)))]
+    scenes = [rg.render(replace(base, choice=c)) for c in ("left", "straight", "right")]
+    scenes += [rg.render(curve), rg.render(replace(curve, curve=(-1.2, 40.0)))]
     for s in scenes[1:]:
         np.testing.assert_allclose(s.history, scenes[0].history, atol=1e-6)
         np.testing.assert_allclose(s.polylines[0], scenes[0].polylines[0], atol=1e-6)
     ends = np.stack([s.future[-1] for s in scenes])  # (5, 2) final positions
     gaps = np.linalg.norm(ends[:, None] - ends[None], axis=-1)
-    assert gaps[~np.eye(5, dtype=bool)].min() > 2 * fc.MISS_THRESHOLD  # each one a miss for the others
+    assert gaps[~np.eye(5, dtype=bool)].min() > 2 * trj.MISS_THRESHOLD  # each one a miss for the others
     assert ends[0, 1] > 5 and ends[2, 1] < -5 and abs(ends[1, 1]) < 1  # left, straight, right
     # and the exit taken is one that exists: no left turn where the map has none
-    no_left = fc.render(replace(base, exits=("straight", "right"), choice="right"))
+    no_left = rg.render(replace(base, exits=("straight", "right"), choice="right"))
     turns = no_left.polylines[..., TURN][no_left.valid].max(-1)
     assert (turns <= 0).all() and no_left.future[-1, 1] < -5
 
 
 def test_constant_velocity_baseline_and_the_recorded_chance():
     history = np.stack([np.arange(-19, 1) * 0.7, np.zeros(20)], 1)  # 7 m/s along +x
-    line = fc.trajectory_polyline(history, np.ones(20, bool), agent=True)
-    cv = constant_velocity(torch.from_numpy(line)[None, None], fc.FUTURE)
+    line = pl.trajectory_polyline(history, np.ones(20, bool), agent=True)
+    cv = constant_velocity(torch.from_numpy(line)[None, None], pl.FUTURE)
     expected = torch.stack([torch.arange(1, 31) * 0.7, torch.zeros(30)], 1)
     assert torch.allclose(cv[0, 0], expected, atol=1e-5)
     task = get_task("road-graphs")
     assert task.metric == "val_minADE" and task.mode == "min" and task.prefix_tokens == 0
-    assert abs(fc.baseline_min_ade(task.build_data()[1]) - task.chance) < 0.01
+    assert abs(trj.baseline_min_ade(task.build_data()[1]) - task.chance) < 0.01
 
 
 class Fixed(torch.nn.Module):
@@ -151,7 +156,7 @@ def test_objective_metrics_on_known_predictions():
     traj[1, 0, :, 0] = torch.tensor([1.0, 2.0, 3.0])
     traj[1, 1, :, 1] = torch.tensor([2.0, 2.0, 2.5])
     future = torch.zeros(2, 3, 2)
-    obj = fc.Trajectories()
+    obj = trj.Trajectories()
     model = Fixed(traj, torch.zeros(2, 2))
     m = obj.evaluate(model, [(torch.zeros(2), future)], "cpu")
     assert m["val_minADE"] == pytest.approx((1 / 3 + 2) / 2)
@@ -182,23 +187,23 @@ def test_block_sees_polyline_tokens_padding_is_ignored_and_each_control_trains(c
     if isinstance(block, FrozenLMBlock):
         assert model.blocks[-1] is block
         block.register_forward_hook(lambda m, a, out: seen.append(a[0].shape))
-    polylines, valid, future = fc.make_road_graphs(8, seed=0)
+    polylines, valid, future = rg.make_road_graphs(8, seed=0)
     model.eval()
     with torch.no_grad():
         traj, logits = model(polylines, valid)
-        padded = torch.cat([polylines, torch.randn(8, 5, fc.MAX_VECTORS, FEATURES)], 1)
+        padded = torch.cat([polylines, torch.randn(8, 5, pl.MAX_VECTORS, FEATURES)], 1)
         padded[:, -5:, :, VALID] = 0  # five more polylines, every vector of them padding
         more = torch.cat([valid, torch.zeros(8, 5, dtype=torch.bool)], 1)
         traj2, logits2 = model(padded, more)
         flipped = polylines.clone()
         flipped[..., INFORMATIVE] = 1 - flipped[..., INFORMATIVE]  # the probe's flag only
         traj3, _ = model(flipped, valid)
-    assert traj.shape == (8, fc.MODES, fc.FUTURE, 2) and logits.shape == (8, fc.MODES)
+    assert traj.shape == (8, fc.MODES, pl.FUTURE, 2) and logits.shape == (8, fc.MODES)
     assert torch.allclose(traj, traj2, atol=1e-4) and torch.allclose(logits, logits2, atol=1e-5)
     assert torch.equal(traj, traj3)  # the encoder never reads it (it comes from the future)
     if seen:
-        assert seen[0] == torch.Size([8, fc.ROAD_POLYLINES, task.visual_dim])
-        assert seen[1] == torch.Size([8, fc.ROAD_POLYLINES + 5, task.visual_dim])
+        assert seen[0] == torch.Size([8, rg.ROAD_POLYLINES, task.visual_dim])
+        assert seen[1] == torch.Size([8, rg.ROAD_POLYLINES + 5, task.visual_dim])
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     for _ in range(2):
@@ -302,8 +307,8 @@ def test_argoverse_scenarios_in_the_agent_frame(tmp_path):
     train, val = task.build_data(str(tmp_path))
     assert len(train) == 2 and len(val) == 1
     (polylines, valid), future = val[0]
-    assert polylines.shape == (fc.ARGO_POLYLINES, fc.MAX_VECTORS, FEATURES)
-    assert valid.shape == (fc.ARGO_POLYLINES,) and future.shape == (fc.FUTURE, 2)
+    assert polylines.shape == (argo.ARGO_POLYLINES, pl.MAX_VECTORS, FEATURES)
+    assert valid.shape == (argo.ARGO_POLYLINES,) and future.shape == (pl.FUTURE, 2)
     # agent first: 19 vectors ending at the origin, heading along +x; its future straight on
     agent = polylines[0]
     assert agent[:, VALID].sum() == 19 and agent[:, TYPE_AGENT].sum() == 19

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from encoders.block_factory import build_block
-from encoders.frozen_block import FrozenLMBlock
-from encoders.layer_loading import load_layers, random_layers
-from encoders.registry import get_family
+from encoders.lm.controls import build_block
+from encoders.lm.frozen_block import FrozenLMBlock
+from encoders.lm.layer_loading import load_layers, random_layers
+from encoders.lm.registry import get_family
 from experiments.tasks.digits import build_model
 from tests.conftest import save_tiny_opt, tiny_opt_config
 

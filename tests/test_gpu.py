@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from encoders.frozen_block import FrozenLMBlock
-from encoders.layer_loading import load_layers
-from encoders.registry import get_family
+from encoders.lm.frozen_block import FrozenLMBlock
+from encoders.lm.layer_loading import load_layers
+from encoders.lm.registry import get_family
 from experiments.training import run_trial
-from orchestrator.plan import TrialSpec
-from orchestrator.spec import Hyperparameters
+from experiments.trial import Hyperparameters, TrialSpec
 from tests.conftest import save_tiny_opt
 
 pytestmark = [

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.block_factory import build_block
+from encoders.lm.controls import build_block
+from experiments.datasets.base import DataError
+from experiments.datasets.cifar import read_cifar_batch
 from experiments.recipe import lr_at, make_loss, make_mixer
-from experiments.tasks.images import read_cifar_batch
-from experiments.tasks.registry import DataError, get_task
+from experiments.tasks.registry import get_task
 from experiments.training import train_epoch
 from orchestrator import cli
 

@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from encoders.checkpoints import locate
-from encoders.frozen_block import FrozenLMBlock, bidirectional_mask
-from encoders.layer_loading import load_layers
-from encoders.registry import get_family
-from encoders.safetensors_reader import CheckpointFormatError, SafetensorsReader
+from encoders.lm.frozen_block import FrozenLMBlock, bidirectional_mask
+from encoders.lm.layer_loading import load_layers
+from encoders.lm.lookup import locate
+from encoders.lm.registry import get_family
+from encoders.weights.safetensors_reader import SafetensorsReader
+from encoders.weights.tensors import CheckpointFormatError
 from tests.conftest import save_tiny_opt, weight_map
 
 OPT = get_family("opt")

@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaModel
 
-from encoders.checkpoints import CheckpointDir
-from encoders.frozen_block import bidirectional_mask
-from encoders.layer_loading import load_config, load_layers
-from encoders.meta_llama import LAYER_MAP
-from encoders.registry import get_family
-from encoders.safetensors_reader import SafetensorsReader
+from encoders.lm.frozen_block import bidirectional_mask
+from encoders.lm.layer_loading import load_config, load_layers
+from encoders.lm.meta_llama import LAYER_MAP
+from encoders.lm.registry import get_family
+from encoders.weights.checkpoint_dir import CheckpointDir
+from encoders.weights.safetensors_reader import SafetensorsReader
 
 LLAMA = get_family("llama")
 PARAMS = {"dim": 32, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32,
@@ -53,7 +53,7 @@ def save_meta_checkpoint(path, model: LlamaModel, n_shards: int) -> None:
 
 @pytest.fixture(params=[1, 2], ids=["one-file", "two-model-parallel-files"])
 def meta_checkpoint(request, tmp_path):
-    from encoders.meta_llama import meta_config
+    from encoders.lm.meta_llama import meta_config
 
     config = meta_config(PARAMS)
     config.vocab_size = 64

@@ -11,10 +11,11 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from encoders.block_factory import build_block
-from encoders.masked_blocks import run_blocks
-from encoders.text import PAD, UNK, TextEmbedding, WordVocab
-from experiments.objectives import ANSWER_SCORES, CLASSIFICATION
+from encoders.lm.controls import build_block
+from encoders.visual.masked_blocks import run_blocks
+from encoders.visual.text import PAD, UNK, TextEmbedding, WordVocab
+from experiments.objectives.answer_scores import ANSWER_SCORES
+from experiments.objectives.classification import CLASSIFICATION
 from experiments.tasks import registry
 from experiments.tasks.registry import Task
 from experiments.training import run_trial
@@ -167,7 +168,7 @@ def test_mlflow_logs_whatever_validation_metrics_a_task_reports(tmp_path):
     client = MlflowClient(uri)
     spec = SweepSpec(tasks=("digits",), controls=("none",))
     parent = start_parent_run(client, "objectives", spec, 1)
-    logger = MlflowTrialLogger(uri, "objectives", parent, {})
+    logger = MlflowTrialLogger(uri, "objectives", parent)
     trial_spec = build_plan(spec)[0]
     trial = types.SimpleNamespace(trial_id="t0", config=trial_spec.to_config())
     logger.log_trial_start(trial)

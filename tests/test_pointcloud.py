@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.block_factory import build_block
-from encoders.frozen_block import FrozenLMBlock
-from encoders.point_encoder import farthest_point_sample, group
-from experiments.tasks.pointcloud import SHAPES, make_shapes, read_h5
-from experiments.tasks.registry import DataError, get_task
+from encoders.lm.controls import build_block
+from encoders.lm.frozen_block import FrozenLMBlock
+from encoders.visual.point_encoder import farthest_point_sample, group
+from experiments.datasets.base import DataError
+from experiments.datasets.point_h5 import read_h5
+from experiments.datasets.point_shapes import SHAPES, make_shapes
+from experiments.tasks.registry import get_task
 from experiments.training import run_trial
 from orchestrator import cli
 from orchestrator.plan import build_plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
-from orchestrator.plan import TrialSpec
+from experiments.trial import TrialSpec
 from orchestrator.progress import ProgressLine
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from encoders.registry import LMFamily, get_family, list_families, register_family
+from encoders.lm.registry import LMFamily, get_family, list_families, register_family
 
 OPT_PUBLISHED = {  # hidden, layers, heads, ffn: from each facebook/opt-* config.json
     "125m": (768, 12, 12, 3072),

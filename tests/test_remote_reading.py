@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from encoders.checkpoints import CheckpointDir, locate
-from encoders.layer_loading import load_layers
-from encoders.registry import get_family
+from encoders.lm.layer_loading import load_layers
+from encoders.lm.lookup import locate
+from encoders.lm.registry import get_family
+from encoders.weights.checkpoint_dir import CheckpointDir
 from tests.conftest import save_tiny_opt, weight_map
 from tests.http_range_server import RangeServer, file_sizes
 
@@ -74,14 +75,14 @@ def test_weights_dir_as_url_and_missing_remote(served, tmp_path):
     _, _, server = served
     size = OPT.size("125m")
     # a URL --weights-dir holding no such checkpoint is not found (and says so)
-    from encoders.checkpoints import WeightsNotFoundError
+    from encoders.lm.lookup import WeightsNotFoundError
 
     with pytest.raises(WeightsNotFoundError, match="facebook/opt-125m"):
         import os
 
         os.environ["HF_HUB_OFFLINE"] = "1"
         try:
-            from encoders.checkpoints import hub_reachable
+            from encoders.weights.checkpoint_dir import hub_reachable
 
             hub_reachable.cache_clear()
             locate(OPT, size, server.url + "/nowhere")
@@ -93,7 +94,7 @@ def test_weights_dir_as_url_and_missing_remote(served, tmp_path):
 
 
 def test_layer_cache_second_read_fetches_only_headers(served, tmp_path):
-    from encoders.layer_cache import LayerCache
+    from encoders.weights.layer_cache import LayerCache
 
     _, local, server = served
     remote = CheckpointDir(server.url, "weights-dir", "tiny/opt")
@@ -118,7 +119,7 @@ def test_layer_cache_second_read_fetches_only_headers(served, tmp_path):
 
 def _fill(args):
     url, cache_dir = args
-    from encoders.layer_cache import LayerCache
+    from encoders.weights.layer_cache import LayerCache
 
     loaded = load_layers(OPT, CheckpointDir(url, "weights-dir", "tiny/opt"), [3],
                          cache=LayerCache(cache_dir))
@@ -128,7 +129,7 @@ def _fill(args):
 def test_concurrent_cache_fill_leaves_one_valid_entry(served, tmp_path):
     import multiprocessing as mp
 
-    from encoders.layer_cache import LayerCache
+    from encoders.weights.layer_cache import LayerCache
 
     _, _, server = served
     cache_dir = tmp_path / "cache"
@@ -172,7 +173,8 @@ def test_bin_with_code_in_its_pickle_is_refused(tmp_path):
     import pickle
     import zipfile
 
-    from encoders.safetensors_reader import CheckpointFormatError, SafetensorsReader
+    from encoders.weights.safetensors_reader import SafetensorsReader
+    from encoders.weights.tensors import CheckpointFormatError
 
     class Evil:
         def __reduce__(self):

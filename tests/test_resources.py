@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.plan import TrialSpec
+from experiments.trial import Hyperparameters, TrialSpec
 from orchestrator.resources import block_memory_bytes, gpu_share, per_trial_resources
-from orchestrator.spec import Hyperparameters
 
 GB = 10**9
 

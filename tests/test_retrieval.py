@@ -14,12 +14,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from encoders.block_factory import build_block
-from encoders.frozen_block import FrozenLMBlock
-from encoders.text import UNK, words
+from encoders.lm.controls import build_block
+from encoders.lm.frozen_block import FrozenLMBlock
+from encoders.visual.text import UNK, words
+from experiments.datasets import karpathy as kp
+from experiments.datasets import shape_captions as sc
+from experiments.datasets import shape_scenes as scenes
+from experiments.datasets.base import DataError
+from experiments.objectives import retrieval as obj
 from experiments.tasks import retrieval  # registers the retrieval tasks
-from experiments.tasks import shape_scenes as scenes
-from experiments.tasks.registry import DataError, get_task
+from experiments.tasks.registry import get_task
 from experiments.training import run_trial
 from orchestrator import cli
 from orchestrator.plan import build_plan
@@ -53,19 +57,19 @@ def test_captions_are_seeded_and_true_to_the_object_records():
 
 
 def test_validation_descriptions_are_distinct():
-    _, val = retrieval.build_shape_retrieval()
-    _, items = scenes.make_captioned(retrieval.N_VAL, retrieval.VAL_SEED, distinct=True)
-    assert len({it.canonical for it in items}) == retrieval.N_VAL
-    assert len({c for it in items for c in it.captions}) == 2 * retrieval.N_VAL
-    assert len(val) == 2 * retrieval.N_VAL
-    assert val.image_index.tolist() == [i for i in range(retrieval.N_VAL) for _ in range(2)]
-    _, loose = scenes.make_captioned(retrieval.N_VAL, retrieval.VAL_SEED)
-    assert len({it.canonical for it in loose}) < retrieval.N_VAL  # dedupe is doing something
+    _, val = sc.build_shape_retrieval()
+    _, items = scenes.make_captioned(sc.N_VAL, sc.VAL_SEED, distinct=True)
+    assert len({it.canonical for it in items}) == sc.N_VAL
+    assert len({c for it in items for c in it.captions}) == 2 * sc.N_VAL
+    assert len(val) == 2 * sc.N_VAL
+    assert val.image_index.tolist() == [i for i in range(sc.N_VAL) for _ in range(2)]
+    _, loose = scenes.make_captioned(sc.N_VAL, sc.VAL_SEED)
+    assert len({it.canonical for it in loose}) < sc.N_VAL  # dedupe is doing something
     with pytest.raises(ValueError, match="at most 264"):
         scenes.make_captioned(265, 0, distinct=True)
     (image, ids, mask), index = val[3]
     assert image.shape == (3, 32, 32) and index == 1 and (ids[mask] != UNK).all()
-    assert max(len(words(c)) for c in scenes.all_captions()) == retrieval.CAPTION_LEN
+    assert max(len(words(c)) for c in scenes.all_captions()) == sc.CAPTION_LEN
 
 
 # 3 images, 5 captions: captions 0, 1 are image 0's, caption 2 image 1's, 3 and 4 image 2's
@@ -76,7 +80,7 @@ CAPTION_IMAGE = torch.tensor([0, 0, 1, 2, 2])
 
 
 def test_recall_of_hand_made_similarities():
-    got = retrieval.recall_at_k(SIM, CAPTION_IMAGE, ks=(1, 2, 4))
+    got = obj.recall_at_k(SIM, CAPTION_IMAGE, ks=(1, 2, 4))
     # image -> text, rank of its best caption: image 0 caption 0 first (0.90; its other
     # caption is last, but ANY counts); image 1 caption 2 third; image 2 caption 3 fourth
     assert got["val_r1_i2t"] == pytest.approx(1 / 3)
@@ -87,7 +91,7 @@ def test_recall_of_hand_made_similarities():
     assert got["val_r2_t2i"] == pytest.approx(4 / 5)
     assert got["val_r4_t2i"] == pytest.approx(1.0)
     assert got["val_rmean"] == pytest.approx((1 / 3 + 1 / 3 + 1 + 2 / 5 + 4 / 5 + 1) / 6)
-    assert retrieval.recall_at_k(SIM, CAPTION_IMAGE)["val_r10_i2t"] == 1.0  # K > captions
+    assert obj.recall_at_k(SIM, CAPTION_IMAGE)["val_r10_i2t"] == 1.0  # K > captions
 
 
 class EmbeddingsAsModel(torch.nn.Module):
@@ -111,9 +115,9 @@ def test_evaluate_embeds_each_image_once_and_scores_all_pairs():
     model = EmbeddingsAsModel()
     model.register_forward_pre_hook(lambda *a: pytest.fail("forward is not needed"))
     model.embed_image = lambda image: seen.append(len(image)) or image
-    got = retrieval.CONTRASTIVE.evaluate(model, DataLoader(pairs, batch_size=2), "cpu")
+    got = obj.CONTRASTIVE.evaluate(model, DataLoader(pairs, batch_size=2), "cpu")
     assert sum(seen) == 3  # every image once
-    assert got["val_rmean"] == pytest.approx(retrieval.recall_at_k(SIM, CAPTION_IMAGE)["val_rmean"])
+    assert got["val_rmean"] == pytest.approx(obj.recall_at_k(SIM, CAPTION_IMAGE)["val_rmean"])
     # the loss over all images x all captions, by hand
     logits = 2.0 * SIM
     i2t = [-math.log(sum(math.exp(logits[i, j]) for j in range(5) if CAPTION_IMAGE[j] == i)
@@ -128,23 +132,23 @@ def test_contrastive_loss_counts_every_caption_of_the_image_as_positive():
     # uniform logits: image row 0 has 2 of 3 positives, row 2 one; columns the same
     zero = torch.zeros(3, 3)
     expected = -(2 * math.log(2 / 3) + math.log(1 / 3)) / 3
-    assert retrieval.CONTRASTIVE.loss((torch.eye(3), zero, torch.tensor(1.0)), target).item() \
+    assert obj.CONTRASTIVE.loss((torch.eye(3), zero, torch.tensor(1.0)), target).item() \
         == pytest.approx(expected)
     emb = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0]]), dim=-1)
-    aligned = retrieval.CONTRASTIVE.loss((emb, emb, torch.tensor(100.0)), target)
+    aligned = obj.CONTRASTIVE.loss((emb, emb, torch.tensor(100.0)), target)
     # pairs 0 and 1 are the same image: each other's caption is a positive, not a negative
     assert aligned.item() < 1e-6
 
 
 def test_chance_is_the_random_ranking_rmean():
     # 2 images with 1 and 2 of 3 captions, K = 1: i2t 1/3 and 2/3; t2i 1/2
-    assert retrieval.random_rmean([1, 2], ks=(1,)) == pytest.approx(0.5)
+    assert obj.random_rmean([1, 2], ks=(1,)) == pytest.approx(0.5)
     gen = torch.Generator().manual_seed(0)
     caption_image = torch.arange(40).repeat_interleave(2)
-    draws = [retrieval.recall_at_k(torch.rand(40, 80, generator=gen), caption_image)["val_rmean"]
+    draws = [obj.recall_at_k(torch.rand(40, 80, generator=gen), caption_image)["val_rmean"]
              for _ in range(300)]
-    assert sum(draws) / len(draws) == pytest.approx(retrieval.random_rmean([2] * 40), rel=0.05)
-    assert get_task("shape-retrieval").chance == pytest.approx(retrieval.random_rmean([2] * 200))
+    assert sum(draws) / len(draws) == pytest.approx(obj.random_rmean([2] * 40), rel=0.05)
+    assert get_task("shape-retrieval").chance == pytest.approx(obj.random_rmean([2] * 200))
 
 
 @pytest.mark.parametrize("control", ["pretrained", "random", "adapters", "none"])
@@ -160,7 +164,7 @@ def test_both_streams_pass_the_same_block_padding_is_ignored_each_control_trains
         block.register_forward_hook(lambda m, a, kw, out: seen.append(
             (a[0].shape, kw["padding_mask"])), with_kwargs=True)
     _, val = task.build_data()
-    short = [i for i in range(len(val)) if val[i][0][2].sum() < retrieval.CAPTION_LEN][:6]
+    short = [i for i in range(len(val)) if val[i][0][2].sum() < sc.CAPTION_LEN][:6]
     (image, ids, mask), target = default_collate([val[i] for i in short])
     model.eval()
     image_emb, text_emb, scale = model(image, ids, mask)
@@ -168,11 +172,11 @@ def test_both_streams_pass_the_same_block_padding_is_ignored_each_control_trains
     assert torch.allclose(image_emb.norm(dim=-1), torch.ones(6))
     assert scale.item() == pytest.approx(1 / 0.07, rel=1e-4)
     if seen:  # the caption stream, then the image stream, through the one block
-        assert seen[0][0] == torch.Size([6, 1 + retrieval.CAPTION_LEN, task.visual_dim])
+        assert seen[0][0] == torch.Size([6, 1 + sc.CAPTION_LEN, task.visual_dim])
         assert torch.equal(seen[0][1], torch.cat([torch.ones(6, 1, dtype=torch.bool), mask], 1))
         assert seen[1][0] == torch.Size([6, 1 + 16, task.visual_dim])
     assert torch.allclose(model.embed_image(image), image_emb, atol=1e-6)
-    noisy = torch.where(mask, ids, torch.randint(2, len(retrieval.shape_caption_vocab()),
+    noisy = torch.where(mask, ids, torch.randint(2, len(sc.shape_caption_vocab()),
                                                   ids.shape))
     assert torch.allclose(model.embed_text(noisy, mask), text_emb, atol=1e-5)
     n = int(mask.sum(1).max())
@@ -182,7 +186,7 @@ def test_both_streams_pass_the_same_block_padding_is_ignored_each_control_trains
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     for _ in range(2):
-        loss = retrieval.CONTRASTIVE.loss(model(image, ids, mask), target)
+        loss = obj.CONTRASTIVE.loss(model(image, ids, mask), target)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -229,7 +233,7 @@ def test_karpathy_layouts_pair_every_caption_with_its_image(tmp_path, task_name)
     assert len(val) == 5 and val.image_index.tolist() == [0, 0, 0, 1, 1]
     (image, ids, mask), index = val[4]  # "surfer on a wave", the second val image's
     assert image.shape == (3, 224, 224) and index == 1
-    assert ids.shape == mask.shape == (retrieval.KARPATHY_CAPTION_LEN,) and mask.sum() == 4
+    assert ids.shape == mask.shape == (kp.KARPATHY_CAPTION_LEN,) and mask.sum() == 4
     assert ids[0] == UNK and ids[1] != UNK  # vocabulary of train captions: "on", no "surfer"
     assert torch.equal(val[0][0][0], val[2][0][0])  # one image, three captions
     assert not torch.equal(val[0][0][0], val[3][0][0])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from encoders.safetensors_reader import CheckpointFormatError, SafetensorsReader
+from encoders.weights.safetensors_reader import CheckpointFormatError, SafetensorsReader
 
 
 def test_reads_exactly_the_requested_tensors(tmp_path):

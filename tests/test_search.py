@@ -7,10 +7,10 @@ from collections import Counter
 import optuna
 import pytest
 
-from encoders.frozen_block import ADAPTER_INITS
+from encoders.lm.frozen_block import ADAPTER_INITS
 from orchestrator.plan import build_plan
+from orchestrator.search import DefineByRunSpace, GridCells, PerCellHparams, trial_count
 from orchestrator.spec import load_spec
-from orchestrator.tuner import DefineByRunSpace, GridCells, PerCellHparams, trial_count
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -88,7 +88,7 @@ def test_resume_releases_cells_a_dead_driver_asked_for(tmp_path, seed, plan):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from orchestrator.tuner import CellGridSampler, release_stale_trials
+    from orchestrator.search import CellGridSampler, release_stale_trials
 
     rows = plan[:3]
     cells = GridCells(rows)

@@ -7,8 +7,7 @@ import torch
 
 from experiments.checkpointing import load_state, save_state
 from experiments.training import run_trial
-from orchestrator.plan import TrialSpec
-from orchestrator.spec import Hyperparameters
+from experiments.trial import Hyperparameters, TrialSpec
 
 
 def trial(control="pretrained", layers=(0,), epochs=4, seed=0):

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.block_factory import build_block
-from encoders.frozen_block import FrozenLMBlock
-from experiments.tasks.registry import DataError, get_task
-from experiments.tasks.video import DIRECTIONS, ink_tubes, make_moving_digits
+from encoders.lm.controls import build_block
+from encoders.lm.frozen_block import FrozenLMBlock
+from experiments.datasets.base import DataError
+from experiments.datasets.moving_digits import DIRECTIONS, make_moving_digits
+from experiments.tasks.registry import get_task
+from experiments.tasks.video import ink_tubes
 from experiments.training import run_trial
 from orchestrator import cli
 from orchestrator.plan import build_plan

@@ -13,18 +13,21 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from encoders.block_factory import build_block
-from encoders.frozen_block import FrozenLMBlock
-from encoders.text import PAD, UNK, words
-from experiments.objectives import ANSWER_SCORES
-from experiments.tasks import shape_scenes as scenes
+from encoders.lm.controls import build_block
+from encoders.lm.frozen_block import FrozenLMBlock
+from encoders.visual.text import PAD, UNK, words
+from experiments.datasets import shape_scenes as scenes
+from experiments.datasets import shape_vqa as sv
+from experiments.datasets import vqav2 as v2
+from experiments.datasets.base import DataError
+from experiments.objectives.answer_scores import ANSWER_SCORES
+from experiments.probe import probe
 from experiments.tasks import vqa  # registers shape-vqa and vqav2
-from experiments.tasks.registry import DataError, get_task
+from experiments.tasks.registry import get_task
 from experiments.training import run_trial
 from orchestrator import cli
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
-from results.filtering import probe
 
 EPOCHS = 3  # the end-to-end check; the preset trains 8
 
@@ -112,7 +115,7 @@ def test_rendered_shapes_and_object_patches():
     x[0, 2, 9, 26] = 1.0  # row 9 -> patch row 1; column 26 -> patch column 3
     x[0, 0, 30, 0] = 0.2  # below the ink threshold
     assert scenes.object_patches(x)[0].nonzero().flatten().tolist() == [1 * 4 + 3]
-    ids, mask = vqa.shape_question_vocab().encode("how many shapes are there?", 10)
+    ids, mask = sv.shape_question_vocab().encode("how many shapes are there?", 10)
     inputs = (x, ids[None], mask[None])
     informative, valid = vqa.joint_informative(inputs), vqa.joint_valid(inputs)
     assert informative.shape == valid.shape == (1, 16 + 10)
@@ -124,17 +127,17 @@ def test_chance_is_the_best_constant_answer_per_kind():
     qas = [scenes.QA("q", a, k) for k, a in
            [("color", "red"), ("color", "red"), ("color", "blue"), ("left_of", "no")]]
     assert scenes.constant_answer_accuracy(qas) == pytest.approx(3 / 4)
-    _, val_qas, _ = scenes.make_vqa(vqa.N_VAL, vqa.VAL_SEED)
+    _, val_qas, _ = scenes.make_vqa(sv.N_VAL, sv.VAL_SEED)
     task = get_task("shape-vqa")
     assert task.chance == pytest.approx(scenes.constant_answer_accuracy(val_qas))
     assert task.chance < 0.35  # balanced: about the mean of 1/(answers per kind), 1/3
     train, val = task.build_data()
-    assert len(train) == vqa.N_TRAIN and len(val) == vqa.N_VAL
+    assert len(train) == sv.N_TRAIN and len(val) == sv.N_VAL
     (image, ids, mask), scores = val[0]
-    assert image.shape == (3, 32, 32) and ids.shape == mask.shape == (vqa.QUESTION_LEN,)
+    assert image.shape == (3, 32, 32) and ids.shape == mask.shape == (sv.QUESTION_LEN,)
     assert scores.sum() == 1 and scenes.ANSWERS[int(scores.argmax())] == val_qas[0].answer
     assert (ids != UNK).all()  # the vocabulary covers every template, and its length:
-    assert max(len(words(q)) for q in scenes.all_questions()) == vqa.QUESTION_LEN
+    assert max(len(words(q)) for q in scenes.all_questions()) == sv.QUESTION_LEN
 
 
 @pytest.mark.parametrize("control", ["pretrained", "random", "adapters", "none"])
@@ -160,10 +163,10 @@ def test_block_sees_the_joint_sequence_padding_is_ignored_and_each_control_train
         assert seen[0][0] == torch.Size([6, 1 + 16 + 10, task.visual_dim])
         assert torch.equal(seen[0][1], torch.cat([torch.ones(6, 17, dtype=torch.bool), mask], 1))
     # padding: its content and its amount do not change the answer
-    noisy = torch.where(mask, ids, torch.randint(2, len(vqa.shape_question_vocab()), ids.shape))
+    noisy = torch.where(mask, ids, torch.randint(2, len(sv.shape_question_vocab()), ids.shape))
     assert torch.allclose(model(image, noisy, mask), logits, atol=1e-5)
     short = int(mask.sum(1).max())
-    assert short < vqa.QUESTION_LEN
+    assert short < sv.QUESTION_LEN
     assert torch.allclose(model(image, ids[:, :short], mask[:, :short]), logits, atol=1e-5)
     assert not torch.allclose(model(image.flip(-1), ids, mask), logits, atol=1e-6)
 
@@ -217,20 +220,20 @@ def test_vqav2_layout_answer_scores_and_vocabularies(tmp_path):
     write_vqav2(tmp_path)
     task = get_task("vqav2")
     task.check_data(str(tmp_path))
-    answers = vqa.answer_vocabulary(tmp_path)
+    answers = v2.answer_vocabulary(tmp_path)
     assert answers == ["red", "no"]  # multiple-choice answers of train, most frequent first
     train, val = task.build_data(str(tmp_path))
     assert len(train) == 2 and len(val) == 1
     (image, ids, mask), scores = train[0]
     assert image.shape == (3, 224, 224) and ids.shape == mask.shape == (20,)
-    assert scores.shape == (vqa.NUM_ANSWERS,)
+    assert scores.shape == (v2.NUM_ANSWERS,)
     assert scores[0] == 1.0 and scores[1:].sum() == 0  # 7 of 10 said red (one "Red."); blue
     _, scores = train[1]  # 3 of 10 "no" -> 1.0; "yes" (2 of 10) is not in the vocabulary
     assert scores[1] == 1.0 and scores.sum() == 1.0
-    assert vqa.answer_scores(["yes"] * 2 + ["no"] * 8) == {"yes": pytest.approx(2 / 3),
+    assert v2.answer_scores(["yes"] * 2 + ["no"] * 8) == {"yes": pytest.approx(2 / 3),
                                                            "no": 1.0}
-    assert vqa.normalize_answer(" Two dogs. ") == "2 dogs"
-    assert vqa.normalize_answer("It's the red one!") == "its red 1"
+    assert v2.normalize_answer(" Two dogs. ") == "2 dogs"
+    assert v2.normalize_answer("It's the red one!") == "its red 1"
     (_, val_ids, val_mask), val_scores = val[0]
     assert val_scores.sum() == 0  # "2", "yes" and "blue" are outside the train vocabulary
     words = ["is", "the", "zebra", "sleeping"]
@@ -241,7 +244,7 @@ def test_vqav2_layout_answer_scores_and_vocabularies(tmp_path):
     model = task.build_model(None).eval()
     inputs, _ = default_collate([train[0], train[1]])
     with torch.no_grad():
-        assert model(*inputs).shape == (2, vqa.NUM_ANSWERS)
+        assert model(*inputs).shape == (2, v2.NUM_ANSWERS)
 
 
 def test_wrong_data_dir_is_one_line_before_anything_starts(tmp_path, capsys, monkeypatch):

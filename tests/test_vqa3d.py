@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.block_factory import build_block
-from encoders.frozen_block import FrozenLMBlock
-from encoders.point_encoder import group
-from experiments.objectives import to_device
-from experiments.tasks import vqa3d  # registers the tasks
-from experiments.tasks.registry import DataError, get_task
-from experiments.tasks.vqa3d import (
+from encoders.lm.controls import build_block
+from encoders.lm.frozen_block import FrozenLMBlock
+from encoders.visual.point_encoder import group
+from experiments.batches import to_device
+from experiments.datasets import rooms3d as rooms
+from experiments.datasets import scanqa as sq
+from experiments.datasets.base import DataError
+from experiments.datasets.rooms3d import (
     ANSWERS,
     VOCAB,
     Scene,
@@ -27,7 +28,10 @@ from experiments.tasks.vqa3d import (
     render,
     situated_answer,
 )
-from experiments.training import probe_batch, probe_filtering, run_trial
+from experiments.probe import probe_batch, probe_filtering
+from experiments.tasks import vqa3d  # registers the tasks
+from experiments.tasks.registry import get_task
+from experiments.training import run_trial
 from orchestrator import cli
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
@@ -66,7 +70,7 @@ def test_situated_answers_follow_the_geometry():
     turned = Scene(s.shapes, s.positions @ rot, s.heights, s.wall @ rot)
     mirrored = Scene(s.shapes, s.positions * [1, -1], s.heights, s.wall * [1, -1])
     for situation in ("facing", "back"):
-        for relation in vqa3d.RELATIONS:
+        for relation in rooms.RELATIONS:
             assert situated_answer(turned, situation, relation) == situated_answer(
                 s, situation, relation)
         assert situated_answer(mirrored, situation, "left") == situated_answer(
@@ -84,8 +88,8 @@ def test_questions_are_answered_from_the_scene():
     for seed in range(20):
         for q, a, kind in ask(s, np.random.default_rng(seed)):
             if kind == "situated":
-                situation = next(k for k, t in vqa3d.SITUATIONS.items() if q.startswith(t))
-                relation = next(r for r, t in vqa3d.RELATIONS.items() if t in q)
+                situation = next(k for k, t in rooms.SITUATIONS.items() if q.startswith(t))
+                relation = next(r for r, t in rooms.RELATIONS.items() if t in q)
                 assert a == situated_answer(s, situation, relation)
             elif kind == "count":
                 assert a == "3"
@@ -102,14 +106,14 @@ def test_generator_is_seeded_and_renders_standing_objects():
     assert not torch.equal(a.clouds, make_dataset(3, seed=8).clouds)
     scene = known_scene()
     cloud = render(scene, np.random.default_rng(0))
-    assert cloud.shape == (vqa3d.POINTS, 4)
-    cloud[:, :3] /= vqa3d.UNITS_PER_METRE  # metres
+    assert cloud.shape == (rooms.POINTS, 4)
+    cloud[:, :3] /= rooms.UNITS_PER_METRE  # metres
     background = cloud[cloud[:, 3] == 0]
-    assert len(background) == vqa3d.FLOOR_POINTS + vqa3d.WALL_POINTS
-    wall = background[background[:, 0] > vqa3d.FLOOR_HALF]  # the wall stands at +x
-    assert len(wall) == vqa3d.WALL_POINTS
-    assert np.allclose(wall[:, 0], vqa3d.WALL_DISTANCE) and wall[:, 2].max() <= 1.0
-    floor = background[background[:, 0] <= vqa3d.FLOOR_HALF]
+    assert len(background) == rooms.FLOOR_POINTS + rooms.WALL_POINTS
+    wall = background[background[:, 0] > rooms.FLOOR_HALF]  # the wall stands at +x
+    assert len(wall) == rooms.WALL_POINTS
+    assert np.allclose(wall[:, 0], rooms.WALL_DISTANCE) and wall[:, 2].max() <= 1.0
+    floor = background[background[:, 0] <= rooms.FLOOR_HALF]
     assert np.abs(floor[:, 2]).max() < 0.05
     objects = cloud[cloud[:, 3] == 1]
     # each object's points stand on the floor around its position, as tall as its height
@@ -124,11 +128,11 @@ def test_the_answers_need_the_scene():
     per question text (what a model that ignores the points can reach) is far from 1."""
     _, qa, _ = make_scenes(200, seed=32)
     blind = blind_accuracy(qa)
-    assert blind == vqa3d.chance_by_type()
+    assert blind == rooms.chance_by_type()
     assert get_task("shape-scenes-3d").chance == pytest.approx(blind["all"])
     assert blind["situated"] < 0.3 and blind["exists"] < 0.65 and blind["all"] < 0.45
     # seeing which objects are there, but not where, is not enough for the situated ones
-    layout_blind = vqa3d.layout_blind_situated(*make_scenes(200, seed=32))
+    layout_blind = rooms.layout_blind_situated(*make_scenes(200, seed=32))
     assert blind["situated"] + 0.1 < layout_blind < 0.5
     assert blind_accuracy([("q", "a", "t"), ("q", "a", "t"), ("q", "b", "t")]) == {
         "all": pytest.approx(2 / 3), "t": pytest.approx(2 / 3)}
@@ -139,7 +143,7 @@ def test_probe_tokens_follow_the_models_patches():
     ds = make_dataset(2, seed=1)
     x = probe_batch(ds, 4)
     informative, valid = task.informative_tokens(x), task.valid_tokens(x)
-    groups, length = vqa3d.GROUPS, vqa3d.QUESTION_LEN
+    groups, length = vqa3d.GROUPS, rooms.QUESTION_LEN
     assert informative.shape == valid.shape == (4, groups + length)
     assert not informative[:, groups:].any() and torch.equal(valid[:, groups:], x[2])
     # a patch is informative when its centre (the model's own FPS) is on an object
@@ -166,7 +170,7 @@ def test_block_sees_the_joint_sequence_and_each_control_trains(control):
     logits = model(points, ids, mask)
     assert logits.shape == (6, len(ANSWERS))
     if seen:  # cls + point patches + question words, at the encoder's width, in and out
-        width = 1 + vqa3d.GROUPS + vqa3d.QUESTION_LEN
+        width = 1 + vqa3d.GROUPS + rooms.QUESTION_LEN
         assert seen[0] == (torch.Size([6, width, 64]),) * 2
     # more padding after the question changes nothing (padded keys are masked everywhere)
     pad = torch.zeros(6, 8, dtype=torch.long)  # eight more padding words
@@ -192,7 +196,7 @@ def test_per_type_accuracy_reads_the_type_word():
     task = get_task("shape-scenes-3d")
     ds = make_dataset(4, seed=3)
     answers = ds.scores.argmax(-1)
-    word = VOCAB.stoi[vqa3d.TYPE_WORDS["situated"]]
+    word = VOCAB.stoi[rooms.TYPE_WORDS["situated"]]
     situated = (ds.ids == word).any(-1)
 
     class Oracle(torch.nn.Module):  # right on the situated questions only
@@ -250,9 +254,9 @@ def test_scanqa_layout(tmp_path):
     train, val = task.build_data(str(tmp_path))
     assert len(train) == 3 and len(val) == 1  # "seven" was never a training answer
     (points, ids, mask), scores = train[0]
-    assert points.shape == (vqa3d.SCANQA_POINTS, 4) and ids.shape == mask.shape
-    assert scores.shape == (vqa3d.MAX_ANSWERS,)
-    vocab = vqa3d.scanqa_vocab(json.loads((tmp_path / "ScanQA_v1.0_train.json").read_text()))
+    assert points.shape == (sq.SCANQA_POINTS, 4) and ids.shape == mask.shape
+    assert scores.shape == (sq.MAX_ANSWERS,)
+    vocab = sq.scanqa_vocab(json.loads((tmp_path / "ScanQA_v1.0_train.json").read_text()))
     assert vocab.answers[:1] == ("brown",)  # the most frequent first
     assert set(vocab.answers) == {"brown", "dark brown", "under table"}
     assert scores[[vocab.answers.index("brown"), vocab.answers.index("dark brown")]].tolist() \
@@ -273,7 +277,7 @@ def test_scanqa_layout(tmp_path):
     assert val[0][1][vocab.answers.index("dark brown")] == 1 and val[0][1].sum() == 1
     model = task.build_model(None)
     batch = probe_batch(train, 3)
-    assert model(*batch).shape == (3, vqa3d.MAX_ANSWERS)
+    assert model(*batch).shape == (3, sq.MAX_ANSWERS)
     assert task.informative_tokens(batch).shape == (3, vqa3d.SCANQA_GROUPS + ids.shape[0])
 
 
@@ -306,7 +310,7 @@ def test_embedded_default_trains_clearly_above_the_answer_prior():
     (trial,) = build_plan(spec)
     out: list[dict] = []
     run_trial(trial, lambda metrics, state: out.append(metrics))
-    chance = vqa3d.chance_by_type()
+    chance = rooms.chance_by_type()
     best = max(out, key=lambda m: m["val_acc"])
     assert best["val_acc"] > task.chance + 0.12, (chance, best)  # 0.58 vs 0.40 measured
     assert best["val_acc_situated"] > chance["situated"] + 0.1, (chance, best)

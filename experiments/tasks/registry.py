@@ -1,4 +1,10 @@
-"""The task registry: one small module per task, registered by name."""
+"""The task registry: one small module per task (its model builder and its registration).
+
+A task puts together a dataset (``experiments/datasets/``), a visual encoder around the block
+(``encoders/visual/``) and an objective (``experiments/objectives/``). ``tests/test_tasks.py``
+runs every registered task with every control, so a new task is tested the moment it is
+registered: that is what ``example`` is for.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +14,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
+from experiments.batches import Batch
 from experiments.objectives import Objective
 
 
-class DataError(ValueError):
-    """A task's data is not where it was said to be; the message names the expected layout."""
-
-
-def data_root(task: str, data_dir: str | Path | None, layout: str) -> Path:
-    """``--data-dir`` as a folder, or DataError saying what the task expects there."""
-    if data_dir is None:
-        raise DataError(f"task {task!r} needs --data-dir: a folder holding {layout}")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"--data-dir {str(data_dir)!r} is not a directory; task {task!r} "
-                        f"expects {layout}")
-    return root
-
-
-def _data_ok(data_dir: str | None) -> None:  # embedded data: nothing to check
+def _data_ok(data_dir: str | Path | None) -> None:  # embedded data: nothing to check
     return None
 
 
@@ -55,7 +47,7 @@ class Task:
     prefix_tokens: int = 1  # class/register tokens ahead of the patches
     probe_size: int = 8  # validation samples in the fixed probe batch
     # Validates ``--data-dir`` before anything starts (raises DataError); embedded: no-op.
-    check_data: Callable[[str | None], None] = _data_ok
+    check_data: Callable[[str | Path | None], None] = _data_ok
     chance: float = 0.0  # the metric of a constant guess, for "clearly above chance" checks
     num_classes: int = 0  # for Mixup's soft targets
     # Loss and validation metrics; None: classification (experiments.objectives).
@@ -63,6 +55,10 @@ class Task:
     # Which tokens are real, (inputs) -> (B, n_tokens) bool, for padded sequences: the probe
     # leaves padding out of its maps (None: every token is real).
     valid_tokens: Callable[..., torch.Tensor] | None = None
+    # n -> a batch (inputs, target) of n samples that needs no data on disk: the embedded
+    # validation set's first samples, or random inputs of a real dataset's shapes. The
+    # registry test runs every task with every control on it.
+    example: Callable[[int], tuple[Batch, Batch]] | None = None
 
 
 _TASKS: dict[str, Task] = {}
@@ -83,3 +79,13 @@ def get_task(name: str) -> Task:
     if name not in _TASKS:
         raise KeyError(f"unknown task {name!r}; valid: {', '.join(list_tasks())}")
     return _TASKS[name]
+
+
+def validation_examples(build_data: Callable[..., tuple[Dataset, Dataset]]
+                        ) -> Callable[[int], tuple[Batch, Batch]]:
+    """``Task.example`` of an embedded task: its validation set's first ``n`` samples."""
+    def example(n: int) -> tuple[Batch, Batch]:
+        _, val = build_data()
+        return default_collate([val[i] for i in range(n)])
+
+    return example

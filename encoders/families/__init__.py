@@ -1,3 +1,0 @@
-"""Importing this package registers every shipped LM family (one module each)."""
-
-from encoders.families import bert, gpt2, llama, minilm, mistral, opt, pythia, qwen2  # noqa: F401

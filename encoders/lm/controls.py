@@ -1,0 +1,110 @@
+"""The paper's controls: one table that the plan, the block factory, tracking and the report
+all read, so a new control is one entry here plus its builder in ``block_factory.py``.
+
+Each entry says what the arm inserts (LM layers and/or the two adapters), where its weights
+come from (recorded on every run as ``weights.source``), which of a model size's layer
+selections it runs, whether it belongs to an LM at all, whether a report may measure the
+other cells against it (paired on task and seed, and on the LM too where it has one), how
+figures draw it and, by its place in the table, where it sits in the report's tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from encoders.lm.block_factory import (
+    BlockInfo,
+    BlockRequest,
+    adapters_only,
+    no_block,
+    pretrained_block,
+    random_block,
+)
+
+Builder = Callable[[BlockRequest], tuple[nn.Module | None, BlockInfo]]
+LAYER_CHOICES = ("each", "last", "none")
+
+
+@dataclass(frozen=True)
+class Control:
+    name: str
+    label: str  # how figures and reports name it
+    weights_source: str  # pretrained | random | none
+    layers: str  # "each": one trial per layer selection; "last": the last one only; "none"
+    adapters: bool  # the two trainable linear maps are inserted
+    per_lm: bool  # a cell per family and size (False: no LM at all)
+    reference: bool  # a report can pair the other cells with it and measure the difference
+    style: tuple[str, str]  # (matplotlib colour, line style) in figures
+    build: Builder
+
+    @property
+    def pair_on(self) -> tuple[str, ...]:
+        """The columns a cell matches this control on, as a reference: the same task and
+        seed, and the same LM where the control is sized like one."""
+        return ("family", "size", "task", "seed") if self.per_lm else ("task", "seed")
+
+
+_CONTROLS: dict[str, Control] = {}
+
+
+def register_control(control: Control) -> Control:
+    if control.name in _CONTROLS:
+        raise ValueError(f"control {control.name!r} is already registered")
+    if control.layers not in LAYER_CHOICES:
+        raise ValueError(f"control {control.name!r}: layers {control.layers!r}; "
+                         f"valid: {', '.join(LAYER_CHOICES)}")
+    _CONTROLS[control.name] = control
+    return control
+
+
+def list_controls() -> list[str]:
+    """In the table's order: the order of the report's columns and legends."""
+    return list(_CONTROLS)
+
+
+def get_control(name: str) -> Control:
+    if name not in _CONTROLS:
+        raise KeyError(f"unknown control {name!r}; valid: {', '.join(list_controls())}")
+    return _CONTROLS[name]
+
+
+def reference_controls() -> list[str]:
+    return [c.name for c in _CONTROLS.values() if c.reference]
+
+
+def build_block(
+    *,
+    family: str,
+    size: str,
+    layers: tuple[int, ...],
+    control: str,
+    seed: int,
+    visual_dim: int,
+    weights_dir: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    final_norm: bool = False,
+) -> tuple[nn.Module | None, BlockInfo]:
+    """The inserted module of ``control`` and what the run records about its weights."""
+    arm = get_control(control)
+    block, info = arm.build(BlockRequest(family, size, tuple(layers), seed, visual_dim,
+                                         weights_dir, dtype, final_norm))
+    return block, dataclasses.replace(info, weights_source=arm.weights_source)
+
+
+for _control in (
+    Control("pretrained", "pretrained frozen block", "pretrained", layers="each", adapters=True,
+            per_lm=True, reference=False, style=("tab:blue", "-"), build=pretrained_block),
+    Control("random", "random frozen block", "random", layers="last", adapters=True,
+            per_lm=True, reference=True, style=("tab:red", ":"), build=random_block),
+    Control("adapters", "adapters only", "none", layers="none", adapters=True, per_lm=True,
+            reference=True, style=("tab:green", "-."), build=adapters_only),
+    Control("none", "no block", "none", layers="none", adapters=False, per_lm=False,
+            reference=True, style=("grey", "--"), build=no_block),
+):
+    register_control(_control)

@@ -1,0 +1,3 @@
+"""Importing this package registers every shipped LM family (one module each)."""
+
+from encoders.lm.families import bert, gpt2, llama, minilm, mistral, opt, pythia, qwen2  # noqa: F401

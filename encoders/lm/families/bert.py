@@ -1,0 +1,45 @@
+"""BERT (Devlin et al., 2019) encoder layers: base and large, from google-bert/*.
+
+Shares its config builder with ``minilm`` (all-MiniLM-L6-v2 is a BERT-architecture model).
+"""
+
+import torch
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import BertLayer, BertModel
+
+from encoders.lm.hf_format import HF_CHECKPOINT
+from encoders.lm.registry import LMFamily, LMSize, register_family
+
+LAYER_KEY = r"^(?:.*\.)?encoder\.layer\.{index}\.(.+)$"
+
+
+def make_config(size: LMSize) -> BertConfig:
+    return BertConfig(
+        hidden_size=size.hidden_size,
+        num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads,
+        intermediate_size=size.ffn_dim,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+    )
+
+
+BERT = register_family(
+    LMFamily(
+        name="bert",
+        sizes={
+            "base": LMSize("base", "google-bert/bert-base-uncased", 768, 12, 12, 3072, torch.float32),
+            "large": LMSize(
+                "large", "google-bert/bert-large-uncased", 1024, 24, 16, 4096, torch.float32
+            ),
+        },
+        default_size="base",
+        layer_class=BertLayer,
+        model_class=BertModel,
+        config_class=BertConfig,
+        layer_key=LAYER_KEY,
+        make_config=make_config,
+        formats=(HF_CHECKPOINT,),
+        description="BERT encoder layers (google-bert/bert-*-uncased)",
+    )
+)

@@ -1,0 +1,57 @@
+"""Pythia (Biderman et al., 2023; GPT-NeoX architecture): every size, EleutherAI/pythia-*.
+
+Rotary on 25% of each head (``rotary_pct``) and parallel attention/MLP residuals; the block
+runs with identity rotary embeddings (no positions).
+"""
+
+import torch
+from torch import nn
+from transformers import GPTNeoXConfig
+from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer, GPTNeoXModel
+
+from encoders.lm.hf_format import HF_CHECKPOINT
+from encoders.lm.registry import LMFamily, LMSize, register_family
+
+# name: (hidden, layers, heads); FFN is 4 x hidden
+_SIZES = {
+    "70m": (512, 6, 8),
+    "160m": (768, 12, 12),
+    "410m": (1024, 24, 16),
+    "1b": (2048, 16, 8),
+    "1.4b": (2048, 24, 16),
+    "2.8b": (2560, 32, 32),
+    "6.9b": (4096, 32, 32),
+    "12b": (5120, 36, 40),
+}
+
+
+def make_config(size: LMSize) -> GPTNeoXConfig:
+    return GPTNeoXConfig(
+        hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads, intermediate_size=size.ffn_dim,
+        rotary_pct=0.25, use_parallel_residual=True, vocab_size=50304 if size.hidden_size < 5120 else 50688,
+        tie_word_embeddings=False,
+    )
+
+
+PYTHIA = register_family(
+    LMFamily(
+        name="pythia",
+        sizes={
+            n: LMSize(n, f"EleutherAI/pythia-{n}", h, layers, heads, 4 * h, torch.float16)
+            for n, (h, layers, heads) in _SIZES.items()
+        },
+        default_size="160m",
+        layer_class=GPTNeoXLayer,
+        model_class=GPTNeoXModel,
+        config_class=GPTNeoXConfig,
+        layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
+        make_config=make_config,
+        formats=(HF_CHECKPOINT,),
+        description="EleutherAI Pythia (GPT-NeoX) layers",
+        rotary=True,
+        ignore=r"^attention\.(bias|masked_bias|rotary_emb\.inv_freq)$",
+        final_norm_key=r"^(?:gpt_neox\.)?final_layer_norm\.(.+)$",
+        build_final_norm=lambda c: nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
+    )
+)

@@ -1,0 +1,56 @@
+"""Qwen2.5 (Qwen/Qwen2.5-*): every base size; grouped-query attention, rotary removed."""
+
+import torch
+from transformers import Qwen2Config
+from transformers.models.qwen2.modeling_qwen2 import (
+    Qwen2DecoderLayer,
+    Qwen2Model,
+    Qwen2RMSNorm,
+)
+
+from encoders.lm.hf_format import HF_CHECKPOINT
+from encoders.lm.registry import LMFamily, LMSize, register_family
+
+# name: (hidden, layers, heads, kv heads, ffn)
+_SIZES = {
+    "0.5b": (896, 24, 14, 2, 4864),
+    "1.5b": (1536, 28, 12, 2, 8960),
+    "3b": (2048, 36, 16, 2, 11008),
+    "7b": (3584, 28, 28, 4, 18944),
+    "14b": (5120, 48, 40, 8, 13824),
+    "32b": (5120, 64, 40, 8, 27648),
+    "72b": (8192, 80, 64, 8, 29568),
+}
+
+
+def make_config(size: LMSize) -> Qwen2Config:
+    return Qwen2Config(
+        hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads, intermediate_size=size.ffn_dim,
+        num_key_value_heads=size.extra["num_key_value_heads"],
+        vocab_size=151936,
+        tie_word_embeddings=size.hidden_size <= 2048,  # 0.5B-3B tie their head
+    )
+
+
+QWEN2 = register_family(
+    LMFamily(
+        name="qwen2",
+        sizes={
+            n: LMSize(n, f"Qwen/Qwen2.5-{n.upper()}", h, layers, heads, ffn, torch.bfloat16,
+                      {"num_key_value_heads": kv})
+            for n, (h, layers, heads, kv, ffn) in _SIZES.items()
+        },
+        default_size="0.5b",
+        layer_class=Qwen2DecoderLayer,
+        model_class=Qwen2Model,
+        config_class=Qwen2Config,
+        layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
+        make_config=make_config,
+        formats=(HF_CHECKPOINT,),
+        description="Alibaba Qwen2.5 decoder layers",
+        rotary=True,
+        final_norm_key=r"^(?:model\.)?norm\.(.+)$",
+        build_final_norm=lambda c: Qwen2RMSNorm(c.hidden_size, eps=c.rms_norm_eps),
+    )
+)

@@ -1,0 +1,50 @@
+"""Weight formats: how one family's checkpoints lay out a layer's tensors.
+
+A family declares the formats its checkpoints come in (``LMFamily.formats``, in order of
+preference); the generic loader (``layer_loading.py``) asks the first whose marker file the
+checkpoint has for the config and for the tensors of the requested layers, and then builds
+transformers' layer modules from them the same way for every format. So a new layout (Meta's
+``consolidated.*.pth``, say) is one format object in its own module, with no name checks in
+the loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from transformers import PretrainedConfig
+
+if TYPE_CHECKING:  # types only: the registry holds formats, formats read the family's fields
+    from encoders.lm.registry import LMFamily
+    from encoders.weights.checkpoint_dir import CheckpointDir
+    from encoders.weights.layer_cache import LayerCache
+    from encoders.weights.safetensors_reader import SafetensorsReader
+
+
+@dataclass
+class LayerTensors:
+    """What a format read. ``layers``: per layer index, the name the tensor is identified by
+    (hashed into the layers' identity) -> (its name inside transformers' layer module, the
+    tensor). ``final_norm``: the LM's final norm's state dict, when it was asked for."""
+
+    layers: dict[int, dict[str, tuple[str, torch.Tensor]]]
+    final_norm: dict[str, torch.Tensor] | None = None
+    cache_hit: bool = False
+
+
+class WeightFormat(Protocol):
+    """One checkpoint layout. ``marker``: the file whose presence says a checkpoint is in it
+    (``config.json``, ``params.json``)."""
+
+    marker: str
+
+    def load_config(self, family: LMFamily, checkpoint: CheckpointDir) -> PretrainedConfig: ...
+
+    def read_layers(
+        self, family: LMFamily, checkpoint: CheckpointDir, config: PretrainedConfig,
+        indices: Sequence[int], reader: SafetensorsReader, *, final_norm: bool,
+        cache: LayerCache | None,
+    ) -> LayerTensors: ...

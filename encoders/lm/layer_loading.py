@@ -1,0 +1,161 @@
+"""Materialise only the requested layer(s) of a checkpoint, strictly, with transformers' classes.
+
+The family's weight format (``formats.py``: the Hugging Face layout, Meta's ``params.json`` +
+``consolidated.*.pth``) says where the layers' tensors are and reads only their bytes; this
+module builds the layers from them, the same way for every format: on the ``meta`` device
+with the tensors assigned, so no memory is spent on a throw-away random initialisation, and
+with ``strict=True``: a missing or unexpected tensor is an error naming the file, never a
+silently random weight. The layers' identity is a hash of their tensors' names and bytes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from encoders.lm.registry import LMFamily
+from encoders.weights.checkpoint_dir import CheckpointDir
+from encoders.weights.layer_cache import LayerCache
+from encoders.weights.safetensors_reader import SafetensorsReader
+from encoders.weights.tensors import CheckpointFormatError
+
+
+@dataclass
+class LoadedLayers:
+    layers: list[nn.Module]
+    config: PretrainedConfig
+    files_opened: list[str] = field(default_factory=list)
+    bytes_read: int = 0
+    tensor_bytes: int = 0
+    sha256: str = ""  # of the layers' tensor names and bytes: the identity of what was loaded
+    cache_hit: bool = False
+    final_norm: nn.Module | None = None
+
+
+def load_config(family: LMFamily, checkpoint: CheckpointDir) -> PretrainedConfig:
+    return family.format_for(checkpoint).load_config(family, checkpoint)
+
+
+def load_layers(
+    family: LMFamily,
+    checkpoint: CheckpointDir,
+    indices: Sequence[int],
+    *,
+    dtype: torch.dtype = torch.float32,
+    reader: SafetensorsReader | None = None,
+    cache: LayerCache | None = None,
+    final_norm: bool = False,
+) -> LoadedLayers:
+    """Only ``indices``' tensors, strictly; remote sources go through ``cache`` if given."""
+    reader = reader or SafetensorsReader(checkpoint.open)
+    fmt = family.format_for(checkpoint)
+    config = fmt.load_config(family, checkpoint)
+    n_layers = config.num_hidden_layers
+    for i in indices:
+        if not 0 <= i < n_layers:
+            raise IndexError(f"layer {i} out of range for {checkpoint.location} ({n_layers} layers)")
+    read = fmt.read_layers(family, checkpoint, config, indices, reader, final_norm=final_norm,
+                           cache=cache)
+    digest = hashlib.sha256()
+    layers = []
+    for i in indices:
+        named = read.layers[i]
+        for name in sorted(named):
+            _hash_tensor(digest, name, named[name][1])
+        state = dict(named.values())
+        layers.append(_strict_layer(family, config, i, state, checkpoint).to(dtype))
+    norm = None
+    if read.final_norm is not None:
+        norm = family.build_final_norm(config)
+        try:
+            norm.load_state_dict(read.final_norm, strict=True)
+        except RuntimeError as e:
+            raise CheckpointFormatError(f"{checkpoint.location}: final norm: {e}") from None
+        norm = norm.to(dtype)
+    tensors = [t for named in read.layers.values() for _, t in named.values()]
+    tensors += list((read.final_norm or {}).values())
+    return LoadedLayers(
+        layers=layers,
+        final_norm=norm,
+        config=config,
+        files_opened=list(reader.files_opened),
+        bytes_read=reader.bytes_read,
+        tensor_bytes=sum(t.numel() * t.element_size() for t in tensors),
+        sha256=digest.hexdigest(),
+        cache_hit=read.cache_hit,
+    )
+
+
+def _hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
+    """Name and raw bytes into the layer's identity hash, without copying the bytes."""
+    digest.update(name.encode())
+    digest.update(memoryview(tensor.contiguous().view(torch.uint8).numpy()))
+
+
+def _strict_layer(
+    family: LMFamily,
+    config: PretrainedConfig,
+    index: int,
+    state: dict[str, torch.Tensor],
+    checkpoint: CheckpointDir,
+) -> nn.Module:
+    with torch.device("meta"):
+        layer = family.build_layer(config, index)
+    expected = dict(layer.state_dict())
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointFormatError(
+            f"{checkpoint.location}: layer {index} does not match {family.layer_class.__name__}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointFormatError(
+                f"{checkpoint.location}: layer {index} tensor {name} has shape {tuple(tensor.shape)}, "
+                f"config expects {tuple(expected[name].shape)}"
+            )
+    layer.load_state_dict(state, strict=True, assign=True)
+    return layer
+
+
+def random_layers(
+    family: LMFamily,
+    config: PretrainedConfig,
+    indices: Sequence[int],
+    seed: int,
+    final_norm: bool = False,
+) -> list[nn.Module]:
+    """The paper's control: same architecture, the family's own initialisation, seeded.
+
+    The family's PreTrainedModel is built on the meta device (free, even for a 66B config)
+    only to borrow its ``_init_weights``, so the random block is initialised the way the LM
+    was before pre-training, not with torch's default Linear init.
+    """
+    host_config = copy.deepcopy(config)
+    host_config.num_hidden_layers = 1
+    with torch.device("meta"):
+        host = family.model_class(host_config)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        layers = []
+        for i in indices:
+            layer = family.build_layer(config, i)
+            layer.apply(host._init_weights)
+            layers.append(layer)
+        if final_norm:
+            if family.build_final_norm is None:
+                raise ValueError(f"family {family.name!r} has no final norm (post-LN)")
+            norm = family.build_final_norm(config)
+            norm.apply(host._init_weights)
+            layers.append(norm)  # the caller splits it off: last element
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return layers

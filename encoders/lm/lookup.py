@@ -1,0 +1,80 @@
+"""Which folder holds a family/size's checkpoint, and whether it is the one the registry says.
+
+Lookup order: ``--weights-dir`` (a local folder or any fsspec URL), the family's own location
+(a package), the local Hugging Face cache, then the hub through huggingface_hub's filesystem
+(``hf://``) when online. Offline and not cached, the error says how to provide the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import constants, try_to_load_from_cache
+
+from encoders.lm.registry import LMFamily, LMSize, get_family
+from encoders.weights.checkpoint_dir import CheckpointDir, hub_reachable, is_url
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No copy of a checkpoint anywhere we may look; the message says what to do."""
+
+
+def weights_dir_candidates(weights_dir: str, size: LMSize) -> list[str]:
+    """``DIR/facebook/opt-125m``, ``DIR/opt-125m`` and ``DIR`` itself, in that order."""
+    base = str(weights_dir).rstrip("/")
+    return [f"{base}/{size.repo_id}", f"{base}/{size.repo_id.split('/')[-1]}", base]
+
+
+def locate(
+    family: LMFamily, size: LMSize, weights_dir: str | Path | None = None
+) -> CheckpointDir:
+    if weights_dir is not None:
+        root = str(weights_dir).rstrip("/")
+        for cand in weights_dir_candidates(root, size):
+            ckpt = CheckpointDir(cand if is_url(cand) else Path(cand).resolve(), "weights-dir",
+                                 size.repo_id)
+            marker = next((f.marker for f in family.formats if ckpt.exists(f.marker)), None)
+            if marker and (cand != root or _config_matches(ckpt, marker, size)):
+                return ckpt
+    if family.locate is not None:
+        return CheckpointDir(Path(family.locate(size)), "package", size.repo_id)
+    cached = try_to_load_from_cache(size.repo_id, "config.json")
+    if isinstance(cached, str):
+        snapshot = Path(cached).parent
+        fallback = f"hf://{size.repo_id}@{snapshot.name}" if hub_reachable() else None
+        return CheckpointDir(snapshot, "hf-cache", size.repo_id, snapshot.name, fallback)
+    if hub_reachable():
+        return CheckpointDir(f"hf://{size.repo_id}", "hub", size.repo_id, "main")
+    where = f"--weights-dir {weights_dir}, " if weights_dir else ""
+    raise WeightsNotFoundError(
+        f"weights for {size.repo_id} not found ({where}Hugging Face cache {constants.HF_HUB_CACHE}) "
+        f"and the hub is unreachable: put the checkpoint in DIR/{size.repo_id} "
+        f"(config.json + *.safetensors) and pass --weights-dir DIR, or run "
+        f"`hf download {size.repo_id}` on a machine that is online"
+    )
+
+
+def _config_matches(ckpt: CheckpointDir, marker: str, size: LMSize) -> bool:
+    """``DIR`` itself is only taken when its config is this size (not a sibling size)."""
+    cfg = json.loads(ckpt.read_text(marker))
+    hidden = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("dim")))
+    layers = cfg.get("num_hidden_layers", cfg.get("n_layer", cfg.get("n_layers")))
+    return hidden == size.hidden_size and layers == size.num_layers
+
+
+def check_checkpoint(family: str, size: str, weights_dir: str | Path | None) -> str:
+    """Cheap pre-flight (the config only): found, and shaped as the registry says. Returns
+    where it was found (repo@revision), for messages; the run records what the trial loads."""
+    fam = get_family(family)
+    lm = fam.size(size)
+    checkpoint = locate(fam, lm, weights_dir)
+    config = fam.format_for(checkpoint).load_config(fam, checkpoint)
+    got = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads)
+    want = (lm.hidden_size, lm.num_layers, lm.num_heads)
+    if got != want:
+        raise ValueError(
+            f"{checkpoint.resolve('config.json')}: (hidden, layers, heads) = {got}, but the "
+            f"registry's {family}/{size} is {want}"
+        )
+    return checkpoint.identity

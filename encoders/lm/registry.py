@@ -1,0 +1,149 @@
+"""The LM family registry: which language models a sweep can take a block from.
+
+Every size carries its real architecture numbers so that planning (``--dry-run``, block
+parameter counts, bytes to read) needs no download: the config is built from the registry
+and the layer is instantiated on the ``meta`` device, so the counts come from transformers'
+own layer class rather than from a hand-written formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from encoders.lm.positions import LayerKwargs, identity_rotary, no_extra_kwargs
+from encoders.weights.tensors import CheckpointFormatError
+
+if TYPE_CHECKING:
+    from encoders.lm.formats import WeightFormat
+    from encoders.weights.checkpoint_dir import CheckpointDir
+
+
+@dataclass(frozen=True)
+class LMSize:
+    """One public checkpoint of a family, with the numbers that shape its layers."""
+
+    name: str
+    repo_id: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    ffn_dim: int
+    dtype: torch.dtype  # dtype of the published weights on disk
+    extra: dict[str, object] = field(default_factory=dict)  # family-specific config fields
+
+
+@dataclass(frozen=True)
+class LMFamily:
+    """How to plan, build and load one block of a family of LMs.
+
+    ``layer_key`` is a regular expression with an ``{index}`` slot; it must match the full
+    tensor name of a layer's weight in a checkpoint and capture the name inside the layer,
+    whatever prefix the checkpoint uses (``model.decoder.`` vs ``decoder.``).
+    """
+
+    name: str
+    sizes: dict[str, LMSize]
+    default_size: str
+    layer_class: type[nn.Module]
+    model_class: type[nn.Module]  # the family's PreTrainedModel, whose _init_weights is reused
+    config_class: type[PretrainedConfig]
+    layer_key: str
+    make_config: Callable[[LMSize], PretrainedConfig]
+    # The checkpoint layouts it is published in (``encoders/lm/formats.py``), in order of
+    # preference: a checkpoint is read by the first whose marker file it has.
+    formats: tuple[WeightFormat, ...] = ()
+    description: str = ""
+    # Where weights come from when not a Hugging Face repo (e.g. shipped in a package).
+    locate: Callable[[LMSize], str] | None = None
+    # Rotary families get identity cos/sin (see encoders/positions.py).
+    rotary: bool = False
+    # Names inside a layer that checkpoints may hold but are not parameters (old mask or
+    # rotary buffers): skipped, never read.
+    ignore: str | None = None
+    # The LM's final norm (after its last layer): tensor-name regex capturing the name inside
+    # the norm, and its module. None for post-LN models, which have no final norm.
+    final_norm_key: str | None = None
+    build_final_norm: Callable[[PretrainedConfig], nn.Module] | None = None
+
+    def size(self, name: str) -> LMSize:
+        if name not in self.sizes:
+            raise KeyError(
+                f"unknown size {name!r} for family {self.name!r}; valid: {', '.join(self.sizes)}"
+            )
+        return self.sizes[name]
+
+    def format_for(self, checkpoint: CheckpointDir) -> WeightFormat:
+        """The first of the family's formats whose marker file the checkpoint has."""
+        for fmt in self.formats:
+            if checkpoint.exists(fmt.marker):
+                return fmt
+        markers = " or ".join(f.marker for f in self.formats)
+        raise CheckpointFormatError(
+            f"{checkpoint.resolve(self.formats[0].marker)}: missing {markers}")
+
+    def build_layer(self, config: PretrainedConfig, index: int) -> nn.Module:
+        return self.layer_class(config, layer_idx=index)
+
+    def layer_kwargs(self, config: PretrainedConfig) -> LayerKwargs:
+        """Extra keyword arguments each layer call needs so that no position is encoded."""
+        return identity_rotary(config) if self.rotary else no_extra_kwargs
+
+    def layer_params(self, size: str) -> int:
+        """Parameters of one layer of ``size``, counted on the meta device (no memory)."""
+        return _layer_params(self.name, size)
+
+    def model_params(self, size: str) -> int:
+        """Parameters of the whole published checkpoint (base model + untied LM head)."""
+        return _model_params(self.name, size)
+
+
+_FAMILIES: dict[str, LMFamily] = {}
+
+
+def register_family(family: LMFamily) -> LMFamily:
+    if family.name in _FAMILIES:
+        raise ValueError(f"LM family {family.name!r} is already registered")
+    if not family.formats:
+        raise ValueError(f"family {family.name!r} declares no weight formats")
+    if family.default_size not in family.sizes:
+        raise ValueError(f"family {family.name!r}: default size {family.default_size!r} unknown")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def list_families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> LMFamily:
+    if name not in _FAMILIES:
+        raise KeyError(f"unknown LM family {name!r}; valid: {', '.join(list_families())}")
+    return _FAMILIES[name]
+
+
+@cache
+def _model_params(family: str, size: str) -> int:
+    fam = get_family(family)
+    config = fam.make_config(fam.size(size))
+    with torch.device("meta"):
+        model = fam.model_class(config)
+    n = sum(p.numel() for p in model.parameters())
+    if not getattr(config, "tie_word_embeddings", True):
+        n += config.vocab_size * config.hidden_size  # the separate LM head
+    return n
+
+
+@cache
+def _layer_params(family: str, size: str) -> int:
+    fam = get_family(family)
+    config = fam.make_config(fam.size(size))
+    with torch.device("meta"):
+        layer = fam.build_layer(config, 0)
+    return sum(p.numel() for p in layer.parameters())
