@@ -25,12 +25,12 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from encoders.lm.controls import get_control, list_controls
 import experiments.tasks  # noqa: F401  (registers the tasks)
+from encoders.lm.controls import get_control, list_controls, reference_controls
 from experiments.tasks.registry import get_task
 from results import plots, tables
 from results.runs import ReportError, default_tracking_uri, latest_sweep_run, load_runs
-from results.stats import COMPARABLE_CONTROLS, best_hparams, summarize
+from results.stats import best_hparams, summarize
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in reports
 
@@ -196,8 +196,8 @@ def build_report(
         raise ReportError(f"experiment(s) {experiments!r}: the sweep has no trial runs")
     df = _filter(df, "task", tasks)
     df = _filter(df, "family", families, keep_empty=True)  # 'none' has no family
-    if control not in COMPARABLE_CONTROLS:
-        raise ReportError(f"unknown control {control!r}; valid: {', '.join(COMPARABLE_CONTROLS)}")
+    if control not in reference_controls():
+        raise ReportError(f"unknown control {control!r}; valid: {', '.join(reference_controls())}")
     metric = metric or _task_metric(df)
     if metric not in df:
         valid = [c for c in df.columns if df[c].dtype.kind == "f" and c not in ("seed",)]

@@ -18,7 +18,6 @@ from encoders.lm.controls import get_control, list_controls, reference_controls
 from experiments.trial import AXES
 
 CELL = ["task", "family", "size", "layers", "control"]
-COMPARABLE_CONTROLS = tuple(reference_controls())  # what a cell can be measured against
 BOOTSTRAP_SAMPLES = 10_000
 CONFIDENCE = 0.95
 MIN_PAIRS = 3  # for a cell to be called significant
@@ -56,8 +55,8 @@ def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
     """Per cell: mean, std, n over FINISHED seeds; failed and missing seeds; paired
     difference against ``control`` with its bootstrap interval and significance; the
     information-filtering concentration before/after the block and its gain."""
-    if control not in COMPARABLE_CONTROLS:
-        raise ValueError(f"unknown control {control!r}; valid: {', '.join(COMPARABLE_CONTROLS)}")
+    if control not in reference_controls():
+        raise ValueError(f"unknown control {control!r}; valid: {', '.join(reference_controls())}")
     df = best_hparams(df, metric, higher)
     done = df[df["status"] == "FINISHED"]
     key = list(get_control(control).pair_on)

@@ -66,3 +66,18 @@ def convert_to_bin_shards(path: Path) -> None:
     weight_map = {k: renamed[v] for k, v in index["weight_map"].items()}
     (path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
     (path / "model.safetensors.index.json").unlink()
+
+
+def assert_figure(path: Path, min_colours: int = 64) -> tuple[int, int]:
+    """A PNG that decodes, at least 300 x 200 pixels, with drawn content: more than
+    ``min_colours`` distinct colours (an empty or failed figure has a handful). What a file
+    size cannot tell. Returns (width, height)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.format == "PNG", path
+        width, height = img.size
+        colours = img.convert("RGB").getcolors(maxcolors=1 << 24)
+    assert width >= 300 and height >= 200, (path.name, width, height)
+    assert len(colours) > min_colours, (path.name, len(colours))
+    return width, height

@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 import ray
 
+from encoders.lm.controls import list_controls
+from encoders.lm.frozen_block import ADAPTER_INITS
+from encoders.lm.registry import get_family, list_families
+from experiments.tasks.registry import list_tasks
 from orchestrator import cli, tuner
 from orchestrator.plan import build_plan
+from orchestrator.search import HPARAM_SEARCHES
 from orchestrator.spec import SpecError, list_presets, load_spec
 from tests.conftest import save_tiny_opt
 
@@ -41,27 +46,30 @@ def run_bad(capsys, *argv: str) -> str:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--family", "gpt9"], "unknown family 'gpt9'; valid: bert, gpt2, llama, minilm, mistral, opt, pythia, qwen2"),
-        (["--family", "opt", "--sizes", "7b"], "unknown size '7b' for family 'opt'; valid: 125m"),
+        (["--family", "gpt9"], f"unknown family 'gpt9'; valid: {', '.join(list_families())}"),
+        (["--family", "opt", "--sizes", "7b"],
+         f"unknown size '7b' for family 'opt'; valid: {', '.join([*get_family('opt').sizes])}"),
         (["--family", "opt", "--layers", "12"], "layer '12' out of range for opt/125m (12 layers"),
         (["--layers", "-7"], "layer '-7' out of range for minilm/l6 (6 layers: valid -6..5)"),
         (["--layers", "5:3"], "empty layer span '5:3'"),
         (["--layers", "x"], "bad layer 'x'; valid: last, all"),
-        (["--tasks", "imagenet"], "unknown task 'imagenet'; valid: argoverse, cifar10, cifar100"),
-        (["--controls", "frozen"], "unknown control 'frozen'; valid: pretrained, random"),
+        (["--tasks", "imagenet"], f"unknown task 'imagenet'; valid: {', '.join(list_tasks())}"),
+        (["--controls", "frozen"],
+         f"unknown control 'frozen'; valid: {', '.join(list_controls())}"),
         (["--seeds", "a"], "bad seeds ['a']"),
-        (["--preset", "nope"], "unknown preset 'nope'; valid: cifar_small, default"),
+        (["--preset", "nope"], f"unknown preset 'nope'; valid: {', '.join(list_presets())}"),
         (["--compute-dtype", "int3"], "unknown compute dtype 'int3'"),
         (["--epochs", "0"], "must be positive"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
-        (["--search-hparams", "both"], "unknown --search-hparams 'both'; valid: joint, per-cell"),
+        (["--search-hparams", "both"],
+         f"unknown --search-hparams 'both'; valid: {', '.join(HPARAM_SEARCHES)}"),
         (["--search-hparams"], "--search-hparams joint needs --search optuna (got --search grid)"),
         (["--search", "optuna", "--search-hparams", "per-cell"],
          "--search-hparams per-cell needs --search grid"),
         (["--search-hparams", "per-cell", "--samples-per-cell", "0"],
          "--samples-per-cell must be positive (got 0)"),
         (["--preset", str(ROOT / "tests" / "data" / "bad_init.yaml")],
-         "unknown adapter init 'he'; valid: default, xavier, orthogonal"),
+         f"unknown adapter init 'he'; valid: {', '.join(ADAPTER_INITS)}"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, argv, expected):
@@ -144,7 +152,8 @@ def test_sweep_script_subprocess_exit_code(tmp_path):
         capture_output=True, text=True, check=False, cwd=tmp_path, timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("sweep: error: unknown family 'nope'; valid: bert, gpt2")
+    assert proc.stderr.strip() == (f"sweep: error: unknown family 'nope'; "
+                                   f"valid: {', '.join(list_families())}")
 
 
 def test_final_norm_is_validated_and_recorded(capsys):

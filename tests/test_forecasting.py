@@ -19,7 +19,6 @@ import experiments.datasets.road_graphs as rg
 import experiments.objectives.trajectories as trj
 import experiments.tasks.forecasting as fc  # registers road-graphs and argoverse
 from encoders.lm.controls import build_block
-from encoders.lm.frozen_block import FrozenLMBlock
 from encoders.visual.vectornet import (
     END,
     FEATURES,
@@ -176,18 +175,18 @@ def test_objective_metrics_on_known_predictions():
     assert exactly["miss_rate"].item() == 0.0  # a miss is more than 2 m off
 
 
-@pytest.mark.parametrize("control", ["pretrained", "random", "adapters", "none"])
-def test_block_sees_polyline_tokens_padding_is_ignored_and_each_control_trains(control):
+def test_block_sees_polyline_tokens_and_padding_is_ignored():
+    """Padded polylines change nothing, in the timm blocks and the frozen block alike.
+    (Every control training with the block on the path: tests/test_tasks.py.)"""
     task = get_task("road-graphs")
-    block, _ = build_block(family="minilm", size="l6", layers=(5,), control=control, seed=0,
-                           visual_dim=task.visual_dim)
+    block, _ = build_block(family="minilm", size="l6", layers=(5,), control="pretrained",
+                           seed=0, visual_dim=task.visual_dim)
     torch.manual_seed(0)
     model = task.build_model(block)
+    assert model.blocks[-1] is block
     seen = []
-    if isinstance(block, FrozenLMBlock):
-        assert model.blocks[-1] is block
-        block.register_forward_hook(lambda m, a, out: seen.append(a[0].shape))
-    polylines, valid, future = rg.make_road_graphs(8, seed=0)
+    block.register_forward_hook(lambda m, a, out: seen.append(a[0].shape))
+    polylines, valid, _ = rg.make_road_graphs(8, seed=0)
     model.eval()
     with torch.no_grad():
         traj, logits = model(polylines, valid)
@@ -201,17 +200,8 @@ def test_block_sees_polyline_tokens_padding_is_ignored_and_each_control_trains(c
     assert traj.shape == (8, fc.MODES, pl.FUTURE, 2) and logits.shape == (8, fc.MODES)
     assert torch.allclose(traj, traj2, atol=1e-4) and torch.allclose(logits, logits2, atol=1e-5)
     assert torch.equal(traj, traj3)  # the encoder never reads it (it comes from the future)
-    if seen:
-        assert seen[0] == torch.Size([8, rg.ROAD_POLYLINES, task.visual_dim])
-        assert seen[1] == torch.Size([8, rg.ROAD_POLYLINES + 5, task.visual_dim])
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    for _ in range(2):
-        loss = task.objective.loss(model(polylines, valid), future)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert torch.isfinite(loss)
+    assert seen[0] == torch.Size([8, rg.ROAD_POLYLINES, task.visual_dim])
+    assert seen[1] == torch.Size([8, rg.ROAD_POLYLINES + 5, task.visual_dim])
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from encoders.lm.controls import build_block
-from encoders.lm.frozen_block import FrozenLMBlock
 from encoders.visual.point_encoder import farthest_point_sample, group
 from experiments.datasets.base import DataError
 from experiments.datasets.point_h5 import read_h5
@@ -41,29 +40,19 @@ def test_grouping_fps_and_knn():
     assert torch.equal(centre_idx, idx)
 
 
-@pytest.mark.parametrize("control", ["pretrained", "random", "adapters", "none"])
-def test_block_receives_patch_tokens_and_each_control_trains(control):
+def test_block_receives_the_class_and_patch_tokens():
+    """(Every control training with the block on the path: tests/test_tasks.py.)"""
     task = get_task("shapes3d")
     torch.manual_seed(0)
-    block, _ = build_block(family="minilm", size="l6", layers=(5,), control=control, seed=0,
-                           visual_dim=task.visual_dim)
+    block, _ = build_block(family="minilm", size="l6", layers=(5,), control="pretrained",
+                           seed=0, visual_dim=task.visual_dim)
     model = task.build_model(block)
     seen = []
-    if isinstance(block, FrozenLMBlock):
-        assert model.blocks[-1] is block  # appended after the encoder's last block
-        block.register_forward_hook(lambda m, a, out: seen.append((a[0].shape, out.shape)))
-    x, y = make_shapes(2, seed=0)
-    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    for _ in range(2):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert torch.isfinite(loss)
-    if seen:  # class token + 16 patch tokens, at the encoder's width, in and out
-        assert seen[0] == (torch.Size([12, 17, 64]), torch.Size([12, 17, 64]))
-    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    block.register_forward_hook(lambda m, a, out: seen.append((a[0].shape, out.shape)))
+    x, _ = make_shapes(2, seed=0)
+    assert model(x).shape == (12, len(SHAPES))
+    # class token + 16 patch tokens, at the encoder's width, in and out
+    assert seen == [(torch.Size([12, 17, 64]), torch.Size([12, 17, 64]))]
 
 
 @pytest.mark.slow

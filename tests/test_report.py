@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from results.report import build_report, load_runs, main
 from results.stats import bootstrap_ci, summarize
+from tests.conftest import assert_figure
 
 
 def log_sweep(uri: str, experiment: str, rows: list[dict]) -> str:
@@ -176,7 +177,7 @@ def test_paper_tables_significance_missing_and_html(uri, tmp_path):
     filtering = report.tables["filtering"].set_index(["size", "layers", "control"])
     assert filtering.loc[("1.3b", "23", "pretrained"), "conc_act_gain"] == pytest.approx(0.11)
     assert filtering.loc[("1.3b", "23", "pretrained"), "delta"] == pytest.approx(0.21)
-    assert (tmp_path / "r" / "gain_vs_concentration.png").stat().st_size > 1000
+    assert_figure(tmp_path / "r" / "gain_vs_concentration.png")
 
     page = (tmp_path / "r" / "report.html").read_text()
     assert page.count("<table") == 4 and "Table 2. Metric by model size" in page
@@ -219,7 +220,9 @@ def test_activation_maps_figure_from_logged_probe_maps(uri, tmp_path):
                 "act_after": [list(range(16))] * 2}
         client.log_text(run_id, json.dumps(maps), "analysis/probe_maps.json")
     build_report(uri, "maps", tmp_path / "r")
-    assert (tmp_path / "r" / "activation_maps_digits.png").stat().st_size > 1000
+    # two probe rows; the input column and one per control (pretrained L11, none)
+    width, height = assert_figure(tmp_path / "r" / "activation_maps_digits.png")
+    assert width / height == pytest.approx(3 / 2, rel=0.02)
 
 
 def test_token_strips_for_tasks_whose_tokens_are_not_an_image(uri, tmp_path):
@@ -231,4 +234,5 @@ def test_token_strips_for_tasks_whose_tokens_are_not_an_image(uri, tmp_path):
         client.log_text(run_id, json.dumps(maps), "analysis/probe_maps.json")
     report = build_report(uri, "pc", tmp_path / "r")
     figure = tmp_path / "r" / "activation_maps_shapes3d.png"
-    assert figure in report.files and figure.stat().st_size > 1000
+    assert figure in report.files
+    assert_figure(figure)

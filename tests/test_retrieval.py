@@ -15,13 +15,12 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from encoders.lm.controls import build_block
-from encoders.lm.frozen_block import FrozenLMBlock
 from encoders.visual.text import UNK, words
 from experiments.datasets import karpathy as kp
 from experiments.datasets import shape_captions as sc
 from experiments.datasets import shape_scenes as scenes
 from experiments.datasets.base import DataError
-from experiments.objectives import retrieval as obj
+from experiments.objectives import retrieval as objective
 from experiments.tasks import retrieval  # registers the retrieval tasks
 from experiments.tasks.registry import get_task
 from experiments.training import run_trial
@@ -80,7 +79,7 @@ CAPTION_IMAGE = torch.tensor([0, 0, 1, 2, 2])
 
 
 def test_recall_of_hand_made_similarities():
-    got = obj.recall_at_k(SIM, CAPTION_IMAGE, ks=(1, 2, 4))
+    got = objective.recall_at_k(SIM, CAPTION_IMAGE, ks=(1, 2, 4))
     # image -> text, rank of its best caption: image 0 caption 0 first (0.90; its other
     # caption is last, but ANY counts); image 1 caption 2 third; image 2 caption 3 fourth
     assert got["val_r1_i2t"] == pytest.approx(1 / 3)
@@ -91,7 +90,7 @@ def test_recall_of_hand_made_similarities():
     assert got["val_r2_t2i"] == pytest.approx(4 / 5)
     assert got["val_r4_t2i"] == pytest.approx(1.0)
     assert got["val_rmean"] == pytest.approx((1 / 3 + 1 / 3 + 1 + 2 / 5 + 4 / 5 + 1) / 6)
-    assert obj.recall_at_k(SIM, CAPTION_IMAGE)["val_r10_i2t"] == 1.0  # K > captions
+    assert objective.recall_at_k(SIM, CAPTION_IMAGE)["val_r10_i2t"] == 1.0  # K > captions
 
 
 class EmbeddingsAsModel(torch.nn.Module):
@@ -115,9 +114,9 @@ def test_evaluate_embeds_each_image_once_and_scores_all_pairs():
     model = EmbeddingsAsModel()
     model.register_forward_pre_hook(lambda *a: pytest.fail("forward is not needed"))
     model.embed_image = lambda image: seen.append(len(image)) or image
-    got = obj.CONTRASTIVE.evaluate(model, DataLoader(pairs, batch_size=2), "cpu")
+    got = objective.CONTRASTIVE.evaluate(model, DataLoader(pairs, batch_size=2), "cpu")
     assert sum(seen) == 3  # every image once
-    assert got["val_rmean"] == pytest.approx(obj.recall_at_k(SIM, CAPTION_IMAGE)["val_rmean"])
+    assert got["val_rmean"] == pytest.approx(objective.recall_at_k(SIM, CAPTION_IMAGE)["val_rmean"])
     # the loss over all images x all captions, by hand
     logits = 2.0 * SIM
     i2t = [-math.log(sum(math.exp(logits[i, j]) for j in range(5) if CAPTION_IMAGE[j] == i)
@@ -132,37 +131,38 @@ def test_contrastive_loss_counts_every_caption_of_the_image_as_positive():
     # uniform logits: image row 0 has 2 of 3 positives, row 2 one; columns the same
     zero = torch.zeros(3, 3)
     expected = -(2 * math.log(2 / 3) + math.log(1 / 3)) / 3
-    assert obj.CONTRASTIVE.loss((torch.eye(3), zero, torch.tensor(1.0)), target).item() \
+    assert objective.CONTRASTIVE.loss((torch.eye(3), zero, torch.tensor(1.0)), target).item() \
         == pytest.approx(expected)
     emb = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0]]), dim=-1)
-    aligned = obj.CONTRASTIVE.loss((emb, emb, torch.tensor(100.0)), target)
+    aligned = objective.CONTRASTIVE.loss((emb, emb, torch.tensor(100.0)), target)
     # pairs 0 and 1 are the same image: each other's caption is a positive, not a negative
     assert aligned.item() < 1e-6
 
 
 def test_chance_is_the_random_ranking_rmean():
     # 2 images with 1 and 2 of 3 captions, K = 1: i2t 1/3 and 2/3; t2i 1/2
-    assert obj.random_rmean([1, 2], ks=(1,)) == pytest.approx(0.5)
+    assert objective.random_rmean([1, 2], ks=(1,)) == pytest.approx(0.5)
     gen = torch.Generator().manual_seed(0)
     caption_image = torch.arange(40).repeat_interleave(2)
-    draws = [obj.recall_at_k(torch.rand(40, 80, generator=gen), caption_image)["val_rmean"]
+    draws = [objective.recall_at_k(torch.rand(40, 80, generator=gen), caption_image)["val_rmean"]
              for _ in range(300)]
-    assert sum(draws) / len(draws) == pytest.approx(obj.random_rmean([2] * 40), rel=0.05)
-    assert get_task("shape-retrieval").chance == pytest.approx(obj.random_rmean([2] * 200))
+    assert sum(draws) / len(draws) == pytest.approx(objective.random_rmean([2] * 40), rel=0.05)
+    assert get_task("shape-retrieval").chance == pytest.approx(objective.random_rmean([2] * 200))
 
 
-@pytest.mark.parametrize("control", ["pretrained", "random", "adapters", "none"])
-def test_both_streams_pass_the_same_block_padding_is_ignored_each_control_trains(control):
+def test_both_streams_pass_the_same_block_and_padding_is_ignored():
+    """The caption stream and the image stream through the one frozen block; the learnable
+    temperature gets a gradient. (Every control training with the block on the path:
+    tests/test_tasks.py.)"""
     task = get_task("shape-retrieval")
     torch.manual_seed(0)
-    block, _ = build_block(family="minilm", size="l6", layers=(5,), control=control, seed=0,
-                           visual_dim=task.visual_dim)
+    block, _ = build_block(family="minilm", size="l6", layers=(5,), control="pretrained",
+                           seed=0, visual_dim=task.visual_dim)
     model = task.build_model(block)
+    assert model.blocks[-1] is block
     seen = []
-    if isinstance(block, FrozenLMBlock):
-        assert model.blocks[-1] is block
-        block.register_forward_hook(lambda m, a, kw, out: seen.append(
-            (a[0].shape, kw["padding_mask"])), with_kwargs=True)
+    block.register_forward_hook(lambda m, a, kw, out: seen.append(
+        (a[0].shape, kw["padding_mask"])), with_kwargs=True)
     _, val = task.build_data()
     short = [i for i in range(len(val)) if val[i][0][2].sum() < sc.CAPTION_LEN][:6]
     (image, ids, mask), target = default_collate([val[i] for i in short])
@@ -171,10 +171,10 @@ def test_both_streams_pass_the_same_block_padding_is_ignored_each_control_trains
     assert image_emb.shape == text_emb.shape == (6, retrieval.EMBED_DIM)
     assert torch.allclose(image_emb.norm(dim=-1), torch.ones(6))
     assert scale.item() == pytest.approx(1 / 0.07, rel=1e-4)
-    if seen:  # the caption stream, then the image stream, through the one block
-        assert seen[0][0] == torch.Size([6, 1 + sc.CAPTION_LEN, task.visual_dim])
-        assert torch.equal(seen[0][1], torch.cat([torch.ones(6, 1, dtype=torch.bool), mask], 1))
-        assert seen[1][0] == torch.Size([6, 1 + 16, task.visual_dim])
+    # the caption stream, then the image stream, through the one block
+    assert seen[0][0] == torch.Size([6, 1 + sc.CAPTION_LEN, task.visual_dim])
+    assert torch.equal(seen[0][1], torch.cat([torch.ones(6, 1, dtype=torch.bool), mask], 1))
+    assert seen[1][0] == torch.Size([6, 1 + 16, task.visual_dim])
     assert torch.allclose(model.embed_image(image), image_emb, atol=1e-6)
     noisy = torch.where(mask, ids, torch.randint(2, len(sc.shape_caption_vocab()),
                                                   ids.shape))
@@ -183,16 +183,8 @@ def test_both_streams_pass_the_same_block_padding_is_ignored_each_control_trains
     assert torch.allclose(model.embed_text(ids[:, :n], mask[:, :n]), text_emb, atol=1e-5)
 
     model.train()
-    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    for _ in range(2):
-        loss = obj.CONTRASTIVE.loss(model(image, ids, mask), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert torch.isfinite(loss)
-    assert model.logit_scale.grad is not None  # the temperature is learned
-    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    objective.CONTRASTIVE.loss(model(image, ids, mask), target).backward()
+    assert model.logit_scale.grad.abs() > 0  # the temperature is learned
 
 
 def write_karpathy(root, task: str):

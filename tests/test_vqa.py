@@ -14,13 +14,11 @@ import torch
 from torch.utils.data import default_collate
 
 from encoders.lm.controls import build_block
-from encoders.lm.frozen_block import FrozenLMBlock
 from encoders.visual.text import PAD, UNK, words
 from experiments.datasets import shape_scenes as scenes
 from experiments.datasets import shape_vqa as sv
 from experiments.datasets import vqav2 as v2
 from experiments.datasets.base import DataError
-from experiments.objectives.answer_scores import ANSWER_SCORES
 from experiments.probe import probe
 from experiments.tasks import vqa  # registers shape-vqa and vqav2
 from experiments.tasks.registry import get_task
@@ -140,28 +138,29 @@ def test_chance_is_the_best_constant_answer_per_kind():
     assert max(len(words(q)) for q in scenes.all_questions()) == sv.QUESTION_LEN
 
 
-@pytest.mark.parametrize("control", ["pretrained", "random", "adapters", "none"])
-def test_block_sees_the_joint_sequence_padding_is_ignored_and_each_control_trains(control):
+def test_block_sees_the_joint_sequence_and_padding_is_ignored():
+    """Image and question tokens together through the frozen block, padded words masked
+    everywhere; the probe over both. (Every control training with the block on the path:
+    tests/test_tasks.py.)"""
     task = get_task("shape-vqa")
     torch.manual_seed(0)
-    block, _ = build_block(family="minilm", size="l6", layers=(5,), control=control, seed=0,
-                           visual_dim=task.visual_dim)
+    block, _ = build_block(family="minilm", size="l6", layers=(5,), control="pretrained",
+                           seed=0, visual_dim=task.visual_dim)
     model = task.build_model(block)
+    assert model.blocks[-1] is block  # appended after the last joint block
     seen = []
-    if isinstance(block, FrozenLMBlock):
-        assert model.blocks[-1] is block  # appended after the last joint block
-        block.register_forward_hook(
-            lambda m, a, kw, out: seen.append((a[0].shape, kw["padding_mask"].clone())),
-            with_kwargs=True)
+    block.register_forward_hook(
+        lambda m, a, kw, out: seen.append((a[0].shape, kw["padding_mask"].clone())),
+        with_kwargs=True)
     _, val = task.build_data()
     # one question of each kind but the last, color_left_of (10 words: no padding)
-    (image, ids, mask), scores = default_collate([val[i] for i in range(6)])
+    (image, ids, mask), _ = default_collate([val[i] for i in range(6)])
     model.eval()
     logits = model(image, ids, mask)
     assert logits.shape == (6, len(scenes.ANSWERS))
-    if seen:  # class token + 16 image tokens + 10 question tokens, text padding masked
-        assert seen[0][0] == torch.Size([6, 1 + 16 + 10, task.visual_dim])
-        assert torch.equal(seen[0][1], torch.cat([torch.ones(6, 17, dtype=torch.bool), mask], 1))
+    # class token + 16 image tokens + 10 question tokens, text padding masked
+    assert seen[0][0] == torch.Size([6, 1 + 16 + 10, task.visual_dim])
+    assert torch.equal(seen[0][1], torch.cat([torch.ones(6, 17, dtype=torch.bool), mask], 1))
     # padding: its content and its amount do not change the answer
     noisy = torch.where(mask, ids, torch.randint(2, len(sv.shape_question_vocab()), ids.shape))
     assert torch.allclose(model(image, noisy, mask), logits, atol=1e-5)
@@ -169,23 +168,12 @@ def test_block_sees_the_joint_sequence_padding_is_ignored_and_each_control_train
     assert short < sv.QUESTION_LEN
     assert torch.allclose(model(image, ids[:, :short], mask[:, :short]), logits, atol=1e-5)
     assert not torch.allclose(model(image.flip(-1), ids, mask), logits, atol=1e-6)
-
-    model.train()
-    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    for _ in range(2):
-        loss = ANSWER_SCORES.loss(model(image, ids, mask), scores)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert torch.isfinite(loss)
-    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
-    if control == "pretrained":  # the probe measures over image patches + question tokens
-        inputs = (image, ids, mask)
-        result = probe(model, inputs, task.informative_tokens(inputs),
-                       valid=task.valid_tokens(inputs))
-        assert result.maps["act_after"].shape == (6, 16 + 10)
-        assert (result.maps["act_after"][:, 16:][~mask] == 0).all()  # padding left out
+    # the probe measures over image patches + question tokens
+    inputs = (image, ids, mask)
+    result = probe(model, inputs, task.informative_tokens(inputs),
+                   valid=task.valid_tokens(inputs))
+    assert result.maps["act_after"].shape == (6, 16 + 10)
+    assert (result.maps["act_after"][:, 16:][~mask] == 0).all()  # padding left out
 
 
 def write_vqav2(root, image_size=(40, 30)):

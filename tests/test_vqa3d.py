@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from encoders.lm.controls import build_block
-from encoders.lm.frozen_block import FrozenLMBlock
 from encoders.visual.point_encoder import group
 from experiments.batches import to_device
 from experiments.datasets import rooms3d as rooms
@@ -153,41 +152,31 @@ def test_probe_tokens_follow_the_models_patches():
     assert 0 < informative.float().mean() < 1
 
 
-@pytest.mark.parametrize("control", ["pretrained", "random", "adapters", "none"])
-def test_block_sees_the_joint_sequence_and_each_control_trains(control):
+def test_block_sees_the_joint_sequence_and_padding_is_ignored():
+    """Point patches and question words together through the frozen block; the probe over
+    them. (Every control training with the block on the path: tests/test_tasks.py.)"""
     task = get_task("shape-scenes-3d")
     torch.manual_seed(0)
-    block, _ = build_block(family="minilm", size="l6", layers=(5,), control=control, seed=0,
-                           visual_dim=task.visual_dim)
+    block, _ = build_block(family="minilm", size="l6", layers=(5,), control="pretrained",
+                           seed=0, visual_dim=task.visual_dim)
     model = task.build_model(block)
+    assert model.blocks[-1] is block  # appended after the last joint block
     seen = []
-    if isinstance(block, FrozenLMBlock):
-        assert model.blocks[-1] is block  # appended after the last joint block
-        block.register_forward_hook(lambda m, a, out: seen.append((a[0].shape, out.shape)))
+    block.register_forward_hook(lambda m, a, out: seen.append((a[0].shape, out.shape)))
     ds = make_dataset(2, seed=0)
-    (points, ids, mask), scores = probe_batch(ds, 6), ds.scores[:6]
+    points, ids, mask = probe_batch(ds, 6)
     model.eval()
     logits = model(points, ids, mask)
     assert logits.shape == (6, len(ANSWERS))
-    if seen:  # cls + point patches + question words, at the encoder's width, in and out
-        width = 1 + vqa3d.GROUPS + rooms.QUESTION_LEN
-        assert seen[0] == (torch.Size([6, width, 64]),) * 2
+    # cls + point patches + question words, at the encoder's width, in and out
+    width = 1 + vqa3d.GROUPS + rooms.QUESTION_LEN
+    assert seen[0] == (torch.Size([6, width, 64]),) * 2
     # more padding after the question changes nothing (padded keys are masked everywhere)
     pad = torch.zeros(6, 8, dtype=torch.long)  # eight more padding words
     ids2, mask2 = torch.cat([ids, pad], 1), torch.cat([mask, pad.bool()], 1)
     assert torch.allclose(model(points, ids2, mask2), logits, atol=1e-4)
     # a different question changes the answer logits
     assert not torch.allclose(model(points, ids.roll(1, 0), mask.roll(1, 0)), logits)
-    model.train()
-    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    for _ in range(2):
-        loss = task.objective.loss(model(points, ids, mask), scores)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert torch.isfinite(loss)
-    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     metrics = probe_filtering(model, task, (points, ids, mask))
     assert 0 < metrics["conc_act_after"] < 1 and 0 < metrics["conc_cls_attn"] < 1
 

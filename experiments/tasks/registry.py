@@ -60,6 +60,11 @@ class Task:
     # registry test runs every task with every control on it.
     example: Callable[[int], tuple[Batch, Batch]] | None = None
 
+    @property
+    def embedded(self) -> bool:
+        """Its data ships with lmblocks (no ``--data-dir`` to check)."""
+        return self.check_data is _data_ok
+
 
 _TASKS: dict[str, Task] = {}
 
@@ -81,11 +86,12 @@ def get_task(name: str) -> Task:
     return _TASKS[name]
 
 
-def validation_examples(build_data: Callable[..., tuple[Dataset, Dataset]]
+def validation_examples(build_data: Callable[..., tuple[Dataset, Dataset]], step: int = 1
                         ) -> Callable[[int], tuple[Batch, Batch]]:
-    """``Task.example`` of an embedded task: its validation set's first ``n`` samples."""
+    """``Task.example`` of an embedded task: its validation set's first ``n`` samples, every
+    ``step``-th (so that a batch of captions holds ``n`` different images, say)."""
     def example(n: int) -> tuple[Batch, Batch]:
         _, val = build_data()
-        return default_collate([val[i] for i in range(n)])
+        return default_collate([val[i * step] for i in range(n)])
 
     return example

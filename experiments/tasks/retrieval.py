@@ -72,7 +72,7 @@ register_task(Task(
     informative_tokens=image_stream_informative,
     chance=random_rmean([CAPTIONS_PER_IMAGE] * N_VAL),
     objective=CONTRASTIVE,
-    example=validation_examples(build_shape_retrieval),
+    example=validation_examples(build_shape_retrieval, step=CAPTIONS_PER_IMAGE),
 ))
 
 for _task, (_json, _filepath, _n_val) in KARPATHY.items():
