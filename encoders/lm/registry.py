@@ -62,7 +62,7 @@ class LMFamily:
     description: str = ""
     # Where weights come from when not a Hugging Face repo (e.g. shipped in a package).
     locate: Callable[[LMSize], str] | None = None
-    # Rotary families get identity cos/sin (see encoders/positions.py).
+    # Rotary families get identity cos/sin (see encoders/lm/positions.py).
     rotary: bool = False
     # Names inside a layer that checkpoints may hold but are not parameters (old mask or
     # rotary buffers): skipped, never read.

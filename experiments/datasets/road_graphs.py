@@ -1,13 +1,13 @@
 """Procedural road graphs: the embedded motion-forecasting data.
 
-The scenes are built so that the map matters: Argoverse timing
-(10 Hz, 20 steps observed, 30 predicted) on straight roads, curves that begin after the
-agent's current position, and intersections with a random subset of left/straight/right
-exits, among distractor lanes (an oncoming lane, a neighbouring lane, a crossing street).
-The agent follows its lane at a random speed and acceleration, drifting across it, and
-takes one of the existing exits at random, so the history alone cannot tell the future: the
-same history goes on differently under a different lane layout. Scenes come from fixed seeds (train and
-validation are different draws) and are cached, so every trial sees the same data.
+The scenes are built so that the map matters: Argoverse timing (10 Hz, 20 steps observed,
+30 predicted) on straight roads, curves that begin after the agent's current position, and
+intersections with a random subset of left/straight/right exits, among distractor lanes (an
+oncoming lane, a neighbouring lane, a crossing street). The agent follows its lane at a random
+speed and acceleration, drifting across it, and takes one of the existing exits at random, so
+the history alone cannot tell the future: the same history goes on differently under a
+different lane layout. Scenes come from fixed seeds (train and validation are different
+draws) and are cached, so every trial sees the same data.
 1600 training and 400 validation scenes (about 4 s to generate): on one shared CPU core an
 8-epoch trial of the preset takes about 26 s without a block (``none``: val minADE 0.78 m,
 against 2.14 m for constant velocity, and 1.47 m for the same model with the lanes taken out

@@ -1,9 +1,9 @@
 """Procedural 3D rooms with templated (situated) questions: the embedded 3D VQA data.
 
-A floor, a wall on one side of the scene centre
-and 2-3 upright primitives of distinct shapes (each its own height) on 2-3 of the other three
-sides (distance 1.5-2 m with jitter), the whole layout turned about the vertical axis by up to
-30 degrees. Questions come from templates:
+A floor, a wall on one side of the scene centre and 2-3 upright primitives of distinct shapes
+(each its own height) on 2-3 of the other three sides (distance 1.5-2 m with jitter), the
+whole layout turned about the vertical axis by up to 30 degrees. Questions come from
+templates:
 
 - situated (as SQA3D, the situation stated in the question): "i am facing the wall. what is
   behind me?" / "... on my left?" / "... on my right?", and "my back is to the wall. what is
