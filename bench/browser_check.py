@@ -84,7 +84,7 @@ def main() -> int:
     args = p.parse_args()
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import default_tracking_uri
+    from results.runs import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
     out = Path(args.out)

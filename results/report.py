@@ -161,7 +161,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
     figures = [plots.metric_vs_layer(summary, out / "metric_vs_layer.png")]
     if not tables.fixed_layer(summary, layer).empty:
         figures.append(plots.metric_vs_size(summary, out / "metric_vs_size.png", layer))
-    if (summary["control"] == "pretrained").any():
+    if summary["control"].isin(tables.layer_controls()).any():
         figures.append(plots.layer_size_heatmap(summary, out / "layer_size_heatmap.png"))
     if "conc_act_gain" in summary:
         figures.append(plots.gain_vs_concentration(summary, out / "gain_vs_concentration.png"))
@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only this sweep run's trials (default: every cell of the experiments)")
     p.add_argument("--task", action="append", help="only these tasks")
     p.add_argument("--family", action="append", help="only these LM families (plus no block)")
-    p.add_argument("--control", default="none", help="compare against: none, adapters, random")
+    p.add_argument("--control", default="none",
+                   help=f"compare against: {', '.join(reference_controls())}")
     p.add_argument("--layer", default="last", help="fixed layer of tables 2-3: last, N or A:B")
     p.add_argument("--metric", default=None, help="default: the task's metric")
     p.add_argument("--out", default=None, help="output dir (default: lmblocks-reports/NAME)")

@@ -9,11 +9,13 @@ import torch
 from transformers import LlamaConfig, LlamaModel
 
 from encoders.lm.frozen_block import bidirectional_mask
+from encoders.lm.hf_format import HF_CHECKPOINT
 from encoders.lm.layer_loading import load_config, load_layers
-from encoders.lm.meta_llama import LAYER_MAP
+from encoders.lm.meta_llama import LAYER_MAP, META_LLAMA
 from encoders.lm.registry import get_family
 from encoders.weights.checkpoint_dir import CheckpointDir
 from encoders.weights.safetensors_reader import SafetensorsReader
+from encoders.weights.tensors import CheckpointFormatError
 
 LLAMA = get_family("llama")
 PARAMS = {"dim": 32, "n_layers": 3, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32,
@@ -96,3 +98,19 @@ def test_meta_layer_equals_transformers_layer_and_reads_only_it(meta_checkpoint)
     # the layer's bytes (+2%) and each file's zip directory and pickle: nothing of the others
     assert reader.bytes_read <= 1.02 * loaded.tensor_bytes + (total - stored)
     assert reader.bytes_read < 0.5 * total
+
+
+def test_the_family_declares_its_formats_and_the_first_present_one_reads(meta_checkpoint,
+                                                                          tmp_path):
+    """LLaMA lists the Hugging Face layout, then Meta's: the loader asks the family, not the
+    family's name. A folder with both reads config.json; one with neither names both."""
+    model, ckpt = meta_checkpoint
+    assert LLAMA.format_for(ckpt) is META_LLAMA
+    assert LLAMA.formats == (HF_CHECKPOINT, META_LLAMA)
+    LlamaModel(model.config).save_pretrained(ckpt.path)  # a Hugging Face copy beside it
+    both = CheckpointDir(ckpt.path, "weights-dir", "meta/llama")
+    assert LLAMA.format_for(both) is HF_CHECKPOINT
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointFormatError, match="missing config.json or params.json"):
+        load_layers(LLAMA, CheckpointDir(tmp_path / "empty", "weights-dir", "x"), [0])
+    assert all(f.marker == "config.json" for f in get_family("opt").formats)
