@@ -118,7 +118,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=24)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    print(f"24-layer checkpoints, hidden {args.hidden}, each family's published dtype; "
+    print(f"{args.layers}-layer checkpoints, hidden {args.hidden}, each family's published dtype; "
           f"layer {args.layers // 2}; median of {args.repeats}")
     print(f"{'family':8}{'checkpoint':>12}{'layer read':>12}{'shards':>8}{'bytes x':>9}"
           f"{'layer s':>9}{'whole s':>9}{'time x':>8}{'layer MB':>10}{'whole MB':>10}{'mem x':>7}")

@@ -75,6 +75,7 @@ def get_control(name: str) -> Control:
 
 
 def reference_controls() -> list[str]:
+    """The controls a report may measure the other cells against (``--control``)."""
     return [c.name for c in _CONTROLS.values() if c.reference]
 
 
