@@ -1,14 +1,20 @@
-"""One trial's training: seeded, resumable per epoch, reporting per-epoch metrics.
+"""One trial's training: seeded, resumable per epoch, reporting per-epoch metrics and cost.
 
 Knows nothing of Ray or MLflow: ``report(metrics, state)`` is how results leave, and
 ``restore`` is how a checkpointed state comes back, so the same loop runs under Ray Tune,
-in a test, or in a benchmark's bare loop.
+in a test, or in a benchmark's bare loop. The hardware choices (autocast, TF32, fused AdamW,
+torch.compile) are ``experiments.compute``'s, the loaders ``experiments.loading``'s, the
+cost measures ``experiments.cost``'s.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import random
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +28,28 @@ import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.lm.block_factory import BlockInfo
 from encoders.lm.controls import build_block
 from encoders.lm.frozen_block import FrozenLMBlock, frozen_parameter_count
-from experiments.batches import batch_len, forward, to_device
+from experiments.batches import as_float32, batch_len, forward, to_device
+from experiments.compute import configure
+from experiments.cost import (
+    StepFlops,
+    count_flops,
+    device_name,
+    mfu,
+    peak_flops,
+    peak_memory_bytes,
+    reset_peak_memory,
+)
+from experiments.loading import epoch_seed, loader_settings, resolve_num_workers, train_loader
 from experiments.objectives.classification import CLASSIFICATION
 from experiments.probe import probe_batch, probe_filtering
 from experiments.recipe import lr_at, make_loss, make_mixer
 from experiments.tasks.registry import get_task
 from experiments.trial import TrialSpec
 
+VAL_BATCH_SIZE = 256
+# On CUDA the loss is checked for NaN/inf every this many steps (a check is a host sync,
+# which would stall the GPU's queue every step); on CPU every step, where it costs nothing.
+NONFINITE_CHECK_STEPS = 50
 
 @dataclass
 class TrainState:
@@ -38,6 +59,7 @@ class TrainState:
     model: dict[str, torch.Tensor]
     optimizer: dict
     best: float | None = None  # best value of the task's metric so far
+    scaler: dict | None = None  # float16's gradient scaler, when the trial has one
 
 
 Report = Callable[[dict[str, object], TrainState], None]
@@ -50,40 +72,132 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite: the trial stops at once (the sweep goes on)."""
+    """The loss became NaN or infinite: the trial stops (the sweep goes on)."""
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One training pass: its mean loss and what it cost. ``seconds`` is the training phase's
+    wall time (the GPU's queue drained at its end), FLOP counting excluded."""
+
+    loss: float
+    samples: int
+    steps: int
+    seconds: float
+    data_wait_s: float  # time spent waiting for the loader's next batch
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def step_time_s(self) -> float:
+        return self.seconds / self.steps if self.steps else 0.0
+
+    @property
+    def data_wait_share(self) -> float:
+        return self.data_wait_s / self.seconds if self.seconds > 0 else 0.0
+
+
+def _check_finite(losses: list[torch.Tensor], checked: int, epoch: int) -> int:
+    """Raise on the first non-finite loss after index ``checked``; returns the new mark."""
+    if len(losses) > checked:
+        recent = torch.stack(losses[checked:])
+        bad = ~torch.isfinite(recent)
+        if bad.any():
+            step = checked + int(bad.nonzero()[0, 0])
+            raise NonFiniteLossError(
+                f"loss is {losses[step].item()} at epoch {epoch + 1}, step {step}")
+    return len(losses)
 
 
 def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
-                lr: Callable[[int], float] | None = None, loss_fn=None, mixer=None) -> float:
+                lr: Callable[[int], float] | None = None, loss_fn=None, mixer=None,
+                autocast: Callable[[], AbstractContextManager] = nullcontext,
+                scaler: torch.amp.GradScaler | None = None,
+                before_first_step: Callable[[object, object], None] | None = None,
+                check_every: int | None = None) -> EpochStats:
     """One pass; ``lr(step)`` sets the learning rate before each step (the schedule),
     ``mixer`` turns (x, y) into mixed inputs and soft targets for ``loss_fn`` (the task's
-    objective's loss; cross-entropy when not given)."""
+    objective's loss; cross-entropy when not given), ``autocast()`` wraps each forward.
+    The loss stays on the device (no host sync per step); ``before_first_step(x, y)`` sees
+    the first batch as the model will (the FLOP count), its time left out of the stats.
+    ``check_every``: steps between NaN/inf checks (default: 1 on CPU, else
+    ``NONFINITE_CHECK_STEPS``); a late check still names the first bad step."""
     model.train()
+    device = torch.device(device)
     loss_fn = loss_fn or F.cross_entropy
-    total, n = 0.0, 0
-    for step, (x, y) in enumerate(loader):
-        x, y = to_device(x, device), to_device(y, device)
+    check_every = check_every or (1 if device.type == "cpu" else NONFINITE_CHECK_STEPS)
+    losses: list[torch.Tensor] = []
+    sizes: list[int] = []
+    checked, wait, excluded = 0, 0.0, 0.0
+    start = time.perf_counter()
+    batches = iter(loader)
+    step = 0
+    while True:
+        t = time.perf_counter()
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            break
+        wait += time.perf_counter() - t
+        x = to_device(x, device, non_blocking=True)
+        y = to_device(y, device, non_blocking=True)
         if lr is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr(step)
         if mixer is not None:
             x, y = mixer(x, y)
-        loss = loss_fn(forward(model, x), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
+        if before_first_step is not None and step == 0:
+            t = time.perf_counter()
+            before_first_step(x, y)
+            excluded += time.perf_counter() - t
+        with autocast():
+            out = forward(model, x)  # floating outputs in float32: the loss is not in bf16
+        loss = loss_fn(out, y)
+        losses.append(loss.detach())
+        sizes.append(batch_len(y))
+        if check_every == 1:  # before the step: the weights stay finite
+            checked = _check_finite(losses, checked, epoch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * batch_len(y)
-        n += batch_len(y)
-    return total / n
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        step += 1
+        if step % check_every == 0:
+            checked = _check_finite(losses, checked, epoch)
+    _check_finite(losses, checked, epoch)
+    n = sum(sizes)
+    weights = torch.tensor(sizes, dtype=torch.float32, device=device)
+    total = (torch.stack(losses).float() * weights).sum().item() if losses else float("nan")
+    seconds = time.perf_counter() - start - excluded  # .item() above drained the queue
+    return EpochStats(total / max(n, 1), n, step, seconds, wait)
 
 
-def resolve_compute_dtype(name: str, device: str | torch.device) -> torch.dtype:
-    """``auto``: float32 on CPU (bf16 matmuls are slow there), bfloat16 on a GPU."""
-    if name == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    return getattr(torch, name)
+def available_cpus() -> int:
+    """CPUs this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def epoch_cost(stats: EpochStats, flops: StepFlops | None, device: torch.device,
+               peak: float | None) -> dict[str, object]:
+    """The per-epoch cost metrics (``experiments.cost.COST_METRICS``)."""
+    achieved = flops.train_step_per_sample * stats.samples_per_s if flops else None
+    return {
+        "samples_per_s": stats.samples_per_s,
+        "step_time_s": stats.step_time_s,
+        "data_wait_share": stats.data_wait_share,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "achieved_tflops": achieved / 1e12 if achieved is not None else None,
+        "mfu": mfu(achieved, peak) if achieved is not None else None,
+    }
 
 
 def run_trial(
@@ -94,14 +208,20 @@ def run_trial(
     data_dir: str | Path | None = None,
     restore: TrainState | None = None,
     device: str | torch.device = "cpu",
+    cpus: int | None = None,
+    peak_tflops: float | None = None,
 ) -> BlockInfo:
     """Train ``trial`` from its start (or from ``restore``), reporting every epoch's metrics
     with the state to checkpoint. Reports carry what the block was built from (weights'
-    source, checkpoint identity, layers' hash): the driver tags the run with it once."""
+    source, checkpoint identity, layers' hash), how the trial ran (``RUN_SETTINGS``) and what
+    it cost: the driver records the constants once. ``cpus``: the CPUs the trial was given
+    (sizes ``num_workers=auto``; default: this process's), ``peak_tflops``: the device's bf16
+    peak for MFU when the known-GPU table lacks it."""
     hp = trial.hparams
     task = get_task(trial.task)
+    device = torch.device(device)
+    compute = configure(hp, device)
     torch.manual_seed(trial.seed)
-    dtype = resolve_compute_dtype(hp.compute_dtype, device)
     block, info = build_block(
         family=trial.family,
         size=trial.size,
@@ -110,14 +230,15 @@ def run_trial(
         seed=trial.seed,
         visual_dim=task.visual_dim,
         weights_dir=weights_dir,
-        dtype=dtype,
+        dtype=compute.dtype,
         final_norm=hp.final_norm,
     )
     if isinstance(block, FrozenLMBlock):
         block.init_adapters(hp.adapter_init)
     model = task.build_model(block).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    optimizer = compute.optimizer(params, hp)
+    scaler = compute.scaler()
     start = 0
     if restore is not None:
         missing = model.load_state_dict(restore.model, strict=False).missing_keys
@@ -125,6 +246,8 @@ def run_trial(
         if set(missing) - frozen:
             raise RuntimeError(f"checkpoint lacks trainable tensors {sorted(set(missing) - frozen)}")
         optimizer.load_state_dict(restore.optimizer)
+        if scaler is not None and restore.scaler:
+            scaler.load_state_dict(restore.scaler)
         start = restore.epoch
 
     train_ds, val_ds = task.build_data(data_dir)
@@ -137,46 +260,86 @@ def run_trial(
                          "label smoothing do not apply (set them to 0)")
     else:
         mixer, loss_fn = None, objective.loss
-    val_loader = DataLoader(val_ds, batch_size=256)
+    cpus = cpus or available_cpus()
+    workers = resolve_num_workers(hp.num_workers, cpus, task.embedded, device)
+    settings = loader_settings(workers, device)
+    loader, sampler = train_loader(train_ds, hp.batch_size, trial.seed,
+                                   drop_last=mixer is not None,  # timm's Mixup: even batches
+                                   **settings)
+    val_settings = loader_settings(workers, device, persistent=False)
+    make_val_loader = getattr(objective, "val_loader", None)
+    val_loader = (make_val_loader(val_ds, batch_size=VAL_BATCH_SIZE, **val_settings)
+                  if make_val_loader
+                  else DataLoader(val_ds, batch_size=VAL_BATCH_SIZE, **val_settings))
     probe_x = probe_batch(val_ds, task.probe_size)
-    static = {
-        "frozen_params": frozen_parameter_count(block),
-        "trainable_params": sum(p.numel() for p in params),
-    }
+    runner = torch.compile(model) if compute.compile else model  # shares model's parameters
+
+    name = device_name(device)
+    peak = peak_flops(name, peak_tflops) if device.type == "cuda" else None
+    flops: StepFlops | None = None
+
+    def count_once(x, y) -> None:
+        nonlocal flops
+        flops = count_flops(model, x, y, lambda out, target: loss_fn(as_float32(out), target))
+        reset_peak_memory(device)  # the count ran a step of its own: the peak is training's
+
+    reset_peak_memory(device)
     built = {  # what this attempt loaded: the run records it once, as tags
         "weights_source": info.weights_source,
         "checkpoint_identity": info.checkpoint,
         "checkpoint_path": info.checkpoint_path,
         "layers_sha256": info.layers_sha256,
-        "compute_dtype": str(dtype).removeprefix("torch.") if block is not None else "none",
+        "compute_dtype": str(compute.dtype).removeprefix("torch.") if block is not None else "none",
     }
+    run_settings = {"num_workers": workers, "cpus": cpus, **compute.settings()}
     best = restore.best if restore is not None else None
     better = max if task.mode == "max" else min
     for epoch in range(start, hp.epochs):
-        # Shuffling seeded per (seed, epoch): a resumed trial sees the same batches.
-        gen = torch.Generator().manual_seed(trial.seed * 100_003 + epoch)
-        loader = DataLoader(train_ds, batch_size=hp.batch_size, shuffle=True, generator=gen,
-                            drop_last=mixer is not None)  # timm's Mixup wants even batches
-        np.random.seed(trial.seed * 100_003 + epoch)  # timm's Mixup draws from numpy
+        # Every RNG of the main process seeded per (seed, epoch) (dropout, timm's Mixup draws
+        # from numpy), the samples per (seed, epoch, index): a resumed trial sees the same.
+        seed = epoch_seed(trial.seed, epoch)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        sampler.set_epoch(epoch)
         steps = len(loader)
-        train_loss = train_epoch(
-            model, loader, optimizer, device, epoch,
-            lr=lambda step, e=epoch, n=steps: lr_at(hp, e, step, n), loss_fn=loss_fn, mixer=mixer)
-        scores = objective.evaluate(model, val_loader, device)
+        stats = train_epoch(
+            runner, loader, optimizer, device, epoch,
+            lr=lambda step, e=epoch, n=steps: lr_at(hp, e, step, n), loss_fn=loss_fn,
+            mixer=mixer, autocast=compute.autocast, scaler=scaler,
+            before_first_step=count_once if flops is None else None)
+        with compute.autocast():
+            scores = objective.evaluate(runner, val_loader, device)
         value = scores[task.metric]
         best = value if best is None else better(best, value)
         filtering = probe_filtering(model, task, to_device(probe_x, device))
         metrics = {
             "epoch": epoch + 1,
-            "train_loss": train_loss,
+            "train_loss": stats.loss,
             **scores,
             "lr": optimizer.param_groups[0]["lr"],
             f"best_{task.metric}": best,
-            **static,
+            **cost_params(model, block, flops, name, peak),
+            **epoch_cost(stats, flops, device, peak),
             **built,
+            **run_settings,
             **filtering,
         }
         opt_state = copy.deepcopy(optimizer.state_dict())  # a snapshot, not live references
-        state = TrainState(epoch + 1, trainable_state(model), opt_state, best)
+        state = TrainState(epoch + 1, trainable_state(model), opt_state, best,
+                           scaler.state_dict() if scaler is not None else None)
         report(metrics, state)
     return info
+
+
+def cost_params(model: nn.Module, block: nn.Module | None, flops: StepFlops | None,
+                name: str, peak: float | None) -> dict[str, object]:
+    """The trial's constant costs (``experiments.cost.COST_PARAMS``)."""
+    return {
+        "frozen_params": frozen_parameter_count(block),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "gflops_forward_per_sample": flops.forward_per_sample / 1e9 if flops else None,
+        "gflops_train_step_per_sample": flops.train_step_per_sample / 1e9 if flops else None,
+        "device_name": name,
+        "peak_tflops": peak / 1e12 if peak else "",
+    }

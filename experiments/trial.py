@@ -50,9 +50,18 @@ class Hyperparameters:
     label_smoothing: float = 0.0
     mixup: float = 0.0  # Mixup alpha (0: off); with cutmix, timm's Mixup draws one per batch
     cutmix: float = 0.0  # CutMix alpha (0: off; image tasks)
+    # How fast, not what: the two below change no result (samples are seeded per index, not
+    # per worker; compiled and eager agree within float tolerance), so they are left out of
+    # a trial's key: a cell finished with 0 workers is not run again with 8.
+    num_workers: str = "auto"  # DataLoader workers: auto (from the trial's CPUs) or a count
+    compile: bool = False  # the model (visual encoder + block) under torch.compile
+
+    def __post_init__(self) -> None:  # a YAML preset or MLflow may give 4 or "4": one form
+        object.__setattr__(self, "num_workers", str(self.num_workers))
 
 
 HPARAMS = tuple(f.name for f in dataclasses.fields(Hyperparameters))
+RUNTIME_HPARAMS = ("num_workers", "compile")  # recorded, but not part of a trial's identity
 
 
 @dataclass(frozen=True)
@@ -95,8 +104,9 @@ class TrialSpec:
     @classmethod
     def from_config(cls, cfg: dict[str, object]) -> TrialSpec:
         hp = {name: cfg[name] for name in HPARAMS if name in cfg}
-        if isinstance(hp.get("final_norm"), str):  # MLflow/Optuna round trips give strings
-            hp["final_norm"] = hp["final_norm"] == "True"
+        for flag in ("final_norm", "compile"):  # MLflow/Optuna round trips give strings
+            if isinstance(hp.get(flag), str):
+                hp[flag] = hp[flag] == "True"
         return cls(
             family=str(cfg["family"]),
             size=str(cfg["size"]),
@@ -109,8 +119,10 @@ class TrialSpec:
 
     @property
     def key(self) -> str:
-        """Stable identity of the full config: a finished cell is not run again."""
-        blob = json.dumps(self.to_config(), sort_keys=True).encode()
+        """Stable identity of the full config but its runtime settings (``RUNTIME_HPARAMS``):
+        a finished cell is not run again."""
+        cfg = {k: v for k, v in self.to_config().items() if k not in RUNTIME_HPARAMS}
+        blob = json.dumps(cfg, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @property

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--label-smoothing", type=float)
     h.add_argument("--mixup", type=float, help="Mixup alpha (0: off)")
     h.add_argument("--cutmix", type=float, help="CutMix alpha (0: off)")
+    h.add_argument("--num-workers",
+                   help="DataLoader worker processes per trial: auto (default: none for "
+                        "embedded data, else the trial's CPUs but one) or a count")
+    h.add_argument("--compile", action="store_true", default=None,
+                   help="run the model (visual encoder + block) under torch.compile")
     h.add_argument("--final-norm", action="store_true", default=None,
                    help="the LM's final norm follows the block (recorded on the run)")
     r = p.add_argument_group("where it runs and records")
@@ -79,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials per plan row with --search-hparams per-cell (default 4)")
     r.add_argument("--gpus-per-trial", type=float,
                    help="GPU share of every trial (default: from the block's memory)")
+    r.add_argument("--cpus-per-trial", type=int,
+                   help="CPUs per trial (default: 1 on a CPU cluster; on GPUs the node's CPUs "
+                        "divided by the trials its GPUs hold)")
+    r.add_argument("--peak-tflops", type=float,
+                   help="the GPU's dense bf16 peak, TFLOP/s, for MFU (default: a table of known "
+                        "GPUs; env LMBLOCKS_PEAK_TFLOPS)")
     r.add_argument("--gpu-memory-gb", type=float,
                    help="memory of the cluster's GPUs (default: the driver's GPU, else 80)")
     r.add_argument("--max-failures", type=int, default=2,
@@ -102,7 +113,8 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         except ValueError:
             raise SpecError(f"bad seeds {list(seeds)}; valid: integers") from None
     for name in ("epochs", "lr", "weight_decay", "batch_size", "compute_dtype", "final_norm",
-                 "schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "name"):
+                 "schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "name",
+                 "num_workers", "compile"):
         if (v := getattr(args, name)) is not None:
             changes[name] = v
     return spec.replace(**changes)
@@ -200,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             if value is not None and value < (0 if flag == "max-failures" else 1):
                 raise SpecError(f"--{flag} must be positive (got {value})")
         for flag, value in (("gpus-per-trial", args.gpus_per_trial),
-                            ("gpu-memory-gb", args.gpu_memory_gb)):
+                            ("gpu-memory-gb", args.gpu_memory_gb),
+                            ("cpus-per-trial", args.cpus_per_trial),
+                            ("peak-tflops", args.peak_tflops)):
             if value is not None and value <= 0:
                 raise SpecError(f"--{flag} must be positive (got {value})")
         if args.search_hparams not in (None, *HPARAM_SEARCHES):
@@ -260,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         samples_per_cell=args.samples_per_cell,
         gpus_per_trial=args.gpus_per_trial,
         gpu_memory_gb=args.gpu_memory_gb,
+        cpus_per_trial=args.cpus_per_trial,
+        peak_tflops=args.peak_tflops,
     )
     return _finish(outcome, args)
 

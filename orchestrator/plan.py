@@ -20,13 +20,13 @@ import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.lm.controls import get_control, list_controls
 from encoders.lm.frozen_block import ADAPTER_INITS
 from encoders.lm.registry import get_family, list_families
+from experiments.compute import DTYPES
+from experiments.loading import check_num_workers
 from experiments.recipe import SCHEDULES
 from experiments.tasks.registry import get_task, list_tasks
 from experiments.trial import TrialSpec
 from orchestrator.layers import LayerSpecError, resolve_layers
 from orchestrator.spec import SpecError, SweepSpec
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _choose(kind: str, values: tuple[str, ...], valid: list[str]) -> None:
@@ -61,6 +61,10 @@ def _check_tasks_agree(spec: SweepSpec) -> None:
         raise SpecError(f"tasks {list(spec.tasks)} optimise different metrics ({shown}); valid: "
                         "tasks with one metric per sweep (run a sweep per metric)")
     hp = spec.hparams
+    try:
+        check_num_workers(hp.num_workers)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
     recipe = [n for n in ("label_smoothing", "mixup", "cutmix") if getattr(hp, n)]
     other = [t.name for t in tasks if t.objective is not None]
     if recipe and other:

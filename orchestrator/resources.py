@@ -4,6 +4,12 @@ Several small-LM trials share one GPU (a MiniLM or OPT-125m layer needs well und
 an 80 GB card) while a large block gets a larger share, up to a whole GPU; a CPU-only cluster
 runs CPU trials (asking for a GPU there would leave every trial PENDING forever).
 ``--gpus-per-trial`` overrides the estimate.
+
+CPUs follow the GPU share: a trial's DataLoader workers decode and augment on the CPUs Ray
+gives it, so on a GPU node a trial gets its part of the node's CPUs: the node's CPUs divided
+by how many trials its GPUs hold (96 CPUs and 8 GPUs holding 16 half-GPU trials: 6 CPUs
+each). One CPU per trial would starve every GPU trial of real data. On a CPU-only cluster a
+trial takes one CPU. ``--cpus-per-trial`` overrides both.
 """
 
 from __future__ import annotations
@@ -39,14 +45,30 @@ def gpu_share(trial: TrialSpec, gpu_memory_bytes: float) -> float:
     return min(1.0, math.ceil(need / gpu_memory_bytes * GPU_SHARE_STEPS) / GPU_SHARE_STEPS)
 
 
+def cpus_per_gpu(nodes: list[dict]) -> float:
+    """CPUs per GPU of the cluster's GPU nodes (``ray.nodes()``), the smallest ratio of any
+    alive node, so that a trial sized by it fits on every GPU node; 0 without GPU nodes."""
+    ratios = [n["Resources"].get("CPU", 0) / n["Resources"]["GPU"] for n in nodes
+              if n.get("Alive", True) and n.get("Resources", {}).get("GPU", 0) > 0]
+    return min(ratios, default=0.0)
+
+
+def cpus_for(share: float, per_gpu: float) -> int:
+    """A trial's CPUs from its GPU share: its part of the node's CPUs, at least one."""
+    return max(1, math.floor(share * per_gpu + 1e-9))
+
+
 def per_trial_resources(
-    cluster_gpus: float, gpus_per_trial: float | None, gpu_memory_bytes: float
+    cluster_gpus: float, gpus_per_trial: float | None, gpu_memory_bytes: float,
+    cpus_per_trial: int | None = None, per_gpu: float = 0.0,
 ) -> Callable[[dict], PlacementGroupFactory]:
+    """``per_gpu``: ``cpus_per_gpu(ray.nodes())``; ``cpus_per_trial``: the override."""
     def resources(config: dict) -> PlacementGroupFactory:
         if cluster_gpus < 1:
-            return PlacementGroupFactory([{"CPU": 1}])
+            return PlacementGroupFactory([{"CPU": cpus_per_trial or 1}])
         share = gpus_per_trial if gpus_per_trial is not None else gpu_share(
             TrialSpec.from_config(config), gpu_memory_bytes)
-        return PlacementGroupFactory([{"CPU": 1, "GPU": share}])
+        cpus = cpus_per_trial or cpus_for(share, per_gpu)
+        return PlacementGroupFactory([{"CPU": cpus, "GPU": share}])
 
     return resources

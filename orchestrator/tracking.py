@@ -6,29 +6,35 @@ SQLite allows one writer at a time, and trial processes writing it concurrently 
 Ray's ``MLflowLoggerCallback`` is not used because it has no parent run, sets the same
 tags on every trial (ours differ: weights' source, checkpoint identity) and logs every Ray
 bookkeeping number as a metric.
+
+Each Tune callback is one MLflow write (``log_batch``: metrics, params and tags together),
+not one per tag: with a SQLite store every write is its own transaction (journal and fsync),
+and Tune's driver loop waits for it.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 import re
 import socket
 import time
 from collections import Counter
 from pathlib import Path
 
-import mlflow
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 from ray.tune.logger import LoggerCallback
 
+from experiments.cost import COST_METRICS, COST_PARAMS, RUN_SETTINGS
 from experiments.trial import TrialSpec
 from orchestrator.spec import SweepSpec
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_METRICS = (
     "train_loss", "val_loss", "val_acc", "val_mean_class_acc", "val_top5_acc", "best_val_acc",
-    "frozen_params", "trainable_params", "lr",
+    "lr",
 )
 
 # What the worker reports it built the block from -> the run's tags (the identity of the
@@ -39,6 +45,20 @@ BUILT_TAGS = {"checkpoint_identity": "checkpoint.identity", "checkpoint_path": "
 # Whatever a task's objective reports (val_minADE, val_recall_i2t_at_5, ...) and its best so far.
 TASK_METRIC_PREFIXES = ("val_", "best_", "conc_")
 
+# Where and how the attempt ran -> tags set again whenever a result says otherwise (a retry
+# may land on another node, with other CPUs): tag name -> result key.
+ATTEMPT_TAGS = {"ray.node_id": "node_id", "ray.node_ip": "node_ip", "host": "hostname",
+                **{key: key for key in RUN_SETTINGS}}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's too
+
+
+def _applies(value: object) -> bool:
+    """None or "" is how a result says a key does not apply here (MFU on a CPU)."""
+    return value is not None and value != ""
+
 
 def experiment_id(client: MlflowClient, name: str) -> str:
     exp = client.get_experiment_by_name(name)
@@ -47,15 +67,21 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (relative to the working dir)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    return db if db.is_absolute() else Path.cwd() / db
+
+
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """For a SQLite store, artifacts next to the database (``mlruns/`` beside ``mlflow.db``),
     not in whatever directory the sweep was started from (MLflow's default, ``./mlruns``);
     a tracking server decides for itself."""
-    if not tracking_uri.startswith("sqlite:///"):
+    db = sqlite_path(tracking_uri)
+    if db is None:
         return None
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
-    if not db.is_absolute():
-        db = Path.cwd() / db
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
     return (db.parent / "mlruns" / safe).as_uri()
 
@@ -67,10 +93,11 @@ def start_parent_run(client: MlflowClient, experiment: str, spec: SweepSpec, n_t
         tags={"lmblocks.kind": "sweep", "lmblocks.host": socket.gethostname()},
     )
     rid = run.info.run_id
-    client.log_dict(rid, _spec_dict(spec), "sweep_spec.json")
-    client.log_param(rid, "n_trials", n_trials)
-    for key, value in _spec_dict(spec).items():
-        client.log_param(rid, key, json.dumps(value) if isinstance(value, list | dict) else value)
+    spec_dict = _spec_dict(spec)
+    client.log_dict(rid, spec_dict, "sweep_spec.json")
+    params = {"n_trials": n_trials, **spec_dict}
+    client.log_batch(rid, params=[Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v))
+                                  for k, v in params.items()])
     return rid
 
 
@@ -86,7 +113,12 @@ def finished_cells(tracking_uri: str, experiment: str) -> Counter[str]:
     """FINISHED runs per cell key in the experiment: cells that need not run again.
 
     A cell is a plan row; its key is the row's full-config key, which is also the run's own
-    key unless a hyperparameter search changed the run's hyperparameters."""
+    key unless a hyperparameter search changed the run's hyperparameters. A SQLite database
+    that does not exist yet holds none: it is not created here (creating MLflow's schema
+    takes seconds, and the sweep creates it when it starts its parent run)."""
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.exists():
+        return Counter()
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -110,7 +142,8 @@ class MlflowTrialLogger(LoggerCallback):
         self.parent_run_id = parent_run_id
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self.tagged: set[str] = set()
-        self.where: dict[tuple[str, str], str] = {}
+        self.where: dict[tuple[str, str], str] = {}  # (run, tag) -> value last set
+        self.params: dict[str, set[str]] = {}  # run -> param keys it has (seen this session)
         self.finished = 0
         self.failed = 0
 
@@ -140,66 +173,78 @@ class MlflowTrialLogger(LoggerCallback):
             "weights.source": spec.weights_source,
         }
         run = self.client.create_run(self.experiment_id, run_name=spec.run_name, tags=tags)
-        self.runs[trial.trial_id] = run.info.run_id
-        params = [mlflow.entities.Param(k, str(v)) for k, v in spec.to_config().items()]
-        self.client.log_batch(run.info.run_id, params=params)
-        return run.info.run_id
+        self.runs[trial.trial_id] = run_id = run.info.run_id
+        config = spec.to_config()
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in config.items()])
+        self.params[run_id] = set(config)
+        return run_id
+
+    def _logged_params(self, run_id: str) -> set[str]:
+        """Param keys the run has: known for runs created by this driver; read once from
+        MLflow for a run of an earlier driver (a resumed sweep), whose state may predate
+        its last writes. MLflow refuses to change a param, so none is logged twice."""
+        if run_id not in self.params:
+            self.params[run_id] = set(self.client.get_run(run_id).data.params)
+        return self.params[run_id]
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         """A failed trial restarts from its last checkpoint: its run records the retry."""
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
             retries = self.client.get_run(run_id).data.tags.get("retries", "0")
-            self.client.set_tag(run_id, "retries", str(int(retries) + 1))
-            self.client.set_tag(run_id, "last_failure", _failure_reason(trial))
+            self.client.log_batch(run_id, tags=[RunTag("retries", str(int(retries) + 1)),
+                                                RunTag("last_failure", _failure_reason(trial))])
 
     def log_trial_result(self, iteration: int, trial: Trial, result: dict) -> None:
+        """One ``log_batch``: the epoch's metrics, the trial's cost constants (params, once
+        per run), what the worker built the block from (tags, once per run) and where and
+        how this attempt runs (tags, when they change)."""
         run_id = self.runs[trial.trial_id]
         step = int(result.get("epoch", iteration))
         ts = int(time.time() * 1000)
-        metrics = [
-            mlflow.entities.Metric(k, float(result[k]), ts, step)
-            for k in TRIAL_METRICS
-            if k in result
-        ] + [  # the task's own validation metrics and information-filtering scores
-            mlflow.entities.Metric(k, float(v), ts, step)
-            for k, v in result.items()
-            if k.startswith(TASK_METRIC_PREFIXES) and k not in TRIAL_METRICS
-            and isinstance(v, int | float) and not isinstance(v, bool)
-        ]
+        named = [k for k in TRIAL_METRICS + COST_METRICS if k in result] + [
+            k for k in result  # the task's own validation metrics and information-filtering scores
+            if k.startswith(TASK_METRIC_PREFIXES) and k not in TRIAL_METRICS]
+        metrics = [Metric(k, float(result[k]), ts, step) for k in named if _is_number(result[k])]
         if "time_this_iter_s" in result:
-            metrics.append(
-                mlflow.entities.Metric("epoch_time_s", float(result["time_this_iter_s"]), ts, step)
-            )
-        self.client.log_batch(run_id, metrics=metrics)
+            metrics.append(Metric("epoch_time_s", float(result["time_this_iter_s"]), ts, step))
+        logged = self._logged_params(run_id)
+        params = {k: str(result[k]) for k in COST_PARAMS
+                  if k not in logged and _applies(result.get(k))}
+        tags: dict[str, str] = {}
         if run_id not in self.tagged:  # what the worker built its block from: once per run
-            self.tagged.add(run_id)
-            for key, tag in BUILT_TAGS.items():
-                if result.get(key):
-                    self.client.set_tag(run_id, tag, str(result[key]))
-        # where it ran, per attempt (a retry may land on another node)
-        for tag, key in (("ray.node_id", "node_id"), ("ray.node_ip", "node_ip"),
-                         ("host", "hostname")):
-            if result.get(key) and self.where.get((run_id, tag)) != result[key]:
-                self.where[(run_id, tag)] = result[key]
-                self.client.set_tag(run_id, tag, str(result[key]))
+            tags.update({tag: str(result[key]) for key, tag in BUILT_TAGS.items()
+                         if result.get(key)})
+        changed = {tag: str(result[key]) for tag, key in ATTEMPT_TAGS.items()
+                   if _applies(result.get(key))
+                   and self.where.get((run_id, tag)) != str(result[key])}
+        tags.update(changed)
+        self.client.log_batch(run_id, metrics=metrics,
+                              params=[Param(k, v) for k, v in params.items()],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+        # recorded only once written: a failed write is tried again with the next result
+        logged.update(params)
+        self.tagged.add(run_id)
+        self.where.update({(run_id, tag): value for tag, value in changed.items()})
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
         run_id = self._run_of(trial)
         maps = (trial.last_result or {}).get("probe_maps")
         if maps:  # the probe batch's per-token maps at the trial's last epoch
             self.client.log_text(run_id, maps, "analysis/probe_maps.json")
+        tags: dict[str, str] = {}
         if failed:
             self.failed += 1
             reason = _failure_reason(trial)
-            self.client.set_tag(run_id, "failure.reason", reason)
-            self.client.set_tag(run_id, "failure.kind", failure_kind(reason))
+            tags = {"failure.reason": reason, "failure.kind": failure_kind(reason)}
         else:
             self.finished += 1
             planned = int(trial.config.get("epochs", 0))
             done = int((trial.last_result or {}).get("epoch", planned))
             if done < planned:  # an early-stopping scheduler (ASHA) ended it
-                self.client.set_tag(run_id, "stopped_early", f"after epoch {done} of {planned}")
+                tags = {"stopped_early": f"after epoch {done} of {planned}"}
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 

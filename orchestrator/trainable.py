@@ -15,12 +15,12 @@ from experiments.trial import TrialSpec
 
 
 def tune_trial(config: dict, *, weights_dir: str | None = None,
-               data_dir: str | None = None) -> None:
+               data_dir: str | None = None, peak_tflops: float | None = None) -> None:
     trial = TrialSpec.from_config(config)
     # one "Checkpoint successfully created" INFO line per epoch per trial drowns the progress line
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+    cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    torch.set_num_threads(cpus)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
 
     restore = None
@@ -37,4 +37,4 @@ def tune_trial(config: dict, *, weights_dir: str | None = None,
                         checkpoint=tune.Checkpoint.from_directory(d))
 
     run_trial(trial, report, weights_dir=weights_dir, data_dir=data_dir, restore=restore,
-              device=device)
+              device=device, cpus=cpus, peak_tflops=peak_tflops)

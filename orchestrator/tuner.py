@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from experiments.tasks.registry import get_task
 from experiments.trial import AXES, TrialSpec
 from orchestrator.progress import ProgressLine
-from orchestrator.resources import per_trial_resources
+from orchestrator.resources import cpus_per_gpu, per_trial_resources
 from orchestrator.search import make_searcher, release_stale_trials, trial_count
 from orchestrator.spec import SweepSpec
 from orchestrator.tracking import MlflowTrialLogger, start_parent_run
@@ -82,19 +83,29 @@ def run_sweep(
     samples_per_cell: int = 1,
     gpus_per_trial: float | None = None,
     gpu_memory_gb: float | None = None,
+    cpus_per_trial: int | None = None,
+    peak_tflops: float | None = None,
 ) -> SweepOutcome:
     start = time.time()
-    _start_ray(address, quiet)
+    task = get_task(plan[0].task)
+    # The MLflow store opens (creating a SQLite schema: ~1.5 s) while Ray starts (~3 s of
+    # waiting for its processes): two fixed costs of every sweep overlapped, not added.
+    with ThreadPoolExecutor(1) as pool:
+        opening = pool.submit(_open_tracking, tracking_uri, experiment, spec, len(plan))
+        try:
+            _start_ray(address, quiet)
+            client, parent = opening.result()
+        except BaseException:
+            ray.shutdown()  # a no-op when Ray did not start
+            if opening.exception() is None:  # the sweep run exists: it did not run
+                opened_client, opened_parent = opening.result()
+                opened_client.set_terminated(opened_parent, "FAILED")
+            raise
     try:
-        task = get_task(plan[0].task)
-        client = MlflowClient(tracking_uri)
-        parent = start_parent_run(client, experiment, spec, len(plan))
         logger = MlflowTrialLogger(tracking_uri, experiment, parent)
         gpu_bytes = gpu_memory_bytes(gpu_memory_gb)
-        trainable = tune.with_resources(
-            tune.with_parameters(tune_trial, weights_dir=weights_dir, data_dir=data_dir),
-            per_trial_resources(ray.cluster_resources().get("GPU", 0), gpus_per_trial, gpu_bytes),
-        )
+        trainable = _trainable(weights_dir, data_dir, gpus_per_trial, gpu_bytes,
+                               cpus_per_trial, peak_tflops)
         name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         local = "://" not in storage
         searcher = make_searcher(
@@ -132,6 +143,8 @@ def run_sweep(
                 "weights_dir": weights_dir, "data_dir": data_dir,
                 "gpus_per_trial": gpus_per_trial,
                 "gpu_memory_bytes": gpu_bytes,
+                "cpus_per_trial": cpus_per_trial,
+                "peak_tflops": peak_tflops,
             }))
         client.set_tag(parent, "ray.experiment_path", str(path))
         return _fit(tuner, tracking_uri, experiment, parent, str(path), start)
@@ -147,12 +160,9 @@ def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = 
     meta = json.loads((Path(path) / SWEEP_FILE).read_text())
     _start_ray(address, quiet)
     try:
-        trainable = tune.with_resources(
-            tune.with_parameters(tune_trial, weights_dir=meta["weights_dir"],
-                                 data_dir=meta.get("data_dir")),
-            per_trial_resources(ray.cluster_resources().get("GPU", 0), meta["gpus_per_trial"],
-                                meta["gpu_memory_bytes"]),
-        )
+        trainable = _trainable(meta["weights_dir"], meta.get("data_dir"),
+                               meta["gpus_per_trial"], meta["gpu_memory_bytes"],
+                               meta.get("cpus_per_trial"), meta.get("peak_tflops"))
         journal = Path(path) / "optuna.journal"
         if journal.is_file():
             live = {int(t.config["optuna_trial"]) for t in
@@ -166,6 +176,24 @@ def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = 
                     str(path), start)
     finally:
         ray.shutdown()
+
+
+def _open_tracking(tracking_uri: str, experiment: str, spec: SweepSpec,
+                   n_trials: int) -> tuple[MlflowClient, str]:
+    client = MlflowClient(tracking_uri)
+    return client, start_parent_run(client, experiment, spec, n_trials)
+
+
+def _trainable(weights_dir: str | None, data_dir: str | None, gpus_per_trial: float | None,
+               gpu_bytes: float, cpus_per_trial: int | None, peak_tflops: float | None):
+    """The trial function with its fixed arguments and its per-trial resources, sized from the
+    cluster Ray is connected to (its GPUs, and the CPUs per GPU of its GPU nodes)."""
+    return tune.with_resources(
+        tune.with_parameters(tune_trial, weights_dir=weights_dir, data_dir=data_dir,
+                             peak_tflops=peak_tflops),
+        per_trial_resources(ray.cluster_resources().get("GPU", 0), gpus_per_trial, gpu_bytes,
+                            cpus_per_trial, cpus_per_gpu(ray.nodes())),
+    )
 
 
 def _start_ray(address: str | None, quiet: bool) -> None:

@@ -61,7 +61,7 @@ def metric_vs_layer(summary: pd.DataFrame, path: Path) -> Path:
 
 def metric_vs_size(summary: pd.DataFrame, path: Path, layer: str = "last") -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    pre = fixed_layer(summary, layer).dropna(subset=["lm_params"])
+    pre = fixed_layer(summary, layer).dropna(subset=["lm_params", "mean"])  # mean: all failed
     for (task, family), grp in pre.groupby(["task", "family"], sort=False):
         grp = grp.sort_values("lm_params")
         err = np.vstack([grp["mean"] - grp["mean_lo"], grp["mean_hi"] - grp["mean"]])
@@ -75,7 +75,8 @@ def metric_vs_size(summary: pd.DataFrame, path: Path, layer: str = "last") -> Pa
         color, style = control.style
         ax.axhline(row["mean"], color=color, linestyle=style,
                    label=f"{control.label} ({row['task']})")
-    ax.set_xscale("log")
+    if not pre.empty:  # a log axis without data cannot be drawn
+        ax.set_xscale("log")
     ax.set_xlabel("parameters of the language model the block comes from (log scale)")
     ax.set_ylabel(f"{_metric_label(summary)} (mean; bars: 95% CI)")
     ax.set_title(f"Do larger LMs help? Pretrained block at layer '{layer}' of each size")

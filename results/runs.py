@@ -15,6 +15,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from experiments.cost import COST_PARAMS
 from experiments.trial import AXES, HPARAMS
 
 FINAL_METRICS = ["train_loss", "val_loss", "val_acc", "best_val_acc"]
@@ -82,9 +83,19 @@ def tidy(raw: pd.DataFrame, experiment: str) -> pd.DataFrame:
                      ("trial_key", "lmblocks.trial_key"), ("stopped_early", "stopped_early")):
         df[col] = raw.get(f"tags.{tag}")
     df["run_id"] = raw["run_id"]
+    if "end_time" in raw and "start_time" in raw:  # wall time of the run, retries included
+        df["trial_hours"] = (raw["end_time"] - raw["start_time"]).dt.total_seconds() / 3600
     for col in raw.columns:
         if col.startswith("metrics."):
             df[col.removeprefix("metrics.")] = raw[col]
+    # constants, logged once as params (text): numbers where numeric; runs from before
+    # they were params (frozen/trainable_params were metrics) keep their metric
+    for name in COST_PARAMS:
+        values = raw.get(f"params.{name}")
+        if values is not None:
+            numeric = pd.to_numeric(values, errors="coerce")
+            value = values if numeric.isna().all() and values.notna().any() else numeric
+            df[name] = value.combine_first(df[name]) if name in df else value
     for metric in FINAL_METRICS:
         if metric not in df:  # every run failed before its first epoch
             df[metric] = float("nan")

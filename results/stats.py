@@ -18,6 +18,10 @@ from encoders.lm.controls import get_control, list_controls, reference_controls
 from experiments.trial import AXES
 
 CELL = ["task", "family", "size", "layers", "control"]
+# The cost table's columns (``experiments.cost``; trial_hours from the run's wall time).
+COST_COLUMNS = ("frozen_params", "trainable_params", "gflops_forward_per_sample",
+                "gflops_train_step_per_sample", "samples_per_s", "data_wait_share",
+                "peak_memory_bytes", "mfu", "trial_hours")
 BOOTSTRAP_SAMPLES = 10_000
 CONFIDENCE = 0.95
 MIN_PAIRS = 3  # for a cell to be called significant
@@ -101,6 +105,9 @@ def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
                 row[f"conc_{name}_gain"] = (ok[a] - ok[b]).mean()
         if "conc_cls_attn" in ok:
             row["conc_cls_attn"] = ok["conc_cls_attn"].mean()
+        for col in COST_COLUMNS:  # what the cell cost, per trial, over its finished seeds
+            if col in ok:
+                row[col] = pd.to_numeric(ok[col], errors="coerce").mean()
         rows.append(row)
     out = pd.DataFrame(rows)
     out.attrs.update(metric=metric, control=control, higher=higher)

@@ -7,6 +7,9 @@
 Each cell reads ``mean ± std (Δ +d [lo, hi]*) n/expected``: Δ is the paired difference against
 the chosen control with its bootstrap 95% interval, ``*`` marks an interval excluding zero,
 and failed or missing seeds are written out, never dropped.
+
+Next to them, ``cost_table``: what each cell cost (parameters, GFLOPs per sample, samples
+per second, trial-hours), which the paper's reviewers asked for alongside accuracy.
 """
 
 from __future__ import annotations
@@ -127,3 +130,30 @@ def filtering_table(summary: pd.DataFrame) -> pd.DataFrame:
     for c in ("family", "size", "layers"):
         t[c] = _blank(t[c])
     return t.round(4)
+
+
+def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: its metric next to its cost, per trial (means over finished seeds):
+    frozen and trainable parameters (millions), GFLOPs per sample (forward; training step),
+    training samples/s at the last epoch, the data-wait share, peak memory (GiB), MFU on a
+    GPU, and trial-hours (each trial's wall time; ``total_hours`` = all its seeds)."""
+    if "gflops_train_step_per_sample" not in summary:
+        return pd.DataFrame()
+    t = summary[["task", "family", "size", "layers", "control", "n", "mean"]].copy()
+    for c in ("family", "size", "layers"):
+        t[c] = _blank(t[c])
+    t["frozen_M"] = summary["frozen_params"] / 1e6
+    t["trainable_M"] = summary["trainable_params"] / 1e6
+    t["gflops_fwd"] = summary["gflops_forward_per_sample"]
+    t["gflops_step"] = summary["gflops_train_step_per_sample"]
+    t["samples_per_s"] = summary["samples_per_s"]
+    t["data_wait"] = summary.get("data_wait_share")
+    t["peak_mem_gib"] = summary.get("peak_memory_bytes", float("nan")) / 2**30
+    if "mfu" in summary and summary["mfu"].notna().any():
+        t["mfu"] = summary["mfu"]
+    if "trial_hours" in summary:
+        t["trial_hours"] = summary["trial_hours"]
+        t["total_hours"] = summary["trial_hours"] * summary["n"]
+    return t.round({"mean": 4, "frozen_M": 3, "trainable_M": 3, "gflops_fwd": 4,
+                    "gflops_step": 4, "samples_per_s": 1, "data_wait": 3, "peak_mem_gib": 2,
+                    "mfu": 3, "trial_hours": 4, "total_hours": 4})

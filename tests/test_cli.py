@@ -68,6 +68,9 @@ def run_bad(capsys, *argv: str) -> str:
          "--search-hparams per-cell needs --search grid"),
         (["--search-hparams", "per-cell", "--samples-per-cell", "0"],
          "--samples-per-cell must be positive (got 0)"),
+        (["--num-workers", "many"], "bad num_workers 'many'; valid: auto or an integer >= 0"),
+        (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive (got 0)"),
+        (["--peak-tflops", "-5"], "--peak-tflops must be positive (got -5.0)"),
         (["--preset", str(ROOT / "tests" / "data" / "bad_init.yaml")],
          f"unknown adapter init 'he'; valid: {', '.join(ADAPTER_INITS)}"),
     ],
@@ -168,3 +171,19 @@ def test_final_norm_is_validated_and_recorded(capsys):
     from experiments.trial import TrialSpec
 
     assert TrialSpec.from_config({**plan[0].to_config(), "final_norm": "True"}) == plan[0]
+
+
+def test_runtime_settings_reach_the_trial_but_not_its_identity():
+    """--num-workers and --compile travel in the trial's config (the worker reads them, the
+    run records them) but leave its key alone: a cell finished with 0 workers, eager, is not
+    run again with 8 workers, compiled."""
+    from experiments.trial import TrialSpec
+
+    plain = build_plan(cli.spec_from_args(cli.build_parser().parse_args([])))
+    fast = build_plan(cli.spec_from_args(cli.build_parser().parse_args(
+        ["--num-workers", "8", "--compile"])))
+    cfg = fast[0].to_config()
+    assert (cfg["num_workers"], cfg["compile"]) == ("8", True)
+    assert plain[0].to_config()["num_workers"] == "auto"
+    assert [t.key for t in fast] == [t.key for t in plain]
+    assert TrialSpec.from_config({**cfg, "compile": "True", "num_workers": 8}) == fast[0]

@@ -40,3 +40,22 @@ def test_trial_trains_on_cuda(dtype):
     run_trial(TrialSpec("minilm", "l6", (5,), "digits", "random", 0, hp),
               lambda m, s: seen.append(m), device="cuda")
     assert seen[-1]["train_loss"] < seen[0]["train_loss"]
+    if dtype == "bfloat16":  # autocast over the whole model, TF32, fused AdamW, MFU
+        last = seen[-1]
+        assert (last["autocast"], last["tf32"], last["fused_adamw"]) == ("bfloat16", True, True)
+        assert last["device_name"] != "cpu" and last["peak_memory_bytes"] > 0
+        if last["peak_tflops"]:  # a GPU of the known table
+            assert 0 < last["mfu"] < 1
+    else:
+        assert (seen[-1]["autocast"], seen[-1]["tf32"]) == ("off", False)
+
+
+def test_image_trial_reads_with_workers_and_pinned_memory(tmp_path):
+    """A real-data task on CUDA: workers from the trial's CPUs (auto), pinned batches."""
+    from tests.test_images import write_cifar10
+
+    write_cifar10(tmp_path, n_train=40)
+    seen = []
+    run_trial(TrialSpec("", "", (), "cifar10", "none", 0, Hyperparameters(epochs=2)),
+              lambda m, s: seen.append(m), data_dir=tmp_path, device="cuda", cpus=3)
+    assert seen[-1]["num_workers"] == 2 and seen[-1]["samples_per_s"] > 0

@@ -75,9 +75,12 @@ def test_cifar_batches_through_the_training_loop_with_mixup_and_cutmix(tmp_path)
     mixer = make_mixer(hp, task.num_classes)
     adapter, frozen = block.proj_in.weight.clone(), block.layers[0].output.dense.weight.clone()
     steps: list[int] = []
-    loss = train_epoch(model, loader, opt, "cpu", 0, lr=lambda step: steps.append(step) or 1e-3,
-                       loss_fn=make_loss(hp, mixing=True), mixer=mixer)
+    stats = train_epoch(model, loader, opt, "cpu", 0, lr=lambda step: steps.append(step) or 1e-3,
+                        loss_fn=make_loss(hp, mixing=True), mixer=mixer)
+    loss = stats.loss
     assert len(train) == 10 and steps == [0, 1]  # two full batches of 4 (Mixup's drop_last)
+    assert (stats.steps, stats.samples) == (2, 8) and stats.samples_per_s > 0
+    assert 0 <= stats.data_wait_share < 1
     # soft targets (mixed, smoothed): the loss stays above zero even for a perfect model
     assert math.isfinite(loss) and loss > 0.1
     assert not torch.equal(block.proj_in.weight, adapter)
@@ -154,3 +157,50 @@ def test_image_presets_dry_run(capsys, preset):
     out = capsys.readouterr().out
     assert ("imagenet-vit-small" if preset == "imagenet_deit" else "cifar10") in out
     assert cli.main(["--preset", preset, "--schedule", "linear", "--dry-run"]) == 2
+
+
+def test_augmented_batches_are_the_same_with_workers_and_after_resume(tmp_path):
+    """CIFAR's random crops and flips, drawn per (seed, epoch, index): a trial reading in
+    process, one reading with 2 worker processes, and one resumed at epoch 2 with 2 workers
+    train on the same batches (the same losses, digit for digit)."""
+    from experiments.training import run_trial
+    from experiments.trial import Hyperparameters, TrialSpec
+
+    write_cifar10(tmp_path, n_train=20)
+
+    def run(workers, restore=None):
+        hp = Hyperparameters(epochs=2, batch_size=8, num_workers=workers)
+        seen, states = [], []
+        run_trial(TrialSpec("", "", (), "cifar10", "none", 0, hp),
+                  lambda m, s: (seen.append(m), states.append(s)), data_dir=tmp_path,
+                  restore=restore)
+        return seen, states
+
+    inline, states = run("0")
+    workers, _ = run("2")
+    assert [m["num_workers"] for m in (inline[0], workers[0])] == [0, 2]
+    for a, b in zip(inline, workers, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+    resumed, _ = run("2", restore=states[0])
+    assert resumed[0]["train_loss"] == pytest.approx(inline[1]["train_loss"], rel=1e-6)
+    assert inline[0]["train_loss"] != inline[1]["train_loss"]
+
+
+def test_randaugment_posterize_at_zero_bits_gives_black_not_an_error(tmp_path):
+    """RandAugment's increasing posterize asks for 0 bits at its maximum magnitude; Pillow 11+
+    raises on that, which killed ImageNet trials every few hundred images."""
+    from PIL import Image
+
+    from experiments.datasets.imagefolder import imagefolder_data, posterize
+
+    img = Image.new("RGB", (8, 8), (200, 100, 50))
+    assert posterize(img, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert posterize(img, 8) is img and posterize(img, 2).getpixel((0, 0)) == (192, 64, 0)
+    write_folder(tmp_path)
+    train, _ = imagefolder_data(tmp_path)
+    ops = [op for step in train.transform.transforms for op in getattr(step, "ops", [])]
+    poster = [op for op in ops if op.name.startswith("Posterize")]
+    assert poster and all(op.aug_fn is posterize for op in poster)
+    for op in poster:  # the maximum magnitude, as the magnitude noise sometimes draws
+        op.magnitude, op.magnitude_std, op.prob = 10, 0, 1.0
+        assert op(img).getextrema() == ((0, 0), (0, 0), (0, 0))

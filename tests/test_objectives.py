@@ -1,6 +1,7 @@
 """The generic pieces of the non-classification tasks: objectives, multi-part inputs through
 the training loop, padded sequences through the blocks, the word vocabulary, per-task
-metrics reaching MLflow, and sweeps whose tasks disagree on the metric."""
+metrics reaching MLflow, sweeps whose tasks disagree on the metric, and the objectives'
+own validation loaders scoring what a plain loader does."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.data import DataLoader
 
+import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.lm.controls import build_block
 from encoders.visual.masked_blocks import run_blocks
 from encoders.visual.text import PAD, UNK, TextEmbedding, WordVocab
@@ -21,6 +24,33 @@ from experiments.tasks.registry import Task
 from experiments.training import run_trial
 from orchestrator.plan import TrialSpec, build_plan
 from orchestrator.spec import Hyperparameters, SpecError, SweepSpec
+
+# Embedded tasks whose objective reads validation its own way (``Objective.val_loader``).
+STREAMED = [name for name in registry.list_tasks()
+            if registry.get_task(name).embedded
+            and hasattr(registry.get_task(name).objective, "val_loader")]
+
+
+def test_the_retrieval_objective_reads_validation_its_own_way():
+    assert "shape-retrieval" in STREAMED
+
+
+@pytest.mark.parametrize("task_name", STREAMED)
+def test_an_objectives_val_loader_changes_how_data_is_read_not_the_numbers(task_name):
+    """What the training loop relies on: ``evaluate`` on ``val_loader(val_ds, **kw)`` gives
+    the task's metric and ``val_loss``, the numbers of a plain ``DataLoader(val_ds, **kw)``,
+    and the same again on the next epoch's pass."""
+    task = registry.get_task(task_name)
+    torch.manual_seed(0)
+    model = task.build_model(None)
+    _, val = task.build_data()
+    kw = {"batch_size": 64, "num_workers": 0}
+    loader = task.objective.val_loader(val, **kw)
+    got = task.objective.evaluate(model, loader, "cpu")
+    assert {"val_loss", task.metric} <= set(got)
+    plain = task.objective.evaluate(model, DataLoader(val, **kw), "cpu")
+    assert got == pytest.approx(plain, rel=1e-5, abs=1e-6)
+    assert task.objective.evaluate(model, loader, "cpu") == pytest.approx(got)
 
 
 def test_padded_tokens_change_nothing_in_timm_and_frozen_blocks():

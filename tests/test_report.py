@@ -10,6 +10,7 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
+from experiments.cost import COST_METRICS, COST_PARAMS
 from results.report import build_report, load_runs, main
 from results.stats import bootstrap_ci, summarize
 from tests.conftest import assert_figure
@@ -31,9 +32,11 @@ def log_sweep(uri: str, experiment: str, rows: list[dict]) -> str:
             client.log_metric(run, "val_acc", 0.0, step=1)
             client.log_metric(run, "val_acc", row["val_acc"], step=2)  # final value wins
         for k, v in row.items():
-            if k.startswith("conc_"):
+            if k.startswith("conc_") or k in COST_METRICS:
                 client.log_metric(run, k, v, step=2)
-        client.set_terminated(run, row.get("status", "FINISHED"))
+            elif k in COST_PARAMS:
+                client.log_param(run, k, v)
+        client.set_terminated(run, row.get("status", "FINISHED"), end_time=row.get("end_ms"))
     client.set_terminated(parent, "FINISHED")
     return parent
 
@@ -122,6 +125,36 @@ def test_hyperparameter_search_counts_the_best_trial_of_each_cell_and_seed(uri, 
     report = build_report(uri, "hp", tmp_path / "r")
     assert "[best of 3]" in (tmp_path / "r" / "ablation.md").read_text()
     assert report.summary["hparam_trials"].min() == 1  # the none control was not searched
+
+
+def test_cost_table_per_cell_next_to_the_metric(uri, tmp_path):
+    """Constants come from params (text in MLflow), throughput from the last epoch's metrics,
+    trial-hours from each run's wall time; per cell, means over its finished seeds."""
+    import time
+
+    now = int(time.time() * 1000)
+    cost = {"frozen_params": 85_000_000, "trainable_params": 1_500_000,
+            "gflops_forward_per_sample": 4.5, "gflops_train_step_per_sample": 13.5,
+            "device_name": "NVIDIA H100 80GB HBM3",
+            "data_wait_share": 0.02, "peak_memory_bytes": 3 * 2**30, "mfu": 0.4}
+    rows = [{"control": "none", "task": "digits", "seed": s, "val_acc": 0.5,
+             "gflops_forward_per_sample": 4.0, "gflops_train_step_per_sample": 12.0,
+             "frozen_params": 0, "trainable_params": 1_400_000, "samples_per_s": 1000.0}
+            for s in (0, 1)]
+    rows += [opt_row("125m", "11", s, 0.7, **cost, samples_per_s=800.0 + 200 * s,
+                     end_ms=now + 7_200_000) for s in (0, 1)]
+    log_sweep(uri, "cost", rows)
+    report = build_report(uri, "cost", tmp_path / "r")
+    table = report.tables["cost"].set_index("control")
+    pre = table.loc["pretrained"]
+    assert (pre["frozen_M"], pre["trainable_M"]) == (85.0, 1.5)
+    assert (pre["gflops_fwd"], pre["gflops_step"]) == (4.5, 13.5)
+    assert pre["samples_per_s"] == 900.0 and pre["mfu"] == 0.4 and pre["mean"] == 0.7
+    assert pre["trial_hours"] == pytest.approx(2.0, abs=0.01)  # ended 2 h after it started
+    assert pre["total_hours"] == pytest.approx(4.0, abs=0.02)  # two seeds
+    assert table.loc["none", "frozen_M"] == 0 and table.loc["none", "samples_per_s"] == 1000.0
+    assert "Cost per cell" in (tmp_path / "r" / "ablation.md").read_text()
+    assert (tmp_path / "r" / "cost.csv").is_file()
 
 
 def test_bootstrap_interval_and_significance_rules():

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from experiments.trial import Hyperparameters, TrialSpec
-from orchestrator.resources import block_memory_bytes, gpu_share, per_trial_resources
+from orchestrator.resources import (
+    block_memory_bytes,
+    cpus_for,
+    cpus_per_gpu,
+    gpu_share,
+    per_trial_resources,
+)
 
 GB = 10**9
 
@@ -34,3 +42,49 @@ def test_per_trial_resources_follow_the_cluster_and_the_override():
     assert forced.bundles[0]["GPU"] == 0.5
     none_control = TrialSpec("", "", (), "digits", "none", 0).to_config()
     assert per_trial_resources(4, None, 80 * GB)(none_control).bundles[0]["GPU"] == 0.125
+
+
+# A GPU cluster as ray.nodes() describes it: two 8-GPU nodes with different CPU counts, a
+# CPU-only head node, and a dead GPU node (its resources no longer count).
+GPU_CLUSTER = [
+    {"Alive": True, "Resources": {"CPU": 96.0, "GPU": 8.0, "memory": 1e12}},
+    {"Alive": True, "Resources": {"CPU": 64.0, "GPU": 8.0}},
+    {"Alive": True, "Resources": {"CPU": 8.0}},
+    {"Alive": False, "Resources": {"CPU": 2.0, "GPU": 8.0}},
+]
+
+
+def test_cpus_per_trial_from_a_simulated_gpu_cluster():
+    """A trial's CPUs are its part of a GPU node's CPUs (the smallest node's, so it fits on
+    every one): 8 CPUs per GPU here, so a half-GPU trial gets 4, a whole-GPU trial 8."""
+    per_gpu = cpus_per_gpu(GPU_CLUSTER)
+    assert per_gpu == 8.0
+    cfg = t("opt", "66b", layers=tuple(range(8))).to_config()
+    half = per_trial_resources(16, 0.5, 80 * GB, None, per_gpu)(cfg)
+    assert half.bundles == [{"CPU": 4, "GPU": 0.5}]
+    whole = per_trial_resources(16, 1.0, 80 * GB, None, per_gpu)(cfg)
+    assert whole.bundles == [{"CPU": 8, "GPU": 1.0}]
+    small = per_trial_resources(16, None, 80 * GB, None, per_gpu)(t("minilm", "l6").to_config())
+    assert small.bundles == [{"CPU": 1, "GPU": 0.125}]  # an eighth of a GPU: one CPU
+    forced = per_trial_resources(16, 0.5, 80 * GB, 6, per_gpu)(cfg)
+    assert forced.bundles == [{"CPU": 6, "GPU": 0.5}]  # --cpus-per-trial wins
+    assert per_trial_resources(0, None, 80 * GB, 3, 0.0)(cfg).bundles == [{"CPU": 3}]
+    assert cpus_per_gpu(GPU_CLUSTER[2:3]) == 0.0 and cpus_for(0.25, 0.0) == 1
+
+
+@pytest.mark.slow
+def test_cpus_per_trial_from_a_live_ray_cluster_with_gpus():
+    """Ray's own node table, from a local Ray that declares 4 GPUs and 16 CPUs (Ray does not
+    check that the GPUs exist): each half-GPU trial asks for 2 CPUs."""
+    import ray
+
+    ray.init(num_cpus=16, num_gpus=4, include_dashboard=False, configure_logging=False)
+    try:
+        per_gpu = cpus_per_gpu(ray.nodes())
+        gpus = ray.cluster_resources()["GPU"]
+    finally:
+        ray.shutdown()
+    assert (per_gpu, gpus) == (4.0, 4.0)
+    cfg = t("opt", "66b", layers=tuple(range(8))).to_config()
+    assert per_trial_resources(gpus, 0.5, 80 * GB, None, per_gpu)(cfg).bundles == [
+        {"CPU": 2, "GPU": 0.5}]

@@ -1,7 +1,8 @@
 """Image-text retrieval: the captioned-scene generator (seeded, captions true to the object
 records, distinct validation descriptions), the contrastive loss and recall@K on hand-made
-embeddings, the dual encoder sharing the block under each control, the Karpathy layouts on
-tiny fixtures, the preset."""
+embeddings, validation reading each image once (the same numbers as scoring the pairs), the
+dual encoder sharing the block under each control, the Karpathy layouts on tiny fixtures, the
+preset."""
 
 from __future__ import annotations
 
@@ -126,6 +127,114 @@ def test_evaluate_embeds_each_image_once_and_scores_all_pairs():
     assert got["val_loss"] == pytest.approx((sum(i2t) / 3 + sum(t2i) / 5) / 2, rel=1e-5)
 
 
+def test_evaluate_reads_the_image_and_caption_streams_as_it_reads_pairs():
+    image_emb = torch.eye(3)
+    streams = [objective.ImageBatch(image_emb[[2, 0]], torch.tensor([2, 0])),
+               objective.CaptionBatch(SIM.T[:3], torch.ones(3, 1), CAPTION_IMAGE[:3]),
+               objective.ImageBatch(image_emb[[1]], torch.tensor([1])),
+               objective.CaptionBatch(SIM.T[3:], torch.ones(2, 1), CAPTION_IMAGE[3:])]
+    pairs = [((image_emb[i], SIM[:, j], torch.ones(1)), torch.tensor(i))
+             for j, i in enumerate(CAPTION_IMAGE.tolist())]
+    model = EmbeddingsAsModel()
+    got = objective.CONTRASTIVE.evaluate(model, streams, "cpu")
+    assert got == pytest.approx(objective.CONTRASTIVE.evaluate(model, DataLoader(pairs), "cpu"))
+    assert got["val_rmean"] == pytest.approx(objective.recall_at_k(SIM, CAPTION_IMAGE)["val_rmean"])
+
+
+@torch.no_grad()
+def pairs_evaluate(model, loader) -> dict[str, float]:
+    """The evaluation before ``val_loader`` (kept as the reference): pairs in, each image
+    embedded at its first pair, every caption embedded."""
+    model.eval()
+    images, texts, caption_image = {}, [], []
+    for (image, ids, mask), target in loader:
+        texts.append(model.embed_text(ids, mask).float())
+        caption_image.append(target)
+        new, seen = [], set(images)
+        for i, index in enumerate(target.tolist()):
+            if index not in seen:
+                seen.add(index)
+                new.append(i)
+        if new:
+            emb = model.embed_image(image[new]).float()
+            images.update({int(target[i]): e for i, e in zip(new, emb, strict=True)})
+    order = sorted(images)
+    row = {index: r for r, index in enumerate(order)}
+    image_emb = torch.stack([images[i] for i in order])
+    text_emb = torch.cat(texts)
+    caption_row = torch.tensor([row[int(t)] for t in torch.cat(caption_image)])
+    sim = image_emb @ text_emb.T
+    positive = caption_row[None, :] == torch.arange(len(order))[:, None]
+    loss = objective.contrastive_loss(model.scale().float() * sim, positive).item()
+    return {"val_loss": loss, **objective.recall_at_k(sim, caption_row)}
+
+
+class CountingImages(torch.utils.data.Dataset):
+    """A split's images, counting how often each is read (``__getitem__``)."""
+
+    def __init__(self, images) -> None:
+        self.images, self.reads = images, [0] * len(images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        self.reads[i] += 1
+        return self.images[i]
+
+
+def counted(pairs):
+    """The same pairs over images that count their reads."""
+    images = CountingImages(pairs.images)
+    return type(pairs)(images, pairs.image_index, pairs.ids, pairs.mask), images
+
+
+def test_validation_streams_give_the_pairs_numbers_and_read_each_image_once():
+    """shape-retrieval's validation set (200 images, 2 captions each) through the model with
+    the frozen block (untrained: training it above chance costs more than this check; a
+    caption paired with the wrong image moves the loss and recall even so): the streams
+    (batches of 48) score what the pairs (batches of 64) did, and read each image once per
+    evaluation, not once per caption."""
+    task = get_task("shape-retrieval")
+    torch.manual_seed(0)
+    block, _ = build_block(family="minilm", size="l6", layers=(5,), control="pretrained",
+                           seed=0, visual_dim=task.visual_dim)
+    model = task.build_model(block)
+    _, val = task.build_data()
+    before, before_images = counted(val)
+    expected = pairs_evaluate(model, DataLoader(before, batch_size=64))
+    assert before_images.reads == [2] * sc.N_VAL  # the pairs: once per caption
+    assert objective.CONTRASTIVE.evaluate(model, DataLoader(before, batch_size=64), "cpu") \
+        == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+    after, images = counted(val)
+    loader = objective.CONTRASTIVE.val_loader(after, batch_size=48, num_workers=0)
+    assert loader.images.batch_size == 48 and len(loader) == 5 + 9  # 200 images, 400 captions
+    got = objective.CONTRASTIVE.evaluate(model, loader, "cpu")
+    assert images.reads == [1] * sc.N_VAL
+    assert set(got) == set(expected) and got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert 0 < got["val_rmean"] < 1 and got["val_loss"] > 0
+    assert objective.CONTRASTIVE.evaluate(model, loader, "cpu") == pytest.approx(got)
+    assert images.reads == [2] * sc.N_VAL  # once per evaluation: reusable every epoch
+
+
+def test_val_loader_passes_the_loader_settings_on_and_falls_back_to_pairs():
+    _, val = sc.build_shape_retrieval()
+    def init(worker_id: int) -> None:
+        pass
+
+    loader = objective.CONTRASTIVE.val_loader(val, batch_size=100, num_workers=0,
+                                              worker_init_fn=init, pin_memory=False)
+    assert loader.images.worker_init_fn is init and loader.images.batch_size == 100
+    kinds = [type(b).__name__ for b in loader]
+    assert kinds == ["ImageBatch"] * 2 + ["CaptionBatch"] * 4
+    batch = next(iter(loader))
+    assert batch.image.shape == (100, 3, 32, 32) and batch.index.tolist() == list(range(100))
+    pairs = [val[i] for i in range(4)]  # not CaptionPairs: its pairs, as the loop would
+    plain = objective.CONTRASTIVE.val_loader(pairs, batch_size=2)
+    assert isinstance(plain, DataLoader) and len(plain) == 2
+
+
 def test_contrastive_loss_counts_every_caption_of_the_image_as_positive():
     target = torch.tensor([0, 0, 1])  # two captions of image 0 in the batch
     # uniform logits: image row 0 has 2 of 3 positives, row 2 one; columns the same
@@ -234,6 +343,34 @@ def test_karpathy_layouts_pair_every_caption_with_its_image(tmp_path, task_name)
     with torch.no_grad():
         image_emb, text_emb, _ = model(*inputs)
     assert image_emb.shape == text_emb.shape == (2, retrieval.KARPATHY_EMBED_DIM)
+
+
+class PooledRetriever(torch.nn.Module):
+    """A cheap stand-in for the Karpathy model: mean colour and mean token id."""
+
+    def embed_image(self, image):
+        return image.mean((2, 3))  # (B, 3)
+
+    def embed_text(self, ids, mask):
+        m = mask.float()
+        return torch.stack([(ids * m).sum(1) / m.sum(1), m.sum(1), torch.ones(len(ids))], 1)
+
+    def scale(self):
+        return torch.tensor(3.0)
+
+
+@pytest.mark.parametrize("task_name", ["flickr30k", "coco-retrieval"])
+def test_karpathy_validation_decodes_each_image_file_once(tmp_path, task_name):
+    write_karpathy(tmp_path, task_name)
+    _, val = get_task(task_name).build_data(str(tmp_path))
+    pairs, pair_images = counted(val)
+    expected = pairs_evaluate(PooledRetriever(), DataLoader(pairs, batch_size=4))
+    assert pair_images.reads == [3, 2]  # 3 and 2 captions: one decode each
+    streams, images = counted(val)
+    loader = objective.CONTRASTIVE.val_loader(streams, batch_size=4, num_workers=0)
+    got = objective.CONTRASTIVE.evaluate(PooledRetriever(), loader, "cpu")
+    assert images.reads == [1, 1]
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
 def test_wrong_data_dir_is_one_line_before_anything_starts(tmp_path, capsys, monkeypatch):

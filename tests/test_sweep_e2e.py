@@ -71,6 +71,23 @@ def test_smoke_sweep_end_to_end(tmp_path):
         maps = json.loads(Path(client.download_artifacts(
             row["run_id"], "analysis/probe_maps.json", str(tmp_path))).read_text())
         assert len(maps["act_after"]) == 8 and len(maps["act_after"][0]) == 16
+    # what each trial cost, measured by itself: constants as params, throughput as metrics,
+    # how it ran as tags (CPU: no autocast, TF32, fused AdamW; digits in memory: no workers)
+    for _, row in children.iterrows():
+        assert float(row["params.gflops_train_step_per_sample"]) > float(
+            row["params.gflops_forward_per_sample"]) > 0
+        assert int(row["params.trainable_params"]) > 0 and row["params.device_name"] == "cpu"
+        assert row["metrics.samples_per_s"] > 0 and 0 <= row["metrics.data_wait_share"] < 1
+        assert row["metrics.peak_memory_bytes"] > 0 and row["metrics.achieved_tflops"] > 0
+        assert (row["tags.autocast"], row["tags.tf32"], row["tags.fused_adamw"],
+                row["tags.compile"], row["tags.num_workers"], row["tags.cpus"]) == (
+            "off", "False", "False", "False", "0", "1")
+        assert len(client.get_metric_history(row["run_id"], "samples_per_s")) == 2  # per epoch
+    assert "metrics.frozen_params" not in children  # a constant: a param, not a history
+    pre_params = {int(v) for v in pre["params.frozen_params"]}
+    assert pre_params == {1_774_464}  # one MiniLM layer
+    cost = (report / "cost.csv").read_text()
+    assert "gflops_step" in cost and "trial_hours" in cost
     none = children[children["params.control"] == "none"].iloc[0]
     assert none["metrics.conc_act_before"] == none["metrics.conc_act_after"]  # no block
     logged = {a.path for a in client.list_artifacts(parent["run_id"].iloc[0], "report")}
@@ -93,7 +110,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
     more = subprocess.run(
         [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--quiet", "--seeds", "0", "1",
          "--controls", "none", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
-         "--experiment", "e2e"],
+         "--experiment", "e2e", "--compile"],  # compiled: the same cells, run compiled
         cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
     )
     assert more.returncode == 0, more.stderr[-2000:]
@@ -101,6 +118,9 @@ def test_smoke_sweep_end_to_end(tmp_path):
     children = mlflow.search_runs(experiment_names=["e2e"],
                                   filter_string="tags.`lmblocks.kind` = 'trial'")
     assert len(children) == len(plan) + 1
+    compiled = children[children["params.seed"] == "1"].iloc[0]
+    assert compiled["status"] == "FINISHED" and compiled["tags.compile"] == "True"
+    assert compiled["params.compile"] == "True" and compiled["metrics.val_acc"] > 0.1
 
 
 @pytest.mark.slow

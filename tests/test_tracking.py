@@ -1,4 +1,5 @@
-"""Where MLflow puts a sweep's artifacts."""
+"""The MLflow record of a sweep: where artifacts go, what a trial's run holds (cost
+included), one MLflow write per Tune callback."""
 
 from __future__ import annotations
 
@@ -45,3 +46,106 @@ def test_the_run_records_what_the_worker_built_once(tmp_path):
     tags = MlflowClient(uri).get_run(logger.runs["t0"]).data.tags
     assert tags["checkpoint.identity"] == built["checkpoint_identity"]
     assert tags["compute_dtype"] == "float32" and "checkpoint.path" not in tags  # empty: unset
+
+
+def _logger_and_trial(tmp_path, name: str):
+    import types
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.plan import build_plan
+    from orchestrator.spec import SweepSpec
+    from orchestrator.tracking import MlflowTrialLogger, start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = SweepSpec(controls=("random",))
+    parent = start_parent_run(MlflowClient(uri), name, spec, 1)
+    trial = types.SimpleNamespace(trial_id="t0", config=build_plan(spec)[0].to_config(),
+                                  last_result=None, error_file=None)
+    return MlflowTrialLogger(uri, name, parent), trial, MlflowClient(uri), parent
+
+
+def _cost_result(epoch: int, **changes) -> dict:
+    """A worker's result as experiments/cost.py promises it: every key, some not applying."""
+    return {"epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": 0.5, "lr": 1e-3,
+            "frozen_params": 1_774_464, "trainable_params": 52_000,
+            "gflops_forward_per_sample": 0.045, "gflops_train_step_per_sample": 0.134,
+            "device_name": "cpu", "peak_tflops": "",  # unknown on a CPU: not logged
+            "samples_per_s": 300.0 + epoch, "step_time_s": 0.1, "data_wait_share": 0.01,
+            "peak_memory_bytes": 1.3e9, "achieved_tflops": 0.04, "mfu": None,
+            "num_workers": 0, "cpus": 1, "autocast": "off", "tf32": False,
+            "fused_adamw": False, "compile": False, **changes}
+
+
+def test_cost_constants_are_params_once_measurements_metrics_settings_tags(tmp_path):
+    from experiments.cost import COST_METRICS, COST_PARAMS, RUN_SETTINGS
+    from orchestrator.tracking import TRIAL_METRICS
+
+    assert not set(TRIAL_METRICS) & set(COST_PARAMS)  # constants are not metric histories
+    logger, trial, client, _ = _logger_and_trial(tmp_path, "cost")
+    logger.log_trial_start(trial)
+    logger.log_trial_result(1, trial, _cost_result(1))
+    # a retry on another machine: the constants stay those of the first result (MLflow
+    # refuses to change a param), the settings follow the attempt
+    logger.log_trial_result(2, trial, _cost_result(2, device_name="other", cpus=2, tf32=True))
+    run_id = logger.runs["t0"]
+    data = client.get_run(run_id).data
+    assert {k: data.params[k] for k in COST_PARAMS if k in data.params} == {
+        "frozen_params": "1774464", "trainable_params": "52000",
+        "gflops_forward_per_sample": "0.045", "gflops_train_step_per_sample": "0.134",
+        "device_name": "cpu"}
+    assert "frozen_params" not in data.metrics and "trainable_params" not in data.metrics
+    assert set(COST_METRICS) - {"mfu"} <= set(data.metrics) and "mfu" not in data.metrics
+    history = client.get_metric_history(run_id, "samples_per_s")
+    assert [(m.step, m.value) for m in history] == [(1, 301.0), (2, 302.0)]
+    assert {k: data.tags[k] for k in RUN_SETTINGS} == {
+        "num_workers": "0", "cpus": "2", "autocast": "off", "tf32": "True",
+        "fused_adamw": "False", "compile": "False"}
+
+
+def test_each_callback_is_one_mlflow_write(tmp_path):
+    """One ``log_batch`` per result, whatever it carries: with SQLite each write is its own
+    transaction, and Tune's driver loop waits for it."""
+    logger, trial, client, _ = _logger_and_trial(tmp_path, "writes")
+    logger.log_trial_start(trial)
+    calls: list[str] = []
+    for name in ("log_batch", "log_param", "log_metric", "set_tag", "log_text",
+                 "set_terminated"):
+        method = getattr(logger.client, name)
+        setattr(logger.client, name,
+                lambda *a, _n=name, _m=method, **k: (calls.append(_n), _m(*a, **k))[1])
+    built = {"checkpoint_identity": "random-init:x", "compute_dtype": "float32",
+             "node_id": "n1", "node_ip": "10.0.0.1", "hostname": "h"}
+    logger.log_trial_result(1, trial, _cost_result(1, **built))
+    logger.log_trial_result(2, trial, _cost_result(2, **built))
+    assert calls == ["log_batch", "log_batch"]
+    trial.last_result = _cost_result(int(trial.config["epochs"]))  # ran to its end
+    logger.log_trial_end(trial)
+    assert calls[2:] == ["set_terminated"]
+    run = client.get_run(logger.runs["t0"])
+    assert run.info.status == "FINISHED" and run.data.tags["ray.node_id"] == "n1"
+    assert run.data.tags["checkpoint.identity"] == "random-init:x"
+
+
+def test_a_resumed_driver_does_not_log_a_run_s_params_twice(tmp_path):
+    """After a driver crash Tune restores the logger from its last saved state, which may
+    predate writes: the run's params are read back from MLflow, not logged again."""
+    from orchestrator.tracking import MlflowTrialLogger
+
+    logger, trial, client, parent = _logger_and_trial(tmp_path, "resume")
+    logger.log_trial_start(trial)
+    state = logger.get_state()
+    logger.log_trial_result(1, trial, _cost_result(1))
+    resumed = MlflowTrialLogger(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume", parent)
+    resumed.set_state(state)
+    resumed.log_trial_result(2, trial, _cost_result(2, device_name="a GPU now", cpus=4))
+    data = client.get_run(logger.runs["t0"]).data
+    assert data.params["device_name"] == "cpu" and data.tags["cpus"] == "4"
+
+
+def test_no_finished_cells_in_a_database_that_does_not_exist_and_it_is_not_created(tmp_path):
+    from orchestrator.tracking import finished_cells
+
+    db = tmp_path / "new" / "mlflow.db"
+    assert finished_cells(f"sqlite:///{db}", "default") == {}
+    assert not db.exists()

@@ -15,14 +15,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import LlamaConfig
 
 from encoders.lm.formats import LayerTensors
 from encoders.weights.checkpoint_dir import CheckpointDir
 from encoders.weights.safetensors_reader import SafetensorsReader
 from encoders.weights.tensors import CheckpointFormatError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # transformers' config classes import torchvision and dynamo: ~1.4 s
+    from transformers import LlamaConfig
+
     from encoders.lm.registry import LMFamily
     from encoders.weights.layer_cache import LayerCache
 
@@ -50,6 +51,8 @@ def meta_config(params: dict) -> LlamaConfig:
         hidden = int(params["ffn_dim_multiplier"] * hidden)
     multiple = params.get("multiple_of", 256)
     hidden = multiple * ((hidden + multiple - 1) // multiple)
+    from transformers import LlamaConfig
+
     config = LlamaConfig(
         hidden_size=dim,
         intermediate_size=hidden,

@@ -4,14 +4,19 @@ Every size carries its real architecture numbers so that planning (``--dry-run``
 parameter counts, bytes to read) needs no download: the config is built from the registry
 and the layer is instantiated on the ``meta`` device, so the counts come from transformers'
 own layer class rather than from a hand-written formula.
+
+A family names its transformers classes by reference (``"package.module:Name"``), imported
+on first use: registering every family imports no transformers modeling code, and a trial
+imports only its own family's (each modeling module pulls in a large part of transformers).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,6 +28,15 @@ from encoders.weights.tensors import CheckpointFormatError
 if TYPE_CHECKING:
     from encoders.lm.formats import WeightFormat
     from encoders.weights.checkpoint_dir import CheckpointDir
+
+
+@cache
+def resolve(ref: str) -> Any:
+    """``"package.module:Name"`` -> the object, imported on first use (then cached)."""
+    module, sep, name = ref.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"bad reference {ref!r}; valid: 'package.module:Name'")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -46,14 +60,19 @@ class LMFamily:
     ``layer_key`` is a regular expression with an ``{index}`` slot; it must match the full
     tensor name of a layer's weight in a checkpoint and capture the name inside the layer,
     whatever prefix the checkpoint uses (``model.decoder.`` vs ``decoder.``).
+
+    ``layer``, ``model`` and ``config`` are references (``"package.module:Name"``) to the
+    family's transformers classes, read through ``layer_class``, ``model_class`` and
+    ``config_class``; ``make_config`` and ``build_final_norm`` import what they use when
+    called.
     """
 
     name: str
     sizes: dict[str, LMSize]
     default_size: str
-    layer_class: type[nn.Module]
-    model_class: type[nn.Module]  # the family's PreTrainedModel, whose _init_weights is reused
-    config_class: type[PretrainedConfig]
+    layer: str  # its transformers layer class
+    model: str  # its PreTrainedModel, whose _init_weights is reused
+    config: str  # its PretrainedConfig subclass
     layer_key: str
     make_config: Callable[[LMSize], PretrainedConfig]
     # The checkpoint layouts it is published in (``encoders/lm/formats.py``), in order of
@@ -71,6 +90,18 @@ class LMFamily:
     # the norm, and its module. None for post-LN models, which have no final norm.
     final_norm_key: str | None = None
     build_final_norm: Callable[[PretrainedConfig], nn.Module] | None = None
+
+    @property
+    def layer_class(self) -> type[nn.Module]:
+        return resolve(self.layer)
+
+    @property
+    def model_class(self) -> type[nn.Module]:
+        return resolve(self.model)
+
+    @property
+    def config_class(self) -> type[PretrainedConfig]:
+        return resolve(self.config)
 
     def size(self, name: str) -> LMSize:
         if name not in self.sizes:
@@ -114,6 +145,10 @@ def register_family(family: LMFamily) -> LMFamily:
         raise ValueError(f"family {family.name!r} declares no weight formats")
     if family.default_size not in family.sizes:
         raise ValueError(f"family {family.name!r}: default size {family.default_size!r} unknown")
+    for ref in (family.layer, family.model, family.config):
+        if ref.count(":") != 1:  # checked here; imported only when a trial needs it
+            raise ValueError(f"family {family.name!r}: bad class reference {ref!r}; "
+                             "valid: 'package.module:Name'")
     _FAMILIES[family.name] = family
     return family
 

@@ -1,5 +1,11 @@
 """(image, caption) pairs: every caption of every image one sample, its target the image's
-index (as COCO's 5 captions per image make 5 pairs); shared by the retrieval datasets."""
+index (as COCO's 5 captions per image make 5 pairs); shared by the retrieval datasets.
+
+Training wants the pairs (a batch of pairs is the contrastive loss's batch). Validation
+scores all images against all captions, so it reads the two apart: ``distinct_images`` holds
+each image once (COCO's 5 captions would otherwise read and transform it 5 times) and the
+captions are the in-memory ``ids`` / ``mask`` rows, no image read.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,24 @@ class CaptionPairs(Dataset):
     def __getitem__(self, i: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         index = self.image_index[i]
         return (self.images[int(index)], self.ids[i], self.mask[i]), index
+
+    def distinct_images(self) -> DistinctImages:
+        """Every image that has a caption, once, in index order."""
+        return DistinctImages(self.images, torch.unique(self.image_index))
+
+
+class DistinctImages(Dataset):
+    """(image, image index) for each of ``indices``: one read of each image."""
+
+    def __init__(self, images, indices: torch.Tensor) -> None:
+        self.images, self.indices = images, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.indices[i]
+        return self.images[int(index)], index
 
 
 def caption_pairs(images, captions: Sequence[Sequence[str]], vocab: WordVocab,

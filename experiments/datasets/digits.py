@@ -10,8 +10,6 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
 SPLIT_SEED = 0
@@ -20,6 +18,11 @@ CLASSES = 10
 
 @cache
 def _split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # imported here: scikit-learn costs ~0.6 s to import, which the sweep's driver (it only
+    # plans) and a worker running another task need not pay
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
     y = torch.tensor(digits.target, dtype=torch.long)

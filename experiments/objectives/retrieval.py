@@ -8,18 +8,24 @@ every caption, and scores recall@1/5/10 in both directions: image->text is a hit
 the image's captions is among the K most similar captions; text->image when the caption's
 image is among the K most similar images. ``val_rmean`` (the mean of the six) is the task's
 metric; its chance level is the expected rmean of a random ranking.
+
+``val_loader`` gives validation two streams instead of the pairs: each distinct image once
+(one read and transform per image, not one per caption) and each caption once (the in-memory
+token rows, no image read). ``evaluate`` takes those streams or plain batches of pairs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Protocol, cast
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple, Protocol, cast
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from experiments.batches import to_device
+from experiments.datasets.captions import CaptionPairs
 
 KS = (1, 5, 10)
 
@@ -76,6 +82,57 @@ class Retriever(Protocol):
     def scale(self) -> torch.Tensor: ...
 
 
+class ImageBatch(NamedTuple):
+    """The image stream's batch: distinct images and their indices."""
+
+    image: torch.Tensor  # (B, C, H, W)
+    index: torch.Tensor  # (B,)
+
+
+class CaptionBatch(NamedTuple):
+    """The caption stream's batch: token rows and each caption's image index."""
+
+    ids: torch.Tensor  # (B, L)
+    mask: torch.Tensor  # (B, L) True on real tokens
+    index: torch.Tensor  # (B,)
+
+
+class ValidationStreams:
+    """What ``ContrastiveRetrieval.val_loader`` returns: iterating it yields the image
+    stream's batches (``ImageBatch``, from ``images``, a loader of (image, index)) then the
+    caption stream's (``CaptionBatch``, slices of the in-memory rows); iterated afresh every
+    epoch, as a DataLoader is."""
+
+    def __init__(self, images: DataLoader, ids: torch.Tensor, mask: torch.Tensor,
+                 index: torch.Tensor, batch_size: int) -> None:
+        self.images, self.ids, self.mask, self.index = images, ids, mask, index
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return len(self.images) + math.ceil(len(self.index) / self.batch_size)
+
+    def __iter__(self) -> Iterator[ImageBatch | CaptionBatch]:
+        for image, index in self.images:
+            yield ImageBatch(image, index)
+        for start in range(0, len(self.index), self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            yield CaptionBatch(self.ids[rows], self.mask[rows], self.index[rows])
+
+
+def embed_new_images(retriever: Retriever, image: torch.Tensor, index: torch.Tensor,
+                     images: dict[int, torch.Tensor], device) -> None:
+    """Embed the batch's images whose index is not in ``images`` yet (the first row of each),
+    into ``images``: index -> embedding."""
+    new, seen = [], set(images)
+    for i, key in enumerate(index.tolist()):
+        if key not in seen:
+            seen.add(key)
+            new.append(i)
+    if new:
+        emb = retriever.embed_image(image[new].to(device)).float().cpu()
+        images.update({int(index[i]): e for i, e in zip(new, emb, strict=True)})
+
+
 class ContrastiveRetrieval:
     """Loss on ``(image_emb, text_emb, scale)`` and recall@K validation (module docstring)."""
 
@@ -85,26 +142,39 @@ class ContrastiveRetrieval:
         logits = scale * image_emb @ text_emb.T  # (B, B): pair i's image x pair j's caption
         return contrastive_loss(logits, target[:, None] == target[None, :])
 
+    def val_loader(self, dataset: Dataset, **loader_kwargs) -> Iterable:
+        """Validation's image and caption streams over ``CaptionPairs``: a DataLoader (with
+        ``loader_kwargs``) over its distinct images, then its captions in batches of the same
+        size, sliced from the token tensors (already in memory: workers would only copy
+        them); any other dataset: a plain DataLoader of its pairs."""
+        if not isinstance(dataset, CaptionPairs):
+            return DataLoader(dataset, **loader_kwargs)
+        images = DataLoader(dataset.distinct_images(), **loader_kwargs)
+        return ValidationStreams(images, dataset.ids, dataset.mask, dataset.image_index,
+                                 loader_kwargs.get("batch_size", 1))
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Iterable, device) -> dict[str, float]:
-        """Each image is embedded once (at its first pair), each caption once; ``val_loss``
-        is the contrastive loss over the whole validation set (all images x all captions)."""
+        """Each image is embedded once, each caption once; ``val_loss`` is the contrastive
+        loss over the whole validation set (all images x all captions). ``loader`` yields
+        ``ImageBatch`` / ``CaptionBatch`` (``val_loader``) or pair batches ``((image, ids,
+        mask), image index)``, whose images are embedded at their first pair."""
         model.eval()
         retriever = cast(Retriever, model)
         images: dict[int, torch.Tensor] = {}
         texts, caption_image = [], []
-        for (image, ids, mask), target in loader:
+        for batch in loader:
+            if isinstance(batch, ImageBatch):
+                embed_new_images(retriever, batch.image, batch.index, images, device)
+                continue
+            if isinstance(batch, CaptionBatch):
+                ids, mask, index = batch
+            else:
+                (image, ids, mask), index = batch
+                embed_new_images(retriever, image, index, images, device)
             ids, mask = to_device((ids, mask), device)
             texts.append(retriever.embed_text(ids, mask).float().cpu())
-            caption_image.append(target)
-            new, seen = [], set(images)  # the first pair of each image not embedded yet
-            for i, index in enumerate(target.tolist()):
-                if index not in seen:
-                    seen.add(index)
-                    new.append(i)
-            if new:
-                emb = retriever.embed_image(image[new].to(device)).float().cpu()
-                images.update({int(target[i]): e for i, e in zip(new, emb, strict=True)})
+            caption_image.append(index)
         order = sorted(images)  # image index -> row
         row = {index: r for r, index in enumerate(order)}
         image_emb = torch.stack([images[i] for i in order])  # (N, E)

@@ -3,17 +3,26 @@
 Shares its config builder with ``minilm`` (all-MiniLM-L6-v2 is a BERT-architecture model).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import BertConfig
-from transformers.models.bert.modeling_bert import BertLayer, BertModel
 
 from encoders.lm.hf_format import HF_CHECKPOINT
 from encoders.lm.registry import LMFamily, LMSize, register_family
 
+if TYPE_CHECKING:
+    from transformers import BertConfig
+
 LAYER_KEY = r"^(?:.*\.)?encoder\.layer\.{index}\.(.+)$"
+MODELING = "transformers.models.bert.modeling_bert"
+CONFIG = "transformers.models.bert.configuration_bert:BertConfig"
 
 
 def make_config(size: LMSize) -> BertConfig:
+    from transformers import BertConfig
+
     return BertConfig(
         hidden_size=size.hidden_size,
         num_hidden_layers=size.num_layers,
@@ -34,9 +43,9 @@ BERT = register_family(
             ),
         },
         default_size="base",
-        layer_class=BertLayer,
-        model_class=BertModel,
-        config_class=BertConfig,
+        layer=f"{MODELING}:BertLayer",
+        model=f"{MODELING}:BertModel",
+        config=CONFIG,
         layer_key=LAYER_KEY,
         make_config=make_config,
         formats=(HF_CHECKPOINT,),

@@ -5,14 +5,20 @@ Old GPT-2 checkpoints store each layer's causal-mask buffer (``attn.bias``,
 and are skipped, never read.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
-from transformers import GPT2Config
-from transformers.models.gpt2.modeling_gpt2 import GPT2Block, GPT2Model
 
 from encoders.lm.hf_format import HF_CHECKPOINT
 from encoders.lm.registry import LMFamily, LMSize, register_family
 
+if TYPE_CHECKING:
+    from transformers import GPT2Config
+
+MODELING = "transformers.models.gpt2.modeling_gpt2"
 # name: (repo, hidden, layers, heads); FFN is 4 x hidden
 _SIZES = {
     "124m": ("openai-community/gpt2", 768, 12, 12),
@@ -23,6 +29,8 @@ _SIZES = {
 
 
 def make_config(size: LMSize) -> GPT2Config:
+    from transformers import GPT2Config
+
     return GPT2Config(
         n_embd=size.hidden_size, n_layer=size.num_layers, n_head=size.num_heads,
         n_inner=size.ffn_dim,
@@ -37,9 +45,9 @@ GPT2 = register_family(
             for n, (repo, h, layers, heads) in _SIZES.items()
         },
         default_size="124m",
-        layer_class=GPT2Block,
-        model_class=GPT2Model,
-        config_class=GPT2Config,
+        layer=f"{MODELING}:GPT2Block",
+        model=f"{MODELING}:GPT2Model",
+        config="transformers.models.gpt2.configuration_gpt2:GPT2Config",
         layer_key=r"^(?:.*\.)?h\.{index}\.(.+)$",
         make_config=make_config,
         formats=(HF_CHECKPOINT,),

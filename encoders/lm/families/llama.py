@@ -6,18 +6,21 @@ model has it (Llama-2-70B, Llama-3): ``num_key_value_heads`` in ``extra``. Rotar
 is removed in the block (identity cos/sin).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import (
-    LlamaDecoderLayer,
-    LlamaModel,
-    LlamaRMSNorm,
-)
+from torch import nn
 
 from encoders.lm.hf_format import HF_CHECKPOINT
 from encoders.lm.meta_llama import META_LLAMA
 from encoders.lm.registry import LMFamily, LMSize, register_family
 
+if TYPE_CHECKING:
+    from transformers import LlamaConfig
+
+MODELING = "transformers.models.llama.modeling_llama"
 F16, BF16 = torch.float16, torch.bfloat16
 # name: (repo, hidden, layers, heads, kv heads, ffn, dtype)
 _SIZES = {
@@ -36,6 +39,8 @@ _SIZES = {
 
 
 def make_config(size: LMSize) -> LlamaConfig:
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
         num_attention_heads=size.num_heads, intermediate_size=size.ffn_dim,
@@ -43,6 +48,12 @@ def make_config(size: LMSize) -> LlamaConfig:
         vocab_size=128256 if size.name.startswith("3") else 32000,
         tie_word_embeddings=False,
     )
+
+
+def final_norm(config: LlamaConfig) -> nn.Module:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    return LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
 LLAMA = register_family(
@@ -53,16 +64,16 @@ LLAMA = register_family(
             for n, (repo, h, layers, heads, kv, ffn, dtype) in _SIZES.items()
         },
         default_size="1-7b",
-        layer_class=LlamaDecoderLayer,
-        model_class=LlamaModel,
-        config_class=LlamaConfig,
+        layer=f"{MODELING}:LlamaDecoderLayer",
+        model=f"{MODELING}:LlamaModel",
+        config="transformers.models.llama.configuration_llama:LlamaConfig",
         layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
         formats=(HF_CHECKPOINT, META_LLAMA),
         description="Meta LLaMA 1/2/3/3.1 decoder layers",
         rotary=True,
         final_norm_key=r"^(?:model\.)?norm\.(.+)$",
-        build_final_norm=lambda c: LlamaRMSNorm(c.hidden_size, eps=c.rms_norm_eps),
+        build_final_norm=final_norm,
         ignore=r"^self_attn\.rotary_emb\.inv_freq$",
     )
 )

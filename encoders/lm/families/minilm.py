@@ -7,10 +7,8 @@ it is found through importlib.resources, so the embedded default sweep runs offl
 from importlib import resources
 
 import torch
-from transformers import BertConfig
-from transformers.models.bert.modeling_bert import BertLayer, BertModel
 
-from encoders.lm.families.bert import LAYER_KEY, make_config
+from encoders.lm.families.bert import CONFIG, LAYER_KEY, MODELING, make_config
 from encoders.lm.hf_format import HF_CHECKPOINT
 from encoders.lm.registry import LMFamily, LMSize, register_family
 
@@ -30,9 +28,9 @@ MINILM = register_family(
             )
         },
         default_size="l6",
-        layer_class=BertLayer,
-        model_class=BertModel,
-        config_class=BertConfig,
+        layer=f"{MODELING}:BertLayer",
+        model=f"{MODELING}:BertModel",
+        config=CONFIG,
         layer_key=LAYER_KEY,
         make_config=make_config,
         formats=(HF_CHECKPOINT,),

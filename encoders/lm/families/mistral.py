@@ -1,18 +1,24 @@
 """Mistral 7B (mistralai/Mistral-7B-v0.1): grouped-query attention, rotary removed."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import MistralConfig
-from transformers.models.mistral.modeling_mistral import (
-    MistralDecoderLayer,
-    MistralModel,
-    MistralRMSNorm,
-)
+from torch import nn
 
 from encoders.lm.hf_format import HF_CHECKPOINT
 from encoders.lm.registry import LMFamily, LMSize, register_family
 
+if TYPE_CHECKING:
+    from transformers import MistralConfig
+
+MODELING = "transformers.models.mistral.modeling_mistral"
+
 
 def make_config(size: LMSize) -> MistralConfig:
+    from transformers import MistralConfig
+
     return MistralConfig(
         hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
         num_attention_heads=size.num_heads, intermediate_size=size.ffn_dim,
@@ -20,6 +26,12 @@ def make_config(size: LMSize) -> MistralConfig:
         vocab_size=32000,
         tie_word_embeddings=False,
     )
+
+
+def final_norm(config: MistralConfig) -> nn.Module:
+    from transformers.models.mistral.modeling_mistral import MistralRMSNorm
+
+    return MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
 MISTRAL = register_family(
@@ -30,15 +42,15 @@ MISTRAL = register_family(
                          {"num_key_value_heads": 8}),
         },
         default_size="7b",
-        layer_class=MistralDecoderLayer,
-        model_class=MistralModel,
-        config_class=MistralConfig,
+        layer=f"{MODELING}:MistralDecoderLayer",
+        model=f"{MODELING}:MistralModel",
+        config="transformers.models.mistral.configuration_mistral:MistralConfig",
         layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
         formats=(HF_CHECKPOINT,),
         description="Mistral 7B decoder layers",
         rotary=True,
         final_norm_key=r"^(?:model\.)?norm\.(.+)$",
-        build_final_norm=lambda c: MistralRMSNorm(c.hidden_size, eps=c.rms_norm_eps),
+        build_final_norm=final_norm,
     )
 )

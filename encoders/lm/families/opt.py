@@ -5,14 +5,20 @@ opt-350m is the odd one: post-LN (``do_layer_norm_before=False``) and its decode
 the layers, so an OPT-350m block is 1024 wide.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
-from transformers import OPTConfig
-from transformers.models.opt.modeling_opt import OPTDecoderLayer, OPTModel
 
 from encoders.lm.hf_format import HF_CHECKPOINT
 from encoders.lm.registry import LMFamily, LMSize, register_family
 
+if TYPE_CHECKING:
+    from transformers import OPTConfig
+
+MODELING = "transformers.models.opt.modeling_opt"
 _F16 = torch.float16
 # name: (hidden, layers, heads, ffn)
 _SIZES = {
@@ -37,6 +43,8 @@ def _size(name: str, hidden: int, layers: int, heads: int, ffn: int) -> LMSize:
 
 
 def make_config(size: LMSize) -> OPTConfig:
+    from transformers import OPTConfig
+
     return OPTConfig(
         hidden_size=size.hidden_size,
         num_hidden_layers=size.num_layers,
@@ -55,9 +63,9 @@ OPT = register_family(
         name="opt",
         sizes={n: _size(n, *dims) for n, dims in _SIZES.items()},
         default_size="125m",
-        layer_class=OPTDecoderLayer,
-        model_class=OPTModel,
-        config_class=OPTConfig,
+        layer=f"{MODELING}:OPTDecoderLayer",
+        model=f"{MODELING}:OPTModel",
+        config="transformers.models.opt.configuration_opt:OPTConfig",
         layer_key=r"^(?:.*\.)?decoder\.layers\.{index}\.(.+)$",
         make_config=make_config,
         formats=(HF_CHECKPOINT,),

@@ -4,14 +4,20 @@ Rotary on 25% of each head (``rotary_pct``) and parallel attention/MLP residuals
 runs with identity rotary embeddings (no positions).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
-from transformers import GPTNeoXConfig
-from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer, GPTNeoXModel
 
 from encoders.lm.hf_format import HF_CHECKPOINT
 from encoders.lm.registry import LMFamily, LMSize, register_family
 
+if TYPE_CHECKING:
+    from transformers import GPTNeoXConfig
+
+MODELING = "transformers.models.gpt_neox.modeling_gpt_neox"
 # name: (hidden, layers, heads); FFN is 4 x hidden
 _SIZES = {
     "70m": (512, 6, 8),
@@ -26,6 +32,8 @@ _SIZES = {
 
 
 def make_config(size: LMSize) -> GPTNeoXConfig:
+    from transformers import GPTNeoXConfig
+
     return GPTNeoXConfig(
         hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
         num_attention_heads=size.num_heads, intermediate_size=size.ffn_dim,
@@ -42,9 +50,9 @@ PYTHIA = register_family(
             for n, (h, layers, heads) in _SIZES.items()
         },
         default_size="160m",
-        layer_class=GPTNeoXLayer,
-        model_class=GPTNeoXModel,
-        config_class=GPTNeoXConfig,
+        layer=f"{MODELING}:GPTNeoXLayer",
+        model=f"{MODELING}:GPTNeoXModel",
+        config="transformers.models.gpt_neox.configuration_gpt_neox:GPTNeoXConfig",
         layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
         formats=(HF_CHECKPOINT,),

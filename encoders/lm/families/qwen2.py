@@ -1,16 +1,19 @@
 """Qwen2.5 (Qwen/Qwen2.5-*): every base size; grouped-query attention, rotary removed."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import Qwen2Config
-from transformers.models.qwen2.modeling_qwen2 import (
-    Qwen2DecoderLayer,
-    Qwen2Model,
-    Qwen2RMSNorm,
-)
+from torch import nn
 
 from encoders.lm.hf_format import HF_CHECKPOINT
 from encoders.lm.registry import LMFamily, LMSize, register_family
 
+if TYPE_CHECKING:
+    from transformers import Qwen2Config
+
+MODELING = "transformers.models.qwen2.modeling_qwen2"
 # name: (hidden, layers, heads, kv heads, ffn)
 _SIZES = {
     "0.5b": (896, 24, 14, 2, 4864),
@@ -24,6 +27,8 @@ _SIZES = {
 
 
 def make_config(size: LMSize) -> Qwen2Config:
+    from transformers import Qwen2Config
+
     return Qwen2Config(
         hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
         num_attention_heads=size.num_heads, intermediate_size=size.ffn_dim,
@@ -31,6 +36,12 @@ def make_config(size: LMSize) -> Qwen2Config:
         vocab_size=151936,
         tie_word_embeddings=size.hidden_size <= 2048,  # 0.5B-3B tie their head
     )
+
+
+def final_norm(config: Qwen2Config) -> nn.Module:
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    return Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
 QWEN2 = register_family(
@@ -42,15 +53,15 @@ QWEN2 = register_family(
             for n, (h, layers, heads, kv, ffn) in _SIZES.items()
         },
         default_size="0.5b",
-        layer_class=Qwen2DecoderLayer,
-        model_class=Qwen2Model,
-        config_class=Qwen2Config,
+        layer=f"{MODELING}:Qwen2DecoderLayer",
+        model=f"{MODELING}:Qwen2Model",
+        config="transformers.models.qwen2.configuration_qwen2:Qwen2Config",
         layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
         formats=(HF_CHECKPOINT,),
         description="Alibaba Qwen2.5 decoder layers",
         rotary=True,
         final_norm_key=r"^(?:model\.)?norm\.(.+)$",
-        build_final_norm=lambda c: Qwen2RMSNorm(c.hidden_size, eps=c.rms_norm_eps),
+        build_final_norm=final_norm,
     )
 )

@@ -1,0 +1,231 @@
+"""What a trial costs: parameters, FLOPs per sample, throughput, memory, MFU.
+
+The names below are the contract between the trial (which measures) and the driver (which
+records): a worker's result carries every key of ``COST_PARAMS`` (constants of the trial:
+logged once, as MLflow params), ``COST_METRICS`` (per epoch: MLflow metrics) and
+``RUN_SETTINGS`` (how the trial ran on the machine it landed on: tags, re-set when a retry
+lands elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import resource
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from experiments.batches import Batch, batch_len, forward
+
+# Constants of a trial: MLflow params (not metric histories).
+COST_PARAMS = (
+    "frozen_params",  # parameters of the frozen block
+    "trainable_params",  # parameters the optimizer updates
+    "gflops_forward_per_sample",  # FlopCounterMode, one forward, per sample
+    "gflops_train_step_per_sample",  # forward + backward (frozen weights get no weight grads)
+    "device_name",  # torch.cuda.get_device_name() or "cpu"
+    "peak_tflops",  # the device's dense bf16 peak used for MFU ("" when unknown / CPU)
+)
+
+# Measured each epoch: MLflow metrics.
+COST_METRICS = (
+    "samples_per_s",  # training samples per second of the epoch's training phase
+    "step_time_s",  # training-phase seconds per optimizer step
+    "data_wait_share",  # share of the training phase spent waiting for the next batch
+    "peak_memory_bytes",  # CUDA max allocated, or the process's peak RSS on CPU
+    "achieved_tflops",  # train-step FLOPs per sample x samples/s, in TFLOP/s
+    "mfu",  # achieved / peak (CUDA with a known or given peak only)
+)
+
+# How the trial ran where it landed: MLflow tags (set again when a retry lands elsewhere).
+RUN_SETTINGS = (
+    "num_workers",  # DataLoader worker processes ("auto" resolved)
+    "cpus",  # CPUs Ray gave the trial
+    "autocast",  # the autocast dtype, or "off"
+    "tf32",  # TF32 allowed for float32 matmuls/convolutions (CUDA)
+    "fused_adamw",  # AdamW's fused kernel in use
+    "compile",  # the model ran under torch.compile
+)
+
+# Device peaks: dense (no 2:4 sparsity) BF16 tensor-core FLOP/s, the MFU denominator. Keys are
+# matched against torch.cuda.get_device_name(); the longest key found in the name wins.
+PEAK_BF16_FLOPS = {
+    # NVIDIA H100 datasheet: SXM 1,979 / PCIe 1,513 / NVL 1,671 TFLOPS with sparsity, halved.
+    # "H100" alone is the SXM part: its CUDA name is "NVIDIA H100 80GB HBM3".
+    "H100": 989.4e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835.5e12,
+    # NVIDIA H200 datasheet: SXM 1,979 / NVL 1,671 with sparsity (the H100's tensor cores).
+    "H200": 989.4e12,
+    "H200 NVL": 835.5e12,
+    # NVIDIA GH200 datasheet: the Hopper GPU at H100 SXM rates ("NVIDIA GH200 480GB").
+    "GH200": 989.4e12,
+    # NVIDIA A100 datasheet: 312 dense, SXM and PCIe alike.
+    "A100": 312e12,
+    # NVIDIA A10 datasheet: 125 dense (250 with sparsity).
+    "A10": 125e12,
+    # A10G (AWS G5): no NVIDIA datasheet; AWS / Baseten's A10-vs-A10G comparison: 70 dense.
+    "A10G": 70e12,
+    # NVIDIA L40S datasheet: 362.05 (733 with sparsity); L40 datasheet: 181.05 (362.1).
+    "L40S": 362.05e12,
+    "L40": 181.05e12,
+    # NVIDIA L4 datasheet: 242 with sparsity, halved.
+    "L4": 121e12,
+    # Ada Lovelace whitepaper, RTX 4090: BF16 with FP32 accumulate 165.2 (330.4 with sparsity).
+    "RTX 4090": 165.2e12,
+    # NVIDIA HGX B200 datasheet: 4.5 PFLOPS FP16/BF16 per GPU with sparsity, halved.
+    "B200": 2250e12,
+}
+PEAK_TFLOPS_ENV = "LMBLOCKS_PEAK_TFLOPS"  # overrides the table (TFLOP/s) when set
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """FLOPs (not GFLOPs) per sample of one forward and of one training step."""
+
+    forward_per_sample: float
+    train_step_per_sample: float  # forward + loss + backward; no optimizer step
+
+
+def _sdpa_forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                   **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# torch's table counts the CUDA attention kernels but not the CPU one, which
+# F.scaled_dot_product_attention (timm's fused attention) calls: it would count 0 on CPU.
+_CPU_ATTENTION = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_forward,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward,
+}
+
+
+def count_flops(model: nn.Module, inputs: Batch, target: Batch,
+                loss_fn: Callable[..., torch.Tensor]) -> StepFlops:
+    """Count one forward and one training step of ``model`` on this batch, per sample.
+
+    FlopCounterMode counts what autograd really runs: a frozen weight gets no weight gradient,
+    and a layer with nothing trainable before it computes no input gradient, so a frozen
+    block costs less than a third of a trainable one. Counts depend on shapes only, so one
+    batch per trial is enough; pass the uncompiled module. It runs in eval mode (no dropout,
+    BatchNorm on its running stats) with grad enabled, and leaves no trace: every module's
+    train/eval flag, the buffers, each parameter's ``.grad`` (the same tensor, or None) and
+    the RNG states (torch CPU and CUDA, ``random``, numpy) are as before, so a trial that
+    counts is the same trial as one that does not. On CUDA it raises the allocator's peak:
+    call ``reset_peak_memory`` after it.
+    """
+    n = batch_len(inputs)
+    with _untouched(model):
+        model.eval()
+        with torch.enable_grad(), FlopCounterMode(display=False,
+                                                  custom_mapping=_CPU_ATTENTION) as counter:
+            out = forward(model, inputs)
+            forward_flops = counter.get_total_flops()
+            loss = loss_fn(out, target)
+            if loss.requires_grad:  # something is trainable
+                loss.backward()
+            step_flops = counter.get_total_flops()
+        del out, loss
+    return StepFlops(forward_flops / n, step_flops / n)
+
+
+@contextmanager
+def _untouched(model: nn.Module) -> Iterator[None]:
+    """Restore modes, buffers, grads and RNG states on exit (even on an error)."""
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.grad) for p in model.parameters()]
+    buffers = [(m, name, b, b.clone()) for m in model.modules()
+               for name, b in m.named_buffers(recurse=False)]
+    rng = _rng_states()
+    for p, _ in grads:
+        p.grad = None  # a fresh backward, not accumulated into (and changing) the trial's grads
+    try:
+        yield
+    finally:
+        for p, grad in grads:
+            p.grad = grad
+        with torch.no_grad():
+            for m, name, b, saved in buffers:
+                setattr(m, name, b)
+                b.copy_(saved)
+        for m, training in modes:
+            m.training = training
+        _set_rng_states(rng)
+
+
+def _rng_states() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
+
+
+def _set_rng_states(states: tuple) -> None:
+    cpu, cuda, python, numpy = states
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(python)
+    np.random.set_state(numpy)
+
+
+def device_name(device: torch.device | str) -> str:
+    """What the run records as ``device_name``, and what ``peak_flops`` looks up."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def peak_flops(device_name: str, override_tflops: float | None = None) -> float | None:
+    """The device's dense bf16 peak in FLOP/s, the MFU denominator.
+
+    ``override_tflops`` (else ``$LMBLOCKS_PEAK_TFLOPS``) wins, for a GPU not in the table or
+    a clock the datasheet does not describe; else the longest table key found in the name as
+    a whole word ("H100 PCIe" before "H100"; "A100" is not found in "RTX A1000"); else None,
+    and MFU is not reported rather than reported against a guess.
+    """
+    if override_tflops is None and os.environ.get(PEAK_TFLOPS_ENV):
+        try:
+            override_tflops = float(os.environ[PEAK_TFLOPS_ENV])
+        except ValueError:
+            raise ValueError(f"{PEAK_TFLOPS_ENV}={os.environ[PEAK_TFLOPS_ENV]!r}: expected "
+                             "the peak in TFLOP/s, e.g. 989.4") from None
+    if override_tflops is not None:
+        return float(override_tflops) * 1e12
+    found = [key for key in PEAK_BF16_FLOPS
+             if re.search(rf"(?<![a-z0-9]){re.escape(key.lower())}(?![a-z0-9])",
+                          device_name.lower())]
+    return PEAK_BF16_FLOPS[max(found, key=len)] if found else None
+
+
+def mfu(achieved_flops_per_s: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved / peak; None when the peak is unknown."""
+    return achieved_flops_per_s / peak if peak else None
+
+
+def peak_memory_bytes(device: torch.device | str) -> int:
+    """The most memory the trial has held: CUDA's allocator peak since the last reset, or on
+    CPU the process's peak resident set (its whole life: it cannot be reset)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start CUDA's peak anew (after a FLOP count, say); a no-op on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)

@@ -1,0 +1,159 @@
+"""Data off the critical path, reproducibly.
+
+A trial's DataLoaders decode and augment in worker processes sized from the CPUs the trial
+was given, with pinned memory for non-blocking copies on CUDA, persistent workers (started
+once per trial, not per epoch) and prefetching. What a sample looks like (its random crop,
+its RandAugment ops) is drawn from RNGs seeded by (trial seed, epoch, sample index) alone,
+so it depends neither on which worker loaded it nor on how many workers there are: a trial
+gives the same batches with 0 or 8 workers, and a trial resumed at epoch k sees the batches
+the uninterrupted one saw. The epoch travels with each index (``EpochSampler`` yields
+``(epoch, index)``) because a persistent worker holds its own copy of the dataset, which the
+main process cannot tell that a new epoch began.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+
+AUTO = "auto"
+MAX_AUTO_WORKERS = 16  # beyond this a single trial's loader gains little and costs memory
+PREFETCH_FACTOR = 4  # batches each worker keeps ready
+
+
+def resolve_num_workers(setting: str | int, cpus: int, in_memory: bool,
+                        device: torch.device | str = "cuda") -> int:
+    """``auto``: none for data held in memory as tensors (embedded tasks: a worker would cost
+    more to feed than the indexing it saves) and none on a CPU device (the trial's cores do
+    the compute; a worker takes one from it: 0.69x the samples/s with one worker on 2 cores,
+    bench/trial_throughput.py); else every CPU of the trial but the one that drives the GPU,
+    at least one, at most ``MAX_AUTO_WORKERS``. An integer is taken as is."""
+    if str(setting) == AUTO:
+        if in_memory or torch.device(device).type == "cpu":
+            return 0
+        return min(MAX_AUTO_WORKERS, max(1, cpus - 1))
+    n = int(setting)
+    if n < 0:
+        raise ValueError(f"num_workers must be 'auto' or >= 0 (got {setting!r})")
+    return n
+
+
+def check_num_workers(setting: object) -> None:
+    """Raise ValueError naming the bad value and the valid ones (the plan's pre-flight)."""
+    if str(setting) == AUTO:
+        return
+    try:
+        if int(str(setting)) >= 0:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"bad num_workers {setting!r}; valid: auto or an integer >= 0")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch of one trial: its shuffle and the main process's RNGs."""
+    return seed * 100_003 + epoch
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample of one epoch, well mixed (neighbouring indices must not
+    get neighbouring seeds: some generators' first draws are correlated across such seeds)."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)``; shuffled per (seed, epoch) when ``shuffle``. ``set_epoch``
+    before each epoch (as with ``DistributedSampler``)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+            # torch's DataLoader draws its workers' base seed from a shuffling generator
+            # before the permutation; drawing it too keeps every earlier trial's batch order
+            torch.empty((), dtype=torch.int64).random_(generator=gen)
+            order = torch.randperm(self.n, generator=gen).tolist()
+        else:
+            order = range(self.n)
+        for index in order:
+            yield self.epoch, index
+
+
+def draws_random(dataset: Dataset) -> bool:
+    """Whether reading a sample may draw random numbers (an augmentation). A TensorDataset
+    only indexes tensors; another dataset says so with ``draws_random = False``."""
+    if isinstance(dataset, TensorDataset):
+        return False
+    return bool(getattr(dataset, "draws_random", True))
+
+
+class SeededSamples(Dataset):
+    """``dataset[index]`` with torch's CPU generator, ``random`` and numpy's global RNG seeded
+    by ``sample_seed(seed, epoch, index)``, then put back as they were (in the main process,
+    with no workers, the training's own draws must not shift). Saving and seeding three RNGs
+    costs ~0.13 ms a sample, nothing next to decoding a JPEG but 10% of an epoch of digits
+    held in memory: datasets that draw nothing (``draws_random``) are read directly."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+        self.seeded = draws_random(dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if not self.seeded:
+            return self.dataset[index]
+        s = sample_seed(self.seed, epoch, index)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        torch_state = torch.default_generator.get_state()
+        torch.default_generator.manual_seed(s)  # CPU only: CUDA's generator is left alone
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        try:
+            return self.dataset[index]
+        finally:
+            torch.default_generator.set_state(torch_state)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def loader_settings(num_workers: int, device: torch.device, *, persistent: bool = True
+                    ) -> dict[str, object]:
+    """DataLoader keyword arguments for a trial's loaders. A generator of their own: DataLoader
+    draws its workers' base seed at every ``iter()``, from the global RNG when it has none,
+    which would shift the trial's dropout and Mixup draws. ``persistent``: the workers live
+    as long as the loader (the training loader); the validation loader's start at each
+    evaluation and exit after it: kept alive between evaluations, they cost the training
+    13.0 vs 16.7 samples/s on 2 cores (bench/trial_throughput.py's setup), for one fork an
+    epoch saved."""
+    kw: dict[str, object] = {"num_workers": num_workers, "pin_memory": device.type == "cuda",
+                             "generator": torch.Generator().manual_seed(0)}
+    if num_workers > 0:
+        kw.update(persistent_workers=persistent, prefetch_factor=PREFETCH_FACTOR)
+    return kw
+
+
+def train_loader(dataset: Dataset, batch_size: int, seed: int, *, drop_last: bool,
+                 **settings: object) -> tuple[DataLoader, EpochSampler]:
+    """The trial's one training loader (its workers live as long as it does) and the sampler
+    whose ``set_epoch`` moves it to the next epoch."""
+    sampler = EpochSampler(len(dataset), seed)  # type: ignore[arg-type]
+    loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=sampler,
+                        drop_last=drop_last, **settings)  # type: ignore[arg-type]
+    return loader, sampler
