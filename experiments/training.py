@@ -299,7 +299,7 @@ def run_trial(
         # from numpy), the samples per (seed, epoch, index): a resumed trial sees the same.
         seed = epoch_seed(trial.seed, epoch)
         torch.manual_seed(seed)
-        np.random.seed(seed)
+        np.random.seed(seed % 2**32)  # numpy's seeds are 32-bit; torch's and random's are not
         random.seed(seed)
         sampler.set_epoch(epoch)
         steps = len(loader)

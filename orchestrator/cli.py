@@ -7,6 +7,7 @@ weights is read, and reported as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -102,12 +103,17 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     changes: dict[str, object] = {}
     for axis in ("families", "sizes", "layers", "tasks", "controls"):
         if (v := _csv(getattr(args, axis))) is not None:
+            if not v:
+                flag = "--family" if axis == "families" else f"--{axis}"
+                raise SpecError(f"empty {flag}; valid: one or more values (see --help)")
             changes[axis] = v
     if "families" in changes and "sizes" not in changes and set(changes["families"]) != set(
         spec.families
     ):
         changes["sizes"] = ("default",)  # the preset's sizes belong to the preset's families
-    if (seeds := _csv(args.seeds)) is not None:
+    if (seeds := _csv(args.seeds)) is not None and not seeds:
+        raise SpecError("empty --seeds; valid: one or more integers")
+    if seeds is not None:
         try:
             changes["seeds"] = tuple(int(s) for s in seeds)
         except ValueError:
@@ -143,6 +149,37 @@ def print_plan(plan) -> None:
             checkpoint_bytes=sizes["checkpoint_bytes"].map(human_bytes),
             layer_share=sizes["layer_share"].map(lambda r: f"{r:.2%}"),
         ).to_string(index=False))
+
+
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql",
+                    "databricks", "databricks-uc")
+
+
+def check_tracking_uri(uri: str | None) -> None:
+    """A scheme MLflow can store to (or a plain path: a file store), named before anything
+    starts; MLflow itself raises its own exception deep in the sweep otherwise."""
+    if uri is None:
+        return
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme and scheme not in TRACKING_SCHEMES:
+        raise SpecError(f"unknown --tracking-uri scheme {scheme!r} in {uri!r}; valid: "
+                        f"{', '.join(TRACKING_SCHEMES)} (or a folder path)")
+
+
+def check_storage(storage: str | None) -> None:
+    """--storage: a URL Ray handles (s3://, gs://, ...), or a directory that exists or can be
+    created (its nearest existing ancestor is a writable directory)."""
+    if storage is None or "://" in storage:
+        return
+    path = Path(storage).resolve()
+    if path.exists():
+        if not path.is_dir():
+            raise SpecError(f"--storage {storage!r} is not a directory")
+        return
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise SpecError(f"--storage {storage!r} cannot be created ({parent} is not a "
+                        "writable directory)")
 
 
 def preflight_data(plan, data_dir: str | None) -> None:
@@ -195,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.plan import build_plan
 
         plan = build_plan(spec)
-        if args.dry_run:
-            print_plan(plan)
-            return 0
+        # One validation path: --dry-run rejects everything a real run rejects, with the same
+        # line; only what a plan does not need may be absent: the weights, and the data when
+        # no --data-dir is given (a given one is checked).
         from orchestrator.search import HPARAM_SEARCHES, SAMPLERS, SEARCHES
         from orchestrator.tuner import SCHEDULERS
 
@@ -226,12 +263,28 @@ def main(argv: list[str] | None = None) -> int:
                             f"(got --search {args.search})")
         if args.samples_per_cell < 1:
             raise SpecError(f"--samples-per-cell must be positive (got {args.samples_per_cell})")
-        preflight_data(plan, args.data_dir)
+        if not args.dry_run or args.data_dir is not None:
+            preflight_data(plan, args.data_dir)
+        check_tracking_uri(args.tracking_uri)
+        check_storage(args.storage)
+        if args.dry_run:
+            print_plan(plan)
+            return 0
         preflight_weights(plan, args.weights_dir)
     except SpecError as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from orchestrator.tracking import TrackingStoreError
 
+    try:
+        return _run(args, spec, plan)
+    except TrackingStoreError as e:  # the store cannot be opened: one line, nothing lost
+        print(f"sweep: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _run(args: argparse.Namespace, spec: SweepSpec, plan) -> int:
+    """The validated sweep: skip finished cells, run the rest, report."""
     from orchestrator.tracking import finished_cells
     from orchestrator.tuner import run_sweep
     from results.report import build_report

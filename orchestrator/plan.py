@@ -13,6 +13,8 @@ Validation happens here, before any weights, Ray or MLflow are touched.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 import encoders.lm.families  # noqa: F401  (registers the families)
@@ -27,6 +29,19 @@ from experiments.tasks.registry import get_task, list_tasks
 from experiments.trial import TrialSpec
 from orchestrator.layers import LayerSpecError, resolve_layers
 from orchestrator.spec import SpecError, SweepSpec
+
+MAX_SEED = 2**31 - 1
+# (hyperparameter, lower test, upper test, the valid range in words): finite numbers only
+NUMBER_RANGES = (
+    ("epochs", lambda v: v >= 1, lambda v: True, "an integer >= 1"),
+    ("batch_size", lambda v: v >= 1, lambda v: True, "an integer >= 1"),
+    ("lr", lambda v: v > 0, lambda v: True, "a finite number > 0"),
+    ("weight_decay", lambda v: v >= 0, lambda v: True, "a finite number >= 0"),
+    ("warmup_epochs", lambda v: v >= 0, lambda v: True, "a finite number >= 0"),
+    ("label_smoothing", lambda v: v >= 0, lambda v: v < 1, "a number in [0, 1)"),
+    ("mixup", lambda v: v >= 0, lambda v: True, "a finite number >= 0 (0: off)"),
+    ("cutmix", lambda v: v >= 0, lambda v: True, "a finite number >= 0 (0: off)"),
+)
 
 
 def _choose(kind: str, values: tuple[str, ...], valid: list[str]) -> None:
@@ -91,14 +106,16 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
     hp = spec.hparams
     if hp.schedule not in SCHEDULES:
         raise SpecError(f"unknown schedule {hp.schedule!r}; valid: {', '.join(SCHEDULES)}")
-    for name in ("warmup_epochs", "label_smoothing", "mixup", "cutmix"):
-        if getattr(hp, name) < 0 or (name == "label_smoothing" and hp.label_smoothing >= 1):
-            raise SpecError(f"bad {name} {getattr(hp, name)}; valid: >= 0 (label_smoothing < 1)")
+    for name, low, high, valid in NUMBER_RANGES:
+        value = getattr(hp, name)
+        if not (math.isfinite(value) and low(value) and high(value)):
+            raise SpecError(f"bad {name} {value!r}; valid: {valid}")
     _check_tasks_agree(spec)
-    if spec.hparams.epochs < 1 or spec.hparams.batch_size < 1 or spec.hparams.lr <= 0:
-        raise SpecError(f"epochs, batch_size and lr must be positive (got {spec.hparams})")
     if len(set(spec.seeds)) != len(spec.seeds):
         raise SpecError(f"duplicate seeds {list(spec.seeds)}")
+    for seed in spec.seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise SpecError(f"bad seed {seed}; valid: 0..{MAX_SEED}")
     controls = [get_control(c) for c in spec.controls]
     if any(c.layers != "none" for c in controls) and not spec.layers:
         raise SpecError("empty sweep: no layers; valid: last, all, 5, -1, 2..5, 3:5")

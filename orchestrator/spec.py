@@ -59,7 +59,15 @@ def load_spec(preset: str | Path) -> SweepSpec:
             raise SpecError(f"unknown preset {preset!r}; valid: {', '.join(list_presets())}")
     elif not path.is_file():
         raise SpecError(f"preset file {str(preset)!r} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise SpecError(f"preset {path}: not valid YAML{at}: "
+                        f"{getattr(e, 'problem', None) or e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"preset {path}: cannot read it ({e})") from None
     if not isinstance(raw, dict):
         raise SpecError(f"preset {path}: expected a mapping of sweep fields")
     return spec_from_dict(raw, where=str(path))
@@ -75,8 +83,38 @@ def spec_from_dict(raw: dict, where: str = "spec") -> SweepSpec:
         if key in _TUPLE_FIELDS:
             value = tuple(value) if isinstance(value, list | tuple) else (value,)
             if key == "seeds":
-                value = tuple(int(v) for v in value)
+                value = tuple(_typed(where, "seeds", v, "int") for v in value)
             else:
                 value = tuple(str(v) for v in value)
+        elif key in _HPARAM_TYPES:
+            value = _typed(where, key, value, _HPARAM_TYPES[key])
+        elif key == "name" and not isinstance(value, str):
+            raise SpecError(f"{where}: bad name {value!r}; valid: a string")
         changes[key] = value
     return SweepSpec().replace(**changes)
+
+
+# Hyperparameters' field types, from the dataclass (annotations are strings here).
+_HPARAM_TYPES = {f.name: str(f.type) for f in dataclasses.fields(Hyperparameters)}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false",
+               "str": "a string"}
+
+
+def _typed(where: str, key: str, value: object, kind: str) -> object:
+    """``value`` as the field's type, or SpecError naming the file, key and value (YAML gives
+    ``epochs: ten`` as a string and ``lr: 1e-3`` as a string too: PyYAML reads YAML 1.1)."""
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+        elif kind == "int":
+            if not isinstance(value, bool) and float(str(value)) == int(float(str(value))):
+                return int(float(str(value)))
+        elif kind == "float":
+            if not isinstance(value, bool):
+                return float(str(value))
+        elif kind == "str" and isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise SpecError(f"{where}: bad {key} {value!r}; valid: {_TYPE_WORDS.get(kind, kind)}")

@@ -75,6 +75,51 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return db if db.is_absolute() else Path.cwd() / db
 
 
+class TrackingStoreError(RuntimeError):
+    """The tracking store cannot be opened; the message names it and what to do."""
+
+
+def open_client(tracking_uri: str) -> MlflowClient:
+    """A client whose store is ready. MLflow creates (and migrates) a SQLite store's schema on
+    first use, and two sweeps started at once on a new ``mlflow.db`` race through alembic's
+    migrations: one dies, and the half-migrated file then fails every later sweep. So the
+    first use happens under an exclusive lock on ``<db>.lock`` beside the database, and a
+    database this call created but could not finish is removed, never left behind."""
+    db = sqlite_path(tracking_uri)
+    if db is None:  # a server or another store: it serialises its own schema
+        return _ready(MlflowClient(tracking_uri), tracking_uri)
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            existed = db.exists() and db.stat().st_size > 0
+            try:
+                return _ready(MlflowClient(tracking_uri), tracking_uri)
+            except TrackingStoreError:
+                if not existed:
+                    db.unlink(missing_ok=True)
+                raise
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _ready(client: MlflowClient, tracking_uri: str) -> MlflowClient:
+    from alembic.util.exc import CommandError
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        client.search_experiments(max_results=1)  # creates or migrates the schema
+    except (MlflowException, SQLAlchemyError, CommandError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingStoreError(
+            f"cannot open the MLflow store {tracking_uri!r}: {first[:200]}; check the URI "
+            "(a server must be reachable), or move a damaged database aside") from None
+    return client
+
+
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """For a SQLite store, artifacts next to the database (``mlruns/`` beside ``mlflow.db``),
     not in whatever directory the sweep was started from (MLflow's default, ``./mlruns``);
@@ -119,7 +164,7 @@ def finished_cells(tracking_uri: str, experiment: str) -> Counter[str]:
     db = sqlite_path(tracking_uri)
     if db is not None and not db.exists():
         return Counter()
-    client = MlflowClient(tracking_uri)
+    client = open_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return Counter()

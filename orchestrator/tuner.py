@@ -26,7 +26,7 @@ from orchestrator.progress import ProgressLine
 from orchestrator.resources import cpus_per_gpu, per_trial_resources
 from orchestrator.search import make_searcher, release_stale_trials, trial_count
 from orchestrator.spec import SweepSpec
-from orchestrator.tracking import MlflowTrialLogger, start_parent_run
+from orchestrator.tracking import MlflowTrialLogger, open_client, start_parent_run
 from orchestrator.trainable import tune_trial
 
 SWEEP_FILE = "lmblocks_sweep.json"
@@ -180,7 +180,7 @@ def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = 
 
 def _open_tracking(tracking_uri: str, experiment: str, spec: SweepSpec,
                    n_trials: int) -> tuple[MlflowClient, str]:
-    client = MlflowClient(tracking_uri)
+    client = open_client(tracking_uri)
     return client, start_parent_run(client, experiment, spec, n_trials)
 
 

@@ -59,7 +59,7 @@ def run_bad(capsys, *argv: str) -> str:
         (["--seeds", "a"], "bad seeds ['a']"),
         (["--preset", "nope"], f"unknown preset 'nope'; valid: {', '.join(list_presets())}"),
         (["--compute-dtype", "int3"], "unknown compute dtype 'int3'"),
-        (["--epochs", "0"], "must be positive"),
+        (["--epochs", "0"], "bad epochs 0; valid: an integer >= 1"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
         (["--search-hparams", "both"],
          f"unknown --search-hparams 'both'; valid: {', '.join(HPARAM_SEARCHES)}"),
@@ -69,6 +69,16 @@ def run_bad(capsys, *argv: str) -> str:
         (["--search-hparams", "per-cell", "--samples-per-cell", "0"],
          "--samples-per-cell must be positive (got 0)"),
         (["--num-workers", "many"], "bad num_workers 'many'; valid: auto or an integer >= 0"),
+        (["--lr", "nan"], "bad lr nan; valid: a finite number > 0"),
+        (["--lr", "inf"], "bad lr inf; valid: a finite number > 0"),
+        (["--weight-decay", "-1"], "bad weight_decay -1.0; valid: a finite number >= 0"),
+        (["--warmup-epochs", "nan"], "bad warmup_epochs nan; valid: a finite number >= 0"),
+        (["--label-smoothing", "nan"], "bad label_smoothing nan; valid: a number in [0, 1)"),
+        (["--seeds", "-1"], "bad seed -1; valid: 0..2147483647"),
+        (["--seeds", "2147483648"], "bad seed 2147483648; valid: 0..2147483647"),
+        (["--sizes", ""], "empty --sizes; valid: one or more values"),
+        (["--seeds", ","], "empty --seeds; valid: one or more integers"),
+        (["--tracking-uri", "bogus://x"], "unknown --tracking-uri scheme 'bogus' in 'bogus://x'"),
         (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive (got 0)"),
         (["--peak-tflops", "-5"], "--peak-tflops must be positive (got -5.0)"),
         (["--preset", str(ROOT / "tests" / "data" / "bad_init.yaml")],
@@ -187,3 +197,58 @@ def test_runtime_settings_reach_the_trial_but_not_its_identity():
     assert plain[0].to_config()["num_workers"] == "auto"
     assert [t.key for t in fast] == [t.key for t in plain]
     assert TrialSpec.from_config({**cfg, "compile": "True", "num_workers": 8}) == fast[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--search", "bogus"], "unknown --search 'bogus'; valid: grid, optuna"),
+        (["--scheduler", "x"], "unknown --scheduler 'x'; valid: fifo, asha"),
+        (["--sampler", "y"], "unknown --sampler 'y'; valid: tpe"),
+        (["--num-samples", "0"], "--num-samples must be positive (got 0)"),
+        (["--tasks", "cifar10", "--data-dir", "/nonexistent"], "/nonexistent"),
+        (["--lr", "nan"], "bad lr nan"),
+        (["--storage", "/etc/hostname"], "--storage '/etc/hostname' is not a directory"),
+    ],
+)
+def test_dry_run_rejects_what_a_real_run_rejects(capsys, argv, expected):
+    """One validation path: the same line, exit 2, with and without --dry-run."""
+    real = run_bad(capsys, *argv)
+    dry = run_bad(capsys, *argv, "--dry-run")
+    assert expected in dry and dry == real
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("epochs: [1\n", "not valid YAML at line 2"),
+        ("epochs: ten\n", "bad epochs 'ten'; valid: an integer"),
+        ("seeds: [a]\n", "bad seeds 'a'; valid: an integer"),
+        ("lr: fast\n", "bad lr 'fast'; valid: a number"),
+        ("compile: maybe\n", "bad compile 'maybe'; valid: true or false"),
+        ("epochs: 2.5\n", "bad epochs 2.5; valid: an integer"),
+        ("[1, 2]\n", "expected a mapping of sweep fields"),
+    ],
+)
+def test_bad_presets_exit_2_naming_file_key_and_value(capsys, tmp_path, text, expected):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(text)
+    err = run_bad(capsys, "--preset", str(preset), "--dry-run")
+    assert expected in err and str(preset) in err
+
+
+def test_preset_numbers_written_as_yaml_strings_are_read_as_numbers(tmp_path):
+    """PyYAML reads ``1e-3`` as a string (YAML 1.1): it is still the number it means."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("lr: 1e-3\nepochs: 2\nseeds: [0, 1]\n")
+    spec = cli.spec_from_args(cli.build_parser().parse_args(["--preset", str(preset)]))
+    assert (spec.hparams.lr, spec.hparams.epochs, spec.seeds) == (0.001, 2, (0, 1))
+
+
+def test_storage_that_cannot_be_created_is_refused(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = run_bad(capsys, "--storage", str(blocker / "runs"))
+    assert "cannot be created" in err
+    cli.check_storage(str(tmp_path / "new" / "runs"))  # a creatable folder passes
+    assert not (tmp_path / "new").exists()  # and checking it created nothing
