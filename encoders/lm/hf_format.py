@@ -38,7 +38,8 @@ def tensor_locations(checkpoint: CheckpointDir, reader: SafetensorsReader) -> di
     for index, single in ((INDEX_FILE, SINGLE_FILE), (BIN_INDEX_FILE, BIN_SINGLE_FILE)):
         if checkpoint.exists(index):
             weight_map = json.loads(checkpoint.read_text(index))["weight_map"]
-            return {tensor: checkpoint.resolve(shard) for tensor, shard in weight_map.items()}
+            return {tensor: checkpoint.resolve(shard, named_by=index)
+                    for tensor, shard in weight_map.items()}
         if checkpoint.has_file(single):
             location = checkpoint.resolve(single)
             return dict.fromkeys(reader.read_header(location).tensors, location)

@@ -20,9 +20,23 @@ from urllib.parse import urlparse
 import fsspec
 from huggingface_hub import constants
 
+from encoders.weights.tensors import CheckpointFormatError
+
 
 def is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
+
+
+def confine(name: str, where: str) -> None:
+    """``name`` is a relative path inside a checkpoint: not empty, not absolute, no URL, no
+    ``..`` part, no backslash or NUL (raise CheckpointFormatError naming ``where``)."""
+    parts = name.split("/")
+    bad = (not name or name.startswith("/") or "\\" in name or "\0" in name or "://" in name
+           or (len(name) > 1 and name[1] == ":") or any(p in ("", ".", "..") for p in parts))
+    if bad:
+        raise CheckpointFormatError(
+            f"{where}: file name {name!r} is not a plain path inside the checkpoint; valid: a "
+            "relative name without '..' (e.g. model-00001-of-00002.safetensors)")
 
 
 @dataclass(frozen=True)
@@ -47,13 +61,35 @@ class CheckpointDir:
     def path(self) -> Path:
         return Path(str(self.location))
 
-    def resolve(self, name: str) -> str:
-        """Where file ``name`` is read from: the local copy, else the fallback URL."""
+    def resolve(self, name: str, named_by: str | None = None) -> str:
+        """Where file ``name`` is read from: the local copy, else the fallback URL.
+
+        A name comes from untrusted input (a shard index from the hub or a shared bucket):
+        it must stay inside the checkpoint, checked before anything is opened. ``named_by``
+        is the file that named it, for the error."""
         base = str(self.location).rstrip("/")
+        confine(name, f"{base}/{named_by}" if named_by else base)
         here = f"{base}/{name}"
-        if not is_url(base) and not os.path.exists(here) and self.fallback:
-            return f"{self.fallback.rstrip('/')}/{name}"
+        if not is_url(base):
+            if os.path.lexists(here):
+                self._inside(here, name, named_by)
+            elif self.fallback:
+                return f"{self.fallback.rstrip('/')}/{name}"
         return here
+
+    def _inside(self, here: str, name: str, named_by: str | None) -> None:
+        """A local file (symlinks followed) must lie inside the checkpoint folder, or, for a
+        Hugging Face cache snapshot (whose files link to ``../../blobs/``), inside its repo's
+        cache folder."""
+        root = Path(os.path.realpath(str(self.location)))
+        if self.source == "hf-cache":
+            root = root.parents[1]
+        real = Path(os.path.realpath(here))
+        if not real.is_relative_to(root):
+            by = f" (named by {named_by})" if named_by else ""
+            raise CheckpointFormatError(
+                f"{here}: {name!r}{by} leads outside the checkpoint folder {root}; valid: "
+                "files inside it")
 
     def _fs_for(self, location: str) -> tuple[fsspec.AbstractFileSystem, str]:
         return fsspec.core.url_to_fs(location)
