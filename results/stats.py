@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 
 from encoders.lm.controls import get_control, list_controls, reference_controls
+from experiments.cost import COST_METRICS, COST_PARAMS
 from experiments.trial import AXES
 
 CELL = ["task", "family", "size", "layers", "control"]
-# The cost table's columns (``experiments.cost``; trial_hours from the run's wall time).
-COST_COLUMNS = ("frozen_params", "trainable_params", "gflops_forward_per_sample",
-                "gflops_train_step_per_sample", "samples_per_s", "data_wait_share",
-                "peak_memory_bytes", "mfu", "trial_hours")
+# What a cell cost: the trial's numeric cost keys (``experiments.cost``) and trial_hours
+# (the run's wall time), averaged over its finished seeds.
+COST_COLUMNS = (*(c for c in (*COST_PARAMS, *COST_METRICS) if c != "device_name"),
+                "trial_hours")
 BOOTSTRAP_SAMPLES = 10_000
 CONFIDENCE = 0.95
 MIN_PAIRS = 3  # for a cell to be called significant
