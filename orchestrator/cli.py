@@ -7,10 +7,15 @@ weights is read, and reported as one line on stderr with exit code 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from orchestrator.preflight import (
+    check_storage,
+    check_tracking_uri,
+    preflight_data,
+    preflight_weights,
+)
 from orchestrator.spec import SpecError, SweepSpec, list_presets, load_spec
 
 EXIT_BAD_INPUT = 2
@@ -151,67 +156,6 @@ def print_plan(plan) -> None:
         ).to_string(index=False))
 
 
-TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql",
-                    "databricks", "databricks-uc")
-
-
-def check_tracking_uri(uri: str | None) -> None:
-    """A scheme MLflow can store to (or a plain path: a file store), named before anything
-    starts; MLflow itself raises its own exception deep in the sweep otherwise."""
-    if uri is None:
-        return
-    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
-    if scheme and scheme not in TRACKING_SCHEMES:
-        raise SpecError(f"unknown --tracking-uri scheme {scheme!r} in {uri!r}; valid: "
-                        f"{', '.join(TRACKING_SCHEMES)} (or a folder path)")
-
-
-def check_storage(storage: str | None) -> None:
-    """--storage: a URL Ray handles (s3://, gs://, ...), or a directory that exists or can be
-    created (its nearest existing ancestor is a writable directory)."""
-    if storage is None or "://" in storage:
-        return
-    path = Path(storage).resolve()
-    if path.exists():
-        if not path.is_dir():
-            raise SpecError(f"--storage {storage!r} is not a directory")
-        return
-    parent = next(p for p in path.parents if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise SpecError(f"--storage {storage!r} cannot be created ({parent} is not a "
-                        "writable directory)")
-
-
-def preflight_data(plan, data_dir: str | None) -> None:
-    """Every task's data must be where --data-dir says (embedded tasks need none)."""
-    from experiments.datasets.base import DataError
-    from experiments.tasks.registry import get_task
-
-    for name in dict.fromkeys(t.task for t in plan):
-        try:
-            get_task(name).check_data(data_dir)
-        except DataError as e:
-            raise SpecError(str(e)) from None
-
-
-def preflight_weights(plan, weights_dir: str | None) -> None:
-    """Every (family, size) whose weights a trial reads must be findable and match the
-    registry; config only. What a trial actually loads is recorded by the trial."""
-    from encoders.lm.lookup import check_checkpoint
-
-    if weights_dir is not None and not Path(weights_dir).is_dir():
-        raise SpecError(f"--weights-dir {weights_dir!r} is not a directory")
-    checked: set[tuple[str, str]] = set()
-    for t in plan:
-        key = (t.family, t.size)
-        if t.weights_source == "pretrained" and key not in checked:
-            checked.add(key)
-            try:
-                check_checkpoint(t.family, t.size, weights_dir)
-            except (FileNotFoundError, ValueError) as e:
-                raise SpecError(str(e)) from None
-
-
 def _resume(args: argparse.Namespace) -> int:
     from orchestrator.tuner import SWEEP_FILE, resume_sweep
 
@@ -265,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SpecError(f"--samples-per-cell must be positive (got {args.samples_per_cell})")
         if not args.dry_run or args.data_dir is not None:
             preflight_data(plan, args.data_dir)
-        check_tracking_uri(args.tracking_uri)
+        from results.runs import default_tracking_uri
+
+        check_tracking_uri(args.tracking_uri or default_tracking_uri())
         check_storage(args.storage)
         if args.dry_run:
             print_plan(plan)
@@ -334,18 +280,27 @@ def _run(args: argparse.Namespace, spec: SweepSpec, plan) -> int:
 
 
 def _finish(outcome, args: argparse.Namespace) -> int:
+    """The report, then one line per trial that failed in this sweep run (read from MLflow:
+    right after retries and --resume too), then where everything is; exit 1 if any failed."""
+    from orchestrator.failures import ERROR_ARTIFACT, failed_trials
     from results.report import build_report
 
     experiment, tracking_uri = outcome.experiment, outcome.tracking_uri
     report_dir = Path(args.report_dir or Path("lmblocks-reports") / experiment).resolve()
     report = build_report(tracking_uri, experiment, report_dir, log_to=outcome.parent_run_id)
+    failures = failed_trials(tracking_uri, outcome.parent_run_id)
     print()
     print(report.table.to_markdown(index=False))
+    print(f"\n{outcome.finished} trials finished, {outcome.failed} failed in "
+          f"{outcome.seconds:.0f} s")
+    for failure in failures:
+        print(failure.line())
+    if failures:
+        print(f"  (each failed run's whole error text: its artifact {ERROR_ARTIFACT})")
     print(
-        f"\n{outcome.finished} trials finished, {outcome.failed} failed in {outcome.seconds:.0f} s"
-        f"\nMLflow: experiment {experiment!r}, sweep run {outcome.parent_run_id} at {tracking_uri}"
+        f"MLflow: experiment {experiment!r}, sweep run {outcome.parent_run_id} at {tracking_uri}"
         f"\n  browse: mlflow ui --backend-store-uri {tracking_uri}"
         f"\nRay Tune results: {outcome.storage}"
         f"\nreport: {report_dir}"
     )
-    return 0 if outcome.failed == 0 else 1
+    return 1 if outcome.failed or failures else 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import numbers
-import re
 import socket
 import time
 from collections import Counter
@@ -29,6 +28,12 @@ from ray.tune.logger import LoggerCallback
 
 from experiments.cost import COST_METRICS, COST_PARAMS, RUN_SETTINGS
 from experiments.trial import TrialSpec
+from orchestrator.failures import (
+    ERROR_ARTIFACT,
+    failure_kind,
+    failure_reason,
+    trial_error_text,
+)
 from orchestrator.spec import SweepSpec
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -238,7 +243,8 @@ class MlflowTrialLogger(LoggerCallback):
         if run_id is not None:
             retries = self.client.get_run(run_id).data.tags.get("retries", "0")
             self.client.log_batch(run_id, tags=[RunTag("retries", str(int(retries) + 1)),
-                                                RunTag("last_failure", _failure_reason(trial))])
+                                                RunTag("last_failure", failure_reason(
+                                                    trial_error_text(trial)))])
 
     def log_trial_result(self, iteration: int, trial: Trial, result: dict) -> None:
         """One ``log_batch``: the epoch's metrics, the trial's cost constants (params, once
@@ -278,9 +284,11 @@ class MlflowTrialLogger(LoggerCallback):
         if maps:  # the probe batch's per-token maps at the trial's last epoch
             self.client.log_text(run_id, maps, "analysis/probe_maps.json")
         tags: dict[str, str] = {}
+        error = ""
         if failed:
             self.failed += 1
-            reason = _failure_reason(trial)
+            error = trial_error_text(trial)  # every attempt's traceback, as Tune wrote it
+            reason = failure_reason(error)
             tags = {"failure.reason": reason, "failure.kind": failure_kind(reason)}
         else:
             self.finished += 1
@@ -290,39 +298,6 @@ class MlflowTrialLogger(LoggerCallback):
                 tags = {"stopped_early": f"after epoch {done} of {planned}"}
         if tags:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if error:  # the terminal shows none of it: the whole text stays in the run
+            self.client.log_text(run_id, error, ERROR_ARTIFACT)
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
-
-
-_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b.*:")
-FAILURE_KINDS = {
-    "out-of-memory": ("OutOfMemoryError", "out of memory", "can't allocate memory",
-                      "MemoryError", "running low on memory"),
-    "non-finite-loss": ("NonFiniteLossError",),
-}
-
-
-def _failure_reason(trial: Trial) -> str:
-    path = getattr(trial, "error_file", None)
-    try:
-        text = Path(path).read_text() if path else ""
-    except OSError:
-        text = ""
-    return failure_reason(text)
-
-
-def failure_reason(error_text: str) -> str:
-    """One line from a Tune error file: its last exception line (the root cause is re-raised
-    last); failing that (a worker killed by Ray's memory monitor: message, then a memory
-    table and advice), its first line of text."""
-    lines = [ln.strip() for ln in error_text.splitlines()
-             if ln.strip() and not ln.startswith("Failure # ")]
-    found = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
-    return (found[-1] if found else lines[0] if lines else "unknown error")[:500]
-
-
-def failure_kind(reason: str) -> str:
-    """out-of-memory, non-finite-loss or error: what the report and a user filter on."""
-    for kind, marks in FAILURE_KINDS.items():
-        if any(m in reason for m in marks):
-            return kind
-    return "error"

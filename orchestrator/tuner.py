@@ -22,6 +22,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from experiments.tasks.registry import get_task
 from experiments.trial import AXES, TrialSpec
+from orchestrator.failures import quiet_trial_failures
 from orchestrator.progress import ProgressLine
 from orchestrator.resources import cpus_per_gpu, per_trial_resources
 from orchestrator.search import make_searcher, release_stale_trials, trial_count
@@ -199,6 +200,7 @@ def _trainable(weights_dir: str | None, data_dir: str | None, gpus_per_trial: fl
 def _start_ray(address: str | None, quiet: bool) -> None:
     # Per-epoch checkpoints of a seconds-long epoch trip Tune's snapshot-frequency warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_trial_failures()  # a failed trial: no traceback here, one line at the end
     ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
              configure_logging=not quiet)
     # Tune lets a searcher keep ONE trial pending by default: on a cluster the trials would

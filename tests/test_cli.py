@@ -89,6 +89,24 @@ def test_bad_input_exits_2_with_one_line(capsys, argv, expected):
     assert expected in run_bad(capsys, *argv)
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_an_unopenable_sqlite_store_is_one_line_before_mlflow_retries(capsys, tmp_path, dry_run):
+    """MLflow retries such a store for minutes, then prints a traceback; checked first."""
+    extra = ["--dry-run"] if dry_run else []
+    (tmp_path / "notes.db").write_text("my notes\n")
+    err = run_bad(capsys, "--tracking-uri", f"sqlite:///{tmp_path}/notes.db", *extra)
+    assert "notes.db is not a SQLite database" in err and "valid:" in err
+    assert (tmp_path / "notes.db").read_text() == "my notes\n"  # untouched
+    (tmp_path / "folder.db").mkdir()
+    err = run_bad(capsys, "--tracking-uri", f"sqlite:///{tmp_path}/folder.db", *extra)
+    assert "folder.db is not a file" in err
+    (tmp_path / "mlflow.db").write_text("not sqlite")  # the default store, in the working dir
+    assert "mlflow.db is not a SQLite database" in run_bad(capsys, *extra)
+    (tmp_path / "blocker").write_text("")
+    err = run_bad(capsys, "--tracking-uri", f"sqlite:///{tmp_path}/blocker/x/m.db", *extra)
+    assert "cannot be created" in err
+
+
 def test_empty_sweep(capsys, tmp_path):
     preset = tmp_path / "empty.yaml"
     preset.write_text("controls: []\n")
@@ -101,10 +119,10 @@ def test_missing_weights_offline_names_the_repo_and_writes_nothing(capsys, tmp_p
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     db = tmp_path / "mlflow.db"
-    db.write_bytes(b"existing results")
+    db.write_bytes(b"SQLite format 3\x00existing results")
     err = run_bad(capsys, "--family", "opt", "--sizes", "125m", "1.3b")
     assert "facebook/opt-125m" in err and "--weights-dir" in err
-    assert db.read_bytes() == b"existing results"
+    assert db.read_bytes() == b"SQLite format 3\x00existing results"
     assert not (tmp_path / "lmblocks-runs").exists()
 
 
@@ -112,7 +130,8 @@ def test_checkpoint_not_matching_the_registry(capsys, tmp_path):
     save_tiny_opt(tmp_path / "w" / "facebook" / "opt-125m", shard=None)
     capsys.readouterr()  # drop transformers' progress bar
     err = run_bad(capsys, "--family", "opt", "--weights-dir", str(tmp_path / "w"))
-    assert "config.json" in err and "registry's opt/125m is (768, 12, 12)" in err
+    assert "config.json: not the registry's opt/125m: hidden size 32 (registry: 768), " \
+           "layers 4 (registry: 12), attention heads 4 (registry: 12)" in err
 
 
 def test_weights_dir_must_exist(capsys, tmp_path):

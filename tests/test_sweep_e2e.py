@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
 from tests.conftest import assert_figure
+from tests.test_failures import assert_failures_told_once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +135,9 @@ def test_nan_trials_fail_with_reason_and_the_sweep_goes_on(tmp_path):
     )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "0 trials finished, 2 failed" in proc.stdout
+    # --quiet: no traceback, one line per failed cell, the whole error text in its run
+    assert_failures_told_once(proc, uri, [f"task=digits control=none seed={s}" for s in (0, 1)],
+                              "non-finite-loss", "NonFiniteLossError: loss is nan", tmp_path)
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["nan"],
                               filter_string="tags.`lmblocks.kind` = 'trial'")
@@ -160,6 +164,9 @@ def test_out_of_memory_kills_fail_with_reason_and_the_sweep_goes_on(tmp_path):
     )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "0 trials finished, 2 failed" in proc.stdout
+    assert_failures_told_once(proc, uri, [f"task=digits control=none seed={s}" for s in (0, 1)],
+                              "out-of-memory", "running low on memory", tmp_path,
+                              traceback=False)
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["oom"],
                               filter_string="tags.`lmblocks.kind` = 'trial'")

@@ -47,11 +47,13 @@ class BlockInfo:
 
 
 def pretrained_block(req: BlockRequest) -> tuple[FrozenLMBlock, BlockInfo]:
-    """The paper's block: the checkpoint's own layers, read strictly, frozen."""
+    """The paper's block: the checkpoint's own layers, read strictly, frozen; its config must
+    have the registry's architecture for the size (checked before any tensor is read)."""
     fam = get_family(req.family)
-    checkpoint = locate(fam, fam.size(req.size), req.weights_dir)
+    lm = fam.size(req.size)
+    checkpoint = locate(fam, lm, req.weights_dir)
     loaded = load_layers(fam, checkpoint, req.layers, dtype=req.dtype, cache=LayerCache(),
-                         final_norm=req.final_norm)
+                         final_norm=req.final_norm, size=lm)
     info = BlockInfo(checkpoint.identity, str(checkpoint.location), loaded.sha256,
                      loaded.bytes_read)
     block = FrozenLMBlock(loaded.layers, req.visual_dim, loaded.config.hidden_size,

@@ -5,7 +5,8 @@ preference); the generic loader (``layer_loading.py``) asks the first whose mark
 checkpoint has for the config and for the tensors of the requested layers, and then builds
 transformers' layer modules from them the same way for every format. So a new layout (Meta's
 ``consolidated.*.pth``, say) is one format object in its own module, with no name checks in
-the loader.
+the loader. Each format also lists the layers' tensor shapes from the files' headers alone
+(``layer_shapes``: the sweep's pre-flight, ``layer_loading.check_layers``), no data read.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 from transformers import PretrainedConfig
+
+from encoders.weights.tensors import SAFETENSORS_DTYPES, CheckpointFormatError, TensorTable
 
 if TYPE_CHECKING:  # types only: the registry holds formats, formats read the family's fields
     from encoders.lm.registry import LMFamily
@@ -35,6 +38,26 @@ class LayerTensors:
     cache_hit: bool = False
 
 
+@dataclass
+class LayerShapes:
+    """What a format's headers say, no data read: ``layers``, per layer index, the name inside
+    transformers' layer module -> the tensor's shape as loaded; ``final_norm`` likewise."""
+
+    layers: dict[int, dict[str, tuple[int, ...]]]
+    final_norm: dict[str, tuple[int, ...]] | None = None
+
+
+def header_shape(header: TensorTable, name: str) -> tuple[int, ...]:
+    """``name``'s shape as one file's header lists it, in a dtype the readers can load."""
+    info = header.tensors.get(name)
+    if info is None:
+        raise CheckpointFormatError(f"{header.path}: missing tensor(s) {[name]}")
+    if info.dtype not in SAFETENSORS_DTYPES:
+        raise CheckpointFormatError(
+            f"{header.path}: tensor {name} has unsupported dtype {info.dtype}")
+    return tuple(info.shape)
+
+
 class WeightFormat(Protocol):
     """One checkpoint layout. ``marker``: the file whose presence says a checkpoint is in it
     (``config.json``, ``params.json``)."""
@@ -48,3 +71,8 @@ class WeightFormat(Protocol):
         indices: Sequence[int], reader: SafetensorsReader, *, final_norm: bool,
         cache: LayerCache | None,
     ) -> LayerTensors: ...
+
+    def layer_shapes(
+        self, family: LMFamily, checkpoint: CheckpointDir, config: PretrainedConfig,
+        indices: Sequence[int], reader: SafetensorsReader, *, final_norm: bool,
+    ) -> LayerShapes: ...

@@ -6,6 +6,11 @@ module builds the layers from them, the same way for every format: on the ``meta
 with the tensors assigned, so no memory is spent on a throw-away random initialisation, and
 with ``strict=True``: a missing or unexpected tensor is an error naming the file, never a
 silently random weight. The layers' identity is a hash of their tensors' names and bytes.
+
+``check_layers`` is its header-only twin (the sweep's pre-flight): the same config check and
+the same comparison with the layer class, from the shapes the files' headers list, reading
+no tensor data. Given the registry's size, both first check that the checkpoint's config has
+the registry's architecture (``LMFamily.check_config``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from encoders.lm.registry import LMFamily
+from encoders.lm.formats import WeightFormat
+from encoders.lm.registry import LMFamily, LMSize
 from encoders.weights.checkpoint_dir import CheckpointDir
 from encoders.weights.layer_cache import LayerCache
 from encoders.weights.safetensors_reader import SafetensorsReader
@@ -42,6 +48,50 @@ def load_config(family: LMFamily, checkpoint: CheckpointDir) -> PretrainedConfig
     return family.format_for(checkpoint).load_config(family, checkpoint)
 
 
+def _checked_config(
+    family: LMFamily, checkpoint: CheckpointDir, indices: Sequence[int], size: LMSize | None
+) -> tuple[WeightFormat, PretrainedConfig]:
+    """The checkpoint's format and config: the registry's ``size`` (if given), ``indices`` in it."""
+    fmt = family.format_for(checkpoint)
+    config = fmt.load_config(family, checkpoint)
+    if size is not None:
+        family.check_config(size, config, checkpoint.resolve(fmt.marker))
+    n_layers = config.num_hidden_layers
+    if not isinstance(n_layers, int) or n_layers < 1:
+        raise CheckpointFormatError(f"{checkpoint.location}: config has {n_layers!r} layers")
+    for i in indices:
+        if not 0 <= i < n_layers:
+            raise IndexError(f"layer {i} out of range for {checkpoint.location} ({n_layers} layers)")
+    return fmt, config
+
+
+def check_layers(
+    family: LMFamily,
+    checkpoint: CheckpointDir,
+    indices: Sequence[int],
+    *,
+    final_norm: bool = False,
+    reader: SafetensorsReader | None = None,
+    size: LMSize | None = None,
+) -> PretrainedConfig:
+    """What ``load_layers`` would check, from headers only: every tensor the layer class (and
+    the final norm) expects is listed by the file holding it, with its shape, and nothing
+    else; only the headers of the files holding ``indices`` are read (once each, ``reader``
+    caches them), no tensor data. Returns the checkpoint's config."""
+    fmt, config = _checked_config(family, checkpoint, indices, size)
+    if not indices and not final_norm:
+        return config
+    shapes = fmt.layer_shapes(family, checkpoint, config, indices,
+                              reader or SafetensorsReader(checkpoint.open), final_norm=final_norm)
+    for i in indices:
+        _expected_layer(family, config, i, shapes.layers[i], checkpoint)
+    if shapes.final_norm is not None:
+        with torch.device("meta"):
+            norm = family.build_final_norm(config)
+        _match(norm, shapes.final_norm, "final norm", checkpoint)
+    return config
+
+
 def load_layers(
     family: LMFamily,
     checkpoint: CheckpointDir,
@@ -51,15 +101,12 @@ def load_layers(
     reader: SafetensorsReader | None = None,
     cache: LayerCache | None = None,
     final_norm: bool = False,
+    size: LMSize | None = None,
 ) -> LoadedLayers:
-    """Only ``indices``' tensors, strictly; remote sources go through ``cache`` if given."""
+    """Only ``indices``' tensors, strictly; remote sources go through ``cache`` if given.
+    Given the registry's ``size``, the config must have its architecture (before any read)."""
     reader = reader or SafetensorsReader(checkpoint.open)
-    fmt = family.format_for(checkpoint)
-    config = fmt.load_config(family, checkpoint)
-    n_layers = config.num_hidden_layers
-    for i in indices:
-        if not 0 <= i < n_layers:
-            raise IndexError(f"layer {i} out of range for {checkpoint.location} ({n_layers} layers)")
+    fmt, config = _checked_config(family, checkpoint, indices, size)
     read = fmt.read_layers(family, checkpoint, config, indices, reader, final_norm=final_norm,
                            cache=cache)
     digest = hashlib.sha256()
@@ -105,24 +152,49 @@ def _strict_layer(
     state: dict[str, torch.Tensor],
     checkpoint: CheckpointDir,
 ) -> nn.Module:
-    with torch.device("meta"):
-        layer = family.build_layer(config, index)
-    expected = dict(layer.state_dict())
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointFormatError(
-            f"{checkpoint.location}: layer {index} does not match {family.layer_class.__name__}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointFormatError(
-                f"{checkpoint.location}: layer {index} tensor {name} has shape {tuple(tensor.shape)}, "
-                f"config expects {tuple(expected[name].shape)}"
-            )
+    shapes = {name: tuple(t.shape) for name, t in state.items()}
+    layer = _expected_layer(family, config, index, shapes, checkpoint)
     layer.load_state_dict(state, strict=True, assign=True)
     return layer
+
+
+def _expected_layer(
+    family: LMFamily,
+    config: PretrainedConfig,
+    index: int,
+    shapes: dict[str, tuple[int, ...]],
+    checkpoint: CheckpointDir,
+) -> nn.Module:
+    """The layer on the meta device, once the checkpoint's tensors (names -> shapes) are
+    exactly the ones it has."""
+    try:
+        with torch.device("meta"):
+            layer = family.build_layer(config, index)
+    except Exception as e:  # noqa: BLE001  (a config transformers' layer cannot be built from)
+        raise CheckpointFormatError(
+            f"{checkpoint.location}: its config does not build a {family.layer_class.__name__} "
+            f"({type(e).__name__}: {str(e)[:200]})") from None
+    _match(layer, shapes, f"layer {index}", checkpoint)
+    return layer
+
+
+def _match(
+    module: nn.Module, shapes: dict[str, tuple[int, ...]], what: str, checkpoint: CheckpointDir
+) -> None:
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise CheckpointFormatError(
+            f"{checkpoint.location}: {what} does not match {type(module).__name__}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for name, shape in shapes.items():
+        if tuple(shape) != expected[name]:
+            raise CheckpointFormatError(
+                f"{checkpoint.location}: {what} tensor {name} has shape {tuple(shape)}, "
+                f"config expects {expected[name]}"
+            )
 
 
 def random_layers(

@@ -8,12 +8,15 @@ Lookup order: ``--weights-dir`` (a local folder or any fsspec URL), the family's
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from huggingface_hub import constants, try_to_load_from_cache
 
+from encoders.lm.layer_loading import check_layers
 from encoders.lm.registry import LMFamily, LMSize, get_family
 from encoders.weights.checkpoint_dir import CheckpointDir, hub_reachable, is_url
+from encoders.weights.safetensors_reader import SafetensorsReader
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -58,23 +61,30 @@ def locate(
 def _config_matches(ckpt: CheckpointDir, marker: str, size: LMSize) -> bool:
     """``DIR`` itself is only taken when its config is this size (not a sibling size)."""
     cfg = json.loads(ckpt.read_text(marker))
+    if not isinstance(cfg, dict):
+        return False
     hidden = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("dim")))
     layers = cfg.get("num_hidden_layers", cfg.get("n_layer", cfg.get("n_layers")))
     return hidden == size.hidden_size and layers == size.num_layers
 
 
-def check_checkpoint(family: str, size: str, weights_dir: str | Path | None) -> str:
-    """Cheap pre-flight (the config only): found, and shaped as the registry says. Returns
-    where it was found (repo@revision), for messages; the run records what the trial loads."""
+def check_checkpoint(
+    family: str,
+    size: str,
+    weights_dir: str | Path | None,
+    layers: Sequence[int] = (),
+    *,
+    final_norm: bool = False,
+    reader: SafetensorsReader | None = None,
+) -> str:
+    """Cheap pre-flight: found; its config has the registry's architecture (every number,
+    ``LMFamily.check_config``); and, for ``layers`` (and the final norm), the headers of the
+    files holding them list every tensor the layer class expects with its shape: headers
+    only, each read once, no tensor data. Returns where it was found (repo@revision), for
+    messages; the run records what the trial loads."""
     fam = get_family(family)
     lm = fam.size(size)
     checkpoint = locate(fam, lm, weights_dir)
-    config = fam.format_for(checkpoint).load_config(fam, checkpoint)
-    got = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads)
-    want = (lm.hidden_size, lm.num_layers, lm.num_heads)
-    if got != want:
-        raise ValueError(
-            f"{checkpoint.resolve('config.json')}: (hidden, layers, heads) = {got}, but the "
-            f"registry's {family}/{size} is {want}"
-        )
+    check_layers(fam, checkpoint, sorted(set(layers)), final_norm=final_norm, size=lm,
+                 reader=reader or SafetensorsReader(checkpoint.open))
     return checkpoint.identity

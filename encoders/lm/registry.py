@@ -90,6 +90,12 @@ class LMFamily:
     # the norm, and its module. None for post-LN models, which have no final norm.
     final_norm_key: str | None = None
     build_final_norm: Callable[[PretrainedConfig], nn.Module] | None = None
+    # Config fields beyond the numbers every family has (``architecture_numbers``) that
+    # change what a layer computes, e.g. OPT's norm placement ``do_layer_norm_before``: a
+    # checkpoint's value must equal the registry's (``make_config``). Families whose norm
+    # placement is fixed by their layer class (BERT post-LN, GPT-2 and LLaMA pre-LN) have
+    # no such field to contradict it.
+    arch_fields: tuple[str, ...] = ()
 
     @property
     def layer_class(self) -> type[nn.Module]:
@@ -126,6 +132,28 @@ class LMFamily:
         """Extra keyword arguments each layer call needs so that no position is encoded."""
         return identity_rotary(config) if self.rotary else no_extra_kwargs
 
+    def architecture(self, config: PretrainedConfig) -> dict[str, object]:
+        """``architecture_numbers(config)`` plus the family's own ``arch_fields``."""
+        return {**architecture_numbers(config),
+                **{name: getattr(config, name, None) for name in self.arch_fields}}
+
+    def check_config(self, size: LMSize, config: PretrainedConfig, where: str) -> None:
+        """The checkpoint's config (read from ``where``) has every architectural number of the
+        registry's ``size``: hidden size, layers, attention and key/value heads, head size,
+        FFN width and the family's ``arch_fields`` (norm placement); else one line naming
+        each mismatched field with the checkpoint's and the registry's value."""
+        want = self.architecture(self.make_config(size))
+        try:
+            got = self.architecture(config)
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
+            raise CheckpointFormatError(  # e.g. "hidden_size": "big", or 0 heads
+                f"{where}: not a valid {self.name} config ({type(e).__name__}: {e})") from None
+        wrong = [f"{name} {got[name]!r} (registry: {want[name]!r})"
+                 for name in want if got[name] != want[name]]
+        if wrong:
+            raise CheckpointFormatError(
+                f"{where}: not the registry's {self.name}/{size.name}: {', '.join(wrong)}")
+
     def layer_params(self, size: str) -> int:
         """Parameters of one layer of ``size``, counted on the meta device (no memory)."""
         return _layer_params(self.name, size)
@@ -133,6 +161,25 @@ class LMFamily:
     def model_params(self, size: str) -> int:
         """Parameters of the whole published checkpoint (base model + untied LM head)."""
         return _model_params(self.name, size)
+
+
+# Where configs keep the FFN width: transformers names it per family.
+FFN_FIELDS = ("intermediate_size", "ffn_dim", "n_inner")
+
+
+def architecture_numbers(config: PretrainedConfig) -> dict[str, int]:
+    """The numbers that shape every family's layer, read the same way from any config."""
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    ffn_field = next((f for f in FFN_FIELDS if hasattr(config, f)), None)
+    ffn = getattr(config, ffn_field) if ffn_field else None
+    return {
+        "hidden size": hidden,
+        "layers": config.num_hidden_layers,
+        "attention heads": heads,
+        "key/value heads": getattr(config, "num_key_value_heads", None) or heads,
+        "head size": getattr(config, "head_dim", None) or hidden // heads,
+        "FFN width": 4 * hidden if ffn is None else ffn,  # None: 4 x hidden (GPT-2's n_inner)
+    }
 
 
 _FAMILIES: dict[str, LMFamily] = {}

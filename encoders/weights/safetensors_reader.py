@@ -20,10 +20,13 @@ from typing import BinaryIO
 import torch
 
 from encoders.weights.tensors import (
+    ITEMSIZE,
     SAFETENSORS_DTYPES,
     CheckpointFormatError,
     TensorInfo,
     TensorTable,
+    is_count,
+    numel,
 )
 from encoders.weights.torch_zip import parse_torch_zip
 
@@ -62,25 +65,12 @@ class SafetensorsReader:
 
     def _parse_header(self, f: BinaryIO, path: str, file_size: int | None) -> TensorTable:
         (n,) = struct.unpack("<Q", self._read_exact(f, 8, path, "header length"))
-        if n > MAX_HEADER_BYTES:
+        if n > MAX_HEADER_BYTES or (file_size is not None and 8 + n > file_size):
             raise CheckpointFormatError(f"{path}: not a safetensors file (header length {n})")
-        try:
-            raw = json.loads(self._read_exact(f, n, path, "header"))
-        except json.JSONDecodeError as e:
-            raise CheckpointFormatError(f"{path}: corrupt safetensors header ({e})") from e
-        base = 8 + n
-        metadata = raw.pop("__metadata__", {}) or {}
-        tensors = {}
-        for name, info in raw.items():
-            start, end = info["data_offsets"]
-            tensors[name] = TensorInfo(info["dtype"], tuple(info["shape"]), base + start, base + end)
-        if file_size is not None and tensors:
-            data_end = max(t.end for t in tensors.values())
-            if data_end > file_size:
-                raise CheckpointFormatError(
-                    f"{path}: truncated file: header promises {data_end} bytes, file has {file_size}"
-                )
-        return TensorTable(str(path), base, tensors, metadata)
+        raw = _decode_header(self._read_exact(f, n, path, "header"), path)
+        data_size = None if file_size is None else file_size - 8 - n
+        tensors = validate_entries(raw, path, 8 + n, data_size)
+        return TensorTable(str(path), 8 + n, tensors, raw.get("__metadata__") or {})
 
     def read_header(self, path: str | Path) -> TensorTable:
         path = str(path)
@@ -117,6 +107,75 @@ class SafetensorsReader:
                 for info, name in run:
                     out[name] = _to_tensor(buf, info.start - start, info, path, name)
             return out
+
+
+def _decode_header(data: bytes, path: str) -> dict:
+    """The JSON object of a header; nesting is bounded by Python's recursion limit, caught."""
+    if not data.lstrip(b" ").startswith(b"{"):
+        raise CheckpointFormatError(f"{path}: corrupt safetensors header (not a JSON object)")
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nesting too deep
+        raise CheckpointFormatError(f"{path}: corrupt safetensors header ({_short(e)})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointFormatError(f"{path}: corrupt safetensors header (not a JSON object)")
+    meta = raw.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict)
+                                 and all(isinstance(v, str) for v in meta.values())):
+        raise CheckpointFormatError(
+            f"{path}: corrupt safetensors header (__metadata__ must map names to strings)")
+    return raw
+
+
+def validate_entries(raw: dict, path: str, base: int, data_size: int | None) -> dict[str, TensorInfo]:
+    """safetensors' own rules, so a file loads here exactly when ``safe_open`` accepts it:
+    every entry has a known dtype, a shape of non-negative integers and two integer offsets;
+    sorted by offset, the entries tile the data section with no gap or overlap, each spans
+    exactly numel x dtype size bytes, and the last ends where the file ends."""
+    entries: list[tuple[int, int, str, str, tuple[int, ...]]] = []
+    for name, info in raw.items():
+        if name == "__metadata__":
+            continue
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(info, dict):
+            raise CheckpointFormatError(f"{where}: entry is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise CheckpointFormatError(
+                f"{where}: unknown dtype {dtype!r}; valid: {', '.join(SAFETENSORS_DTYPES)}")
+        if not isinstance(shape, list) or not all(is_count(d) for d in shape):
+            raise CheckpointFormatError(f"{where}: shape {shape!r} is not a list of sizes >= 0")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(is_count(o) for o in offsets) and offsets[0] <= offsets[1]):
+            raise CheckpointFormatError(
+                f"{where}: data_offsets {offsets!r} are not [start, end] with 0 <= start <= end")
+        entries.append((offsets[0], offsets[1], name, dtype, tuple(shape)))
+    entries.sort()
+    tensors: dict[str, TensorInfo] = {}
+    expected_start = 0
+    for start, end, name, dtype, shape in entries:
+        where = f"{path}: tensor {name!r}"
+        if start != expected_start:
+            raise CheckpointFormatError(
+                f"{where}: data_offsets [{start}, {end}] "
+                + ("overlap another tensor" if start < expected_start else "leave a gap")
+                + f" (expected start {expected_start})")
+        if end - start != numel(shape) * ITEMSIZE[dtype]:
+            raise CheckpointFormatError(
+                f"{where}: {end - start} bytes for shape {list(shape)} of {dtype} "
+                f"({numel(shape) * ITEMSIZE[dtype]} expected)")
+        expected_start = end
+        tensors[name] = TensorInfo(dtype, shape, base + start, base + end)
+    if data_size is not None and expected_start != data_size:
+        kind = "truncated file" if expected_start > data_size else "trailing bytes"
+        raise CheckpointFormatError(
+            f"{path}: {kind}: header promises {base + expected_start} bytes, file has "
+            f"{base + data_size}")
+    return tensors
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e)[:200]}"
 
 
 def _coalesce(infos: list[tuple[TensorInfo, str]]) -> list[list[tuple[TensorInfo, str]]]:

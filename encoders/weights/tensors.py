@@ -28,8 +28,33 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 
 
+# Bytes per element of each dtype: a tensor's byte range must be exactly numel x this.
+ITEMSIZE: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}
+
+
+def is_count(value: object) -> bool:
+    """A non-negative integer as a checkpoint header means one (JSON's ``true`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
 class CheckpointFormatError(ValueError):
-    """A checkpoint file is malformed, truncated or lacks a tensor; the message names the file."""
+    """A checkpoint file is malformed, truncated or lacks a tensor; the message names the file.
+
+    Always one line: text quoted from the file or from a parser's error can hold line
+    breaks, which are escaped here so a terminal or a run tag gets exactly one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from encoders.weights.tensors import CheckpointFormatError, TensorInfo, TensorTable
+from encoders.weights.tensors import (
+    ITEMSIZE,
+    CheckpointFormatError,
+    TensorInfo,
+    TensorTable,
+    is_count,
+    numel,
+)
 
 STORAGE_DTYPES = {  # torch legacy typed-storage class -> safetensors dtype code
     "HalfStorage": "F16",
@@ -34,8 +41,10 @@ STORAGE_DTYPES = {  # torch legacy typed-storage class -> safetensors dtype code
     "ByteStorage": "U8",
     "BoolStorage": "BOOL",
 }
-ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-            "U8": 1, "BOOL": 1}
+# data.pkl of a 70B shard is ~100 KB; refuse to decompress or unpickle anything near this.
+MAX_PICKLE_BYTES = 64 * 1024 * 1024
+# A state dict nests a level or two ({"model": {...}}); deeper is not a checkpoint.
+MAX_NESTING = 8
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes
 
 
@@ -59,11 +68,13 @@ class _StorageType:
         self.dtype = STORAGE_DTYPES[name]
 
 
-def _rebuild_tensor(storage, offset, size, stride, *args) -> _TensorRef:
+def _rebuild_tensor(storage, offset, size, stride, requires_grad, backward_hooks,
+                    metadata=None) -> _TensorRef:
+    """torch._utils._rebuild_tensor_v2's signature, so a record torch refuses is refused."""
     return _TensorRef(storage, offset, tuple(size), tuple(stride))
 
 
-def _rebuild_parameter(data, *args) -> _TensorRef:
+def _rebuild_parameter(data, requires_grad, backward_hooks) -> _TensorRef:
     return data
 
 
@@ -89,62 +100,124 @@ class _InertUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise CheckpointFormatError(f"{self.path}: unexpected persistent id {pid!r}")
-        _, storage_type, key, _location, numel = pid
+            raise CheckpointFormatError(f"{self.path}: unexpected persistent id {pid!r:.80}")
+        _, storage_type, key, _location, count = pid
         if not isinstance(storage_type, _StorageType):
-            raise CheckpointFormatError(f"{self.path}: unsupported storage {storage_type!r}")
-        return _Storage(storage_type.dtype, str(key), int(numel))
+            raise CheckpointFormatError(f"{self.path}: unsupported storage {storage_type!r:.80}")
+        return _Storage(storage_type.dtype, key, count)  # types checked by _check_ref
 
 
-def _flat_tensors(obj, prefix: str = "") -> dict[str, _TensorRef]:
-    """A state dict, possibly nested (Meta's checkpoints are flat; some wrap in 'model')."""
+def _flat_tensors(obj, path: str, prefix: str = "", depth: int = 0) -> dict[str, _TensorRef]:
+    """A state dict, possibly nested (Meta's checkpoints are flat; some wrap in 'model').
+    Entries that are neither tensors nor dicts (an epoch number, optimizer settings) are
+    skipped; nesting (and a dict that contains itself) is bounded."""
+    if depth > MAX_NESTING:
+        raise CheckpointFormatError(f"{path}: data.pkl nests dicts deeper than {MAX_NESTING}")
     out: dict[str, _TensorRef] = {}
     if isinstance(obj, dict):
         for k, v in obj.items():
+            if not isinstance(k, str):
+                raise CheckpointFormatError(f"{path}: data.pkl has a non-string key {k!r:.80}")
             name = f"{prefix}{k}"
             if isinstance(v, _TensorRef):
                 out[name] = v
             elif isinstance(v, dict):
-                out.update(_flat_tensors(v, f"{name}."))
+                out.update(_flat_tensors(v, path, f"{name}.", depth + 1))
     return out
+
+
+def _load_pickle(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> object:
+    """Unpickle data.pkl with the inert unpickler; any malformation is a CheckpointFormatError
+    (a pickle can fail in many ways: bad opcodes, a REDUCE on a storage class, wrong argument
+    counts, truncation; all of them mean the same thing here)."""
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise CheckpointFormatError(f"{path}: data.pkl is {info.file_size} bytes; not a state dict")
+    try:
+        return _InertUnpickler(archive.read(info), path).load()
+    except CheckpointFormatError:
+        raise
+    except Exception as e:  # noqa: BLE001  (see the docstring)
+        raise CheckpointFormatError(
+            f"{path}: corrupt data.pkl ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _check_ref(ref: _TensorRef, name: str, path: str) -> None:
+    """Every field a tensor's byte range is computed from, typed and in range (a BUILD opcode
+    can overwrite fields after the rebuild function ran, so this runs on the loaded object)."""
+    storage = ref.storage
+    ok = (isinstance(storage, _Storage) and isinstance(storage.dtype, str)
+          and storage.dtype in ITEMSIZE and isinstance(storage.key, str)
+          and is_count(storage.numel) and is_count(ref.offset)
+          and isinstance(ref.size, tuple) and all(is_count(d) for d in ref.size)
+          and isinstance(ref.stride, tuple) and len(ref.stride) == len(ref.size)
+          and all(is_count(d) for d in ref.stride))
+    if not ok:
+        raise CheckpointFormatError(f"{path}: tensor {name!r}: malformed tensor record in data.pkl")
+    if numel(ref.size) > 1 and any(s != e for s, e, d in zip(
+            ref.stride, _contiguous_stride(ref.size), ref.size, strict=True) if d != 1):
+        raise CheckpointFormatError(f"{path}: tensor {name!r} is not contiguous")
+    if ref.offset + numel(ref.size) > storage.numel:
+        raise CheckpointFormatError(
+            f"{path}: tensor {name!r}: elements {ref.offset}..{ref.offset + numel(ref.size)} "
+            f"lie outside its storage of {storage.numel}")
 
 
 def parse_torch_zip(f: BinaryIO, path: str, read) -> TensorTable:
     """``read(f, n, what)`` reads exactly n bytes at the current position (and counts them)."""
     try:
+        file_size = f.seek(0, 2)
         archive = zipfile.ZipFile(_CountingFile(f, read))
-    except zipfile.BadZipFile as e:
+        infos = {i.filename: i for i in archive.infolist()}
+    except CheckpointFormatError:
+        raise
+    except Exception as e:  # noqa: BLE001  (zipfile raises many types on a corrupt directory)
         raise CheckpointFormatError(
-            f"{path}: not a torch.save zip archive ({e}); legacy non-zip pickles are refused"
-        ) from None
-    infos = {i.filename: i for i in archive.infolist()}
+            f"{path}: not a torch.save zip archive ({type(e).__name__}: {str(e)[:200]}); "
+            "legacy non-zip pickles are refused") from None
     pkl = [n for n in infos if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pkl) != 1:
         raise CheckpointFormatError(f"{path}: no data.pkl in the archive")
     root = pkl[0][: -len("data.pkl")]
-    refs = _flat_tensors(_InertUnpickler(archive.read(pkl[0]), path).load())
+    refs = _flat_tensors(_load_pickle(archive, infos[pkl[0]], path), path)
     tensors: dict[str, TensorInfo] = {}
     starts: dict[str, int] = {}
     for name, ref in refs.items():
+        _check_ref(ref, name, path)
         entry = f"{root}data/{ref.storage.key}"
         info = infos.get(entry)
         if info is None:
             raise CheckpointFormatError(f"{path}: storage {entry} of {name} missing")
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointFormatError(f"{path}: storage {entry} is compressed")
-        if entry not in starts:
-            f.seek(info.header_offset)
-            fields = _LOCAL_HEADER.unpack(read(f, _LOCAL_HEADER.size, "zip local header"))
-            starts[entry] = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
-        numel = 1
-        for s in ref.size:
-            numel *= s
-        if ref.stride != _contiguous_stride(ref.size) and numel > 1:
-            raise CheckpointFormatError(f"{path}: tensor {name} is not contiguous")
         item = ITEMSIZE[ref.storage.dtype]
+        if info.file_size != ref.storage.numel * item:
+            raise CheckpointFormatError(
+                f"{path}: tensor {name!r}: storage {entry} holds {info.file_size} bytes, its "
+                f"record says {ref.storage.numel} x {item}")
+        if entry not in starts:
+            starts[entry] = _data_start(f, info, entry, path, file_size, read)
         start = starts[entry] + ref.offset * item
-        tensors[name] = TensorInfo(ref.storage.dtype, ref.size, start, start + numel * item)
+        tensors[name] = TensorInfo(ref.storage.dtype, ref.size, start,
+                                   start + numel(ref.size) * item)
     return TensorTable(path, 0, tensors, {"format": "torch-zip"})
+
+
+def _data_start(f: BinaryIO, info: zipfile.ZipInfo, entry: str, path: str, file_size: int,
+                read) -> int:
+    """Where an entry's bytes start: after its local header, which must be one, and name the
+    entry the directory says; the bytes must end inside the file."""
+    if info.header_offset + _LOCAL_HEADER.size > file_size:
+        raise CheckpointFormatError(f"{path}: storage {entry}: local header outside the file")
+    f.seek(info.header_offset)
+    fields = _LOCAL_HEADER.unpack(read(f, _LOCAL_HEADER.size, "zip local header"))
+    if fields[0] != b"PK\x03\x04":
+        raise CheckpointFormatError(f"{path}: storage {entry}: bad zip local header")
+    start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+    if start + info.file_size > file_size:
+        raise CheckpointFormatError(
+            f"{path}: truncated file: storage {entry} ends at {start + info.file_size}, file "
+            f"has {file_size}")
+    return start
 
 
 def _contiguous_stride(size: tuple[int, ...]) -> tuple[int, ...]:

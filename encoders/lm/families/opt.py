@@ -74,5 +74,6 @@ OPT = register_family(
         build_final_norm=lambda c: nn.LayerNorm(
             c.hidden_size, elementwise_affine=c.layer_norm_elementwise_affine
         ),
+        arch_fields=("do_layer_norm_before",),  # norm placement: pre-LN, or post-LN (350m)
     )
 )

@@ -61,5 +61,6 @@ PYTHIA = register_family(
         ignore=r"^attention\.(bias|masked_bias|rotary_emb\.inv_freq)$",
         final_norm_key=r"^(?:gpt_neox\.)?final_layer_norm\.(.+)$",
         build_final_norm=lambda c: nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
+        arch_fields=("use_parallel_residual",),  # where each sublayer's norm reads from
     )
 )
