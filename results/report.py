@@ -7,6 +7,9 @@ and one self-contained HTML page; logged to the sweep's parent run.
 Every number is over seeds: mean ± std, n, and the paired difference against the control
 (same task and seed) with a bootstrap 95% interval; ``*`` marks an interval excluding zero.
 Failed and missing seeds are written in the cells, never dropped.
+The paper's own numbers (``results/paper.py``) are set beside the cells in ``paper.csv`` and
+the markdown's last section: matching rows, else the paper's rows for the same controls as a
+reference that is not comparable.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from mlflow.tracking import MlflowClient
 import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.lm.controls import get_control, list_controls, reference_controls
 from experiments.tasks.registry import get_task
-from results import plots, tables
+from results import paper, plots, tables
 from results.runs import ReportError, default_tracking_uri, latest_sweep_run, load_runs
 from results.stats import best_hparams, summarize
 
@@ -157,10 +160,13 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
         md += [f"## {TABLES[name]}\n", table.to_markdown(index=False), ""]
         table.to_csv(out / f"{name}.csv", index=False)
         files.append(out / f"{name}.csv")
+    beside = paper.beside(summary, metric)  # the paper's rows: matches, else references
+    md += paper.markdown_section(beside, summary)
     (out / "ablation.md").write_text("\n".join(md) + "\n")
     summary.to_csv(out / "summary.csv", index=False)
     df.to_csv(out / "runs.csv", index=False)
-    files += [out / "ablation.md", out / "summary.csv", out / "runs.csv"]
+    beside.to_csv(out / "paper.csv", index=False)
+    files += [out / "ablation.md", out / "summary.csv", out / "runs.csv", out / "paper.csv"]
 
     figures = [plots.metric_vs_layer(summary, out / "metric_vs_layer.png")]
     if not tables.fixed_layer(summary, layer).empty:
