@@ -173,7 +173,8 @@ class _BadPersistentId:
 @pytest.mark.parametrize("name, state, match", [
     ("REDUCE on a storage class", {"w": _ReduceOnStorage()}, "corrupt data.pkl"),
     ("deep nesting", None, "deeper than"),
-    ("a dict containing itself", "self", "deeper than"),
+    ("a dict containing itself", "self", "shares one dict"),
+    ("a billion laughs of shared dicts", "laughs", "shares one dict"),
     ("a non-string key", {3: _record()}, "non-string key"),
 ])
 def test_malformed_pickles(tmp_path, name, state, match):
@@ -184,6 +185,10 @@ def test_malformed_pickles(tmp_path, name, state, match):
     elif state == "self":
         state = {}
         state["m"] = state
+    elif state == "laughs":  # 40 keys -> one dict, 6 levels: 40**6 paths if walked naively
+        state = {"w": _record()}
+        for _ in range(6):
+            state = {f"k{i}": state for i in range(40)}
     _refused(_bin(tmp_path, state), match)
 
 
@@ -288,3 +293,37 @@ def test_malformed_configs_are_one_error_with_or_without_the_registry(tmp_path, 
         with pytest.raises(CheckpointFormatError) as err:
             read(fresh)
         assert str(tmp_path / "ck") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_fifo_shard_or_config_is_refused_not_waited_on(tmp_path):
+    import os
+
+    from tests.conftest import save_tiny_opt
+
+    _, ckpt = save_tiny_opt(tmp_path / "ck")
+    index = json.loads((tmp_path / "ck" / "model.safetensors.index.json").read_text())
+    shard = index["weight_map"]["model.decoder.layers.1.fc1.weight"]
+    (tmp_path / "ck" / shard).unlink()
+    os.mkfifo(tmp_path / "ck" / shard)  # opening it for reading would block forever
+    with pytest.raises(CheckpointFormatError, match="not a regular file"):
+        load_layers(get_family("opt"), ckpt, [1])
+    (tmp_path / "ck" / "config.json").unlink()
+    os.mkfifo(tmp_path / "ck" / "config.json")
+    fresh = CheckpointDir(ckpt.location, ckpt.source, ckpt.repo_id)
+    with pytest.raises(CheckpointFormatError, match="config.json: not a regular file"):
+        load_layers(get_family("opt"), fresh, [1])
+
+
+def test_metadata_that_is_not_text_or_too_large_is_one_error(tmp_path):
+    from tests.conftest import save_tiny_opt
+
+    _, ckpt = save_tiny_opt(tmp_path / "ck")
+    config = tmp_path / "ck" / "config.json"
+    config.write_bytes(b'{"model_type": "\xff\xfe"}')
+    with pytest.raises(CheckpointFormatError, match="config.json: not UTF-8"):
+        load_layers(get_family("opt"), ckpt, [1])
+    with open(config, "wb") as f:  # sparse: 100 MB of nothing, allocated by no one
+        f.truncate(100 * 1024 * 1024)
+    fresh = CheckpointDir(ckpt.location, ckpt.source, ckpt.repo_id)
+    with pytest.raises(CheckpointFormatError, match="too large for a config"):
+        load_layers(get_family("opt"), fresh, [1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -37,6 +38,22 @@ def confine(name: str, where: str) -> None:
         raise CheckpointFormatError(
             f"{where}: file name {name!r} is not a plain path inside the checkpoint; valid: a "
             "relative name without '..' (e.g. model-00001-of-00002.safetensors)")
+
+
+# config.json and shard indexes are kilobytes; refuse to read a "metadata" file beyond this.
+MAX_METADATA_BYTES = 64 * 1024 * 1024
+
+
+def _check_regular(path: str, max_bytes: int | None) -> None:
+    """A local checkpoint file must be a regular file (a FIFO or a device would block or
+    never end) and, for metadata, small."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointFormatError(f"{path}: not a regular file; valid: a checkpoint file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise CheckpointFormatError(
+            f"{path}: {st.st_size} bytes is too large for a config or shard index "
+            f"(limit {max_bytes})")
 
 
 @dataclass(frozen=True)
@@ -96,11 +113,19 @@ class CheckpointDir:
 
     def _text(self, name: str) -> str | None:
         if name not in self._texts:
-            fs, path = self._fs_for(self.resolve(name))
+            location = self.resolve(name)
+            fs, path = self._fs_for(location)
             try:
-                self._texts[name] = fs.cat_file(path).decode()
+                if not is_url(location) and os.path.exists(path) and not os.path.isdir(path):
+                    _check_regular(path, MAX_METADATA_BYTES)
+                data = fs.cat_file(path)
             except (FileNotFoundError, IsADirectoryError):
                 self._texts[name] = None
+                return None
+            try:
+                self._texts[name] = data.decode()
+            except UnicodeDecodeError as e:
+                raise CheckpointFormatError(f"{location}: not UTF-8 text ({e})") from None
         return self._texts[name]
 
     def exists(self, name: str) -> bool:
@@ -126,6 +151,8 @@ class CheckpointDir:
         fs, path = self._fs_for(location)
         if is_url(location):
             return fs.open(path, "rb", cache_type="none", block_size=2**20)
+        if os.path.exists(path):
+            _check_regular(path, None)
         return open(path, "rb")
 
     def stamp(self, location: str) -> str:

@@ -107,14 +107,22 @@ class _InertUnpickler(pickle.Unpickler):
         return _Storage(storage_type.dtype, key, count)  # types checked by _check_ref
 
 
-def _flat_tensors(obj, path: str, prefix: str = "", depth: int = 0) -> dict[str, _TensorRef]:
+def _flat_tensors(obj, path: str, prefix: str = "", depth: int = 0,
+                  seen: set[int] | None = None) -> dict[str, _TensorRef]:
     """A state dict, possibly nested (Meta's checkpoints are flat; some wrap in 'model').
     Entries that are neither tensors nor dicts (an epoch number, optimizer settings) are
-    skipped; nesting (and a dict that contains itself) is bounded."""
+    skipped. Nesting is bounded, and a dict reached twice is refused: a pickle's memo can
+    share one dict under many keys at every level, which would make this walk exponential
+    (a state dict never shares its sub-dicts)."""
     if depth > MAX_NESTING:
         raise CheckpointFormatError(f"{path}: data.pkl nests dicts deeper than {MAX_NESTING}")
+    seen = set() if seen is None else seen
     out: dict[str, _TensorRef] = {}
     if isinstance(obj, dict):
+        if id(obj) in seen:
+            raise CheckpointFormatError(f"{path}: data.pkl shares one dict under two keys "
+                                        f"(at {prefix.rstrip('.')!r})")
+        seen.add(id(obj))
         for k, v in obj.items():
             if not isinstance(k, str):
                 raise CheckpointFormatError(f"{path}: data.pkl has a non-string key {k!r:.80}")
@@ -122,7 +130,7 @@ def _flat_tensors(obj, path: str, prefix: str = "", depth: int = 0) -> dict[str,
             if isinstance(v, _TensorRef):
                 out[name] = v
             elif isinstance(v, dict):
-                out.update(_flat_tensors(v, path, f"{name}.", depth + 1))
+                out.update(_flat_tensors(v, path, f"{name}.", depth + 1, seen))
     return out
 
 
