@@ -27,7 +27,10 @@ from experiments.batches import Batch, batch_len, forward
 
 # Constants of a trial: MLflow params (not metric histories).
 COST_PARAMS = (
-    "frozen_params",  # parameters of the frozen block
+    "frozen_params",  # parameters of the inserted module that do not train
+    "inserted_trainable_params",  # parameters of the inserted module that train
+    "lm_block_params",  # visual-block: the LM layers' count it is sized to ("" elsewhere)
+    "visual_block_params",  # visual-block: its own count ("" elsewhere)
     "trainable_params",  # parameters the optimizer updates
     "gflops_forward_per_sample",  # FlopCounterMode, one forward, per sample
     "gflops_train_step_per_sample",  # forward + backward (frozen weights get no weight grads)

@@ -60,10 +60,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
+def sample_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
     """A 63-bit seed for one sample of one epoch, well mixed (neighbouring indices must not
-    get neighbouring seeds: some generators' first draws are correlated across such seeds)."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    get neighbouring seeds: some generators' first draws are correlated across such seeds).
+    ``copy``: which of a repeated-augmentation sample's copies (0: the first, as before)."""
+    key = f"{seed}/{epoch}/{index}" + (f"/{copy}" if copy else "")
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
@@ -93,6 +95,33 @@ class EpochSampler(Sampler[tuple[int, int]]):
             yield self.epoch, index
 
 
+class RepeatedEpochSampler(EpochSampler):
+    """Repeated augmentation (DeiT's, timm's ``RepeatAugSampler`` on one replica): an epoch
+    as long as timm makes it, of ``repeats`` consecutive copies of each sampled index. Yields
+    ``(epoch, index, copy)``: each copy is augmented from its own seed. timm's shuffle is
+    seeded by the epoch alone; here by ``epoch_seed(seed, epoch)``, so trials of different
+    seeds differ and a resumed trial sees the uninterrupted one's order."""
+
+    def __init__(self, n: int, seed: int, repeats: int) -> None:
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        super().__init__(n, seed)
+        self.repeats = repeats
+        self.inner = RepeatAugSampler(range(n), num_replicas=1, rank=0, shuffle=True,
+                                      num_repeats=repeats)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:  # type: ignore[override]
+        self.inner.set_epoch(epoch_seed(self.seed, self.epoch))
+        copies: dict[int, int] = {}
+        for index in self.inner:
+            copy = copies.get(index, 0)
+            copies[index] = copy + 1
+            yield self.epoch, index, copy
+
+
 def draws_random(dataset: Dataset) -> bool:
     """Whether reading a sample may draw random numbers (an augmentation). A TensorDataset
     only indexes tensors; another dataset says so with ``draws_random = False``."""
@@ -115,11 +144,11 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
+    def __getitem__(self, key: tuple[int, ...]):
+        epoch, index, *copy = key  # (epoch, index, copy) from RepeatedEpochSampler
         if not self.seeded:
             return self.dataset[index]
-        s = sample_seed(self.seed, epoch, index)
+        s = sample_seed(self.seed, epoch, index, *copy)
         py_state, np_state = random.getstate(), np.random.get_state()
         torch_state = torch.default_generator.get_state()
         torch.default_generator.manual_seed(s)  # CPU only: CUDA's generator is left alone
@@ -150,10 +179,11 @@ def loader_settings(num_workers: int, device: torch.device, *, persistent: bool 
 
 
 def train_loader(dataset: Dataset, batch_size: int, seed: int, *, drop_last: bool,
-                 **settings: object) -> tuple[DataLoader, EpochSampler]:
+                 repeats: int = 0, **settings: object) -> tuple[DataLoader, EpochSampler]:
     """The trial's one training loader (its workers live as long as it does) and the sampler
-    whose ``set_epoch`` moves it to the next epoch."""
-    sampler = EpochSampler(len(dataset), seed)  # type: ignore[arg-type]
+    whose ``set_epoch`` moves it to the next epoch; ``repeats`` > 1: repeated augmentation."""
+    n = len(dataset)  # type: ignore[arg-type]
+    sampler = RepeatedEpochSampler(n, seed, repeats) if repeats > 1 else EpochSampler(n, seed)
     loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=sampler,
                         drop_last=drop_last, **settings)  # type: ignore[arg-type]
     return loader, sampler

@@ -19,16 +19,24 @@ MIN_LR_FRACTION = 0.01  # cosine decays to 1% of the peak
 
 
 def lr_at(hp: Hyperparameters, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """Peak ``hp.lr`` after ``hp.warmup_epochs`` of linear warm-up, then constant or cosine."""
+    """Peak ``effective_lr(hp)`` after ``hp.warmup_epochs`` of linear warm-up, then constant
+    or cosine. A parameter group's ``lr_scale`` multiplies it (``experiments.param_groups``)."""
+    peak = effective_lr(hp)
     t = epoch + (step + 1) / steps_per_epoch  # epochs done after this step
     if hp.warmup_epochs > 0 and t <= hp.warmup_epochs:
-        return hp.lr * t / hp.warmup_epochs
+        return peak * t / hp.warmup_epochs
     if hp.schedule == "cosine":
         span = max(hp.epochs - hp.warmup_epochs, 1e-9)
         progress = min(max((t - hp.warmup_epochs) / span, 0.0), 1.0)
-        floor = hp.lr * MIN_LR_FRACTION
-        return floor + (hp.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return hp.lr
+        floor = peak * MIN_LR_FRACTION
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return peak
+
+
+def effective_lr(hp: Hyperparameters) -> float:
+    """The peak lr: ``lr`` times the per-size scale the plan set (a preset's
+    ``lr_scale_by_size``: the paper's lr/5 for OPT-125M and -350M)."""
+    return hp.lr * hp.size_lr_scale
 
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -27,7 +27,12 @@ from torch.utils.data import DataLoader
 import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.lm.block_factory import BlockInfo
 from encoders.lm.controls import build_block
-from encoders.lm.frozen_block import FrozenLMBlock, frozen_parameter_count
+from encoders.lm.frozen_block import (
+    FrozenLMBlock,
+    frozen_parameter_count,
+    trainable_parameter_count,
+)
+from encoders.lm.inserted import MLPBlock, VisualBlockSlot
 from experiments.batches import as_float32, batch_len, forward, to_device
 from experiments.compute import configure
 from experiments.cost import (
@@ -41,8 +46,10 @@ from experiments.cost import (
 )
 from experiments.loading import epoch_seed, loader_settings, resolve_num_workers, train_loader
 from experiments.objectives.classification import CLASSIFICATION
+from experiments.param_groups import param_groups
 from experiments.probe import probe_batch, probe_filtering
-from experiments.recipe import lr_at, make_loss, make_mixer
+from experiments.recipe import effective_lr, lr_at, make_loss, make_mixer
+from experiments.regularisation import apply_drop_path, clipper, ema_scores, make_ema
 from experiments.tasks.registry import get_task
 from experiments.trial import TrialSpec
 
@@ -60,6 +67,7 @@ class TrainState:
     optimizer: dict
     best: float | None = None  # best value of the task's metric so far
     scaler: dict | None = None  # float16's gradient scaler, when the trial has one
+    ema: dict | None = None  # the weights' moving average (its trainable tensors), when kept
 
 
 Report = Callable[[dict[str, object], TrainState], None]
@@ -116,14 +124,17 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
                 autocast: Callable[[], AbstractContextManager] = nullcontext,
                 scaler: torch.amp.GradScaler | None = None,
                 before_first_step: Callable[[object, object], None] | None = None,
-                check_every: int | None = None) -> EpochStats:
+                check_every: int | None = None, clip: Callable[[], None] | None = None,
+                after_step: Callable[[], None] | None = None) -> EpochStats:
     """One pass; ``lr(step)`` sets the learning rate before each step (the schedule),
     ``mixer`` turns (x, y) into mixed inputs and soft targets for ``loss_fn`` (the task's
     objective's loss; cross-entropy when not given), ``autocast()`` wraps each forward.
     The loss stays on the device (no host sync per step); ``before_first_step(x, y)`` sees
     the first batch as the model will (the FLOP count), its time left out of the stats.
     ``check_every``: steps between NaN/inf checks (default: 1 on CPU, else
-    ``NONFINITE_CHECK_STEPS``); a late check still names the first bad step."""
+    ``NONFINITE_CHECK_STEPS``); a late check still names the first bad step. ``clip()``
+    clips the gradients (unscaled first under a scaler), ``after_step()`` follows each
+    step (the EMA's update); a group's ``lr_scale`` multiplies ``lr(step)``."""
     model.train()
     device = torch.device(device)
     loss_fn = loss_fn or F.cross_entropy
@@ -145,7 +156,7 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
         y = to_device(y, device, non_blocking=True)
         if lr is not None:
             for group in optimizer.param_groups:
-                group["lr"] = lr(step)
+                group["lr"] = lr(step) * group.get("lr_scale", 1.0)
         if mixer is not None:
             x, y = mixer(x, y)
         if before_first_step is not None and step == 0:
@@ -162,11 +173,18 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+            if clip is not None:
+                scaler.unscale_(optimizer)
+                clip()
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            if clip is not None:
+                clip()
             optimizer.step()
+        if after_step is not None:
+            after_step()
         step += 1
         if step % check_every == 0:
             checked = _check_finite(losses, checked, epoch)
@@ -233,11 +251,12 @@ def run_trial(
         dtype=compute.dtype,
         final_norm=hp.final_norm,
     )
-    if isinstance(block, FrozenLMBlock):
+    if isinstance(block, FrozenLMBlock | MLPBlock):  # the adapters, or the MLP's linears
         block.init_adapters(hp.adapter_init)
-    model = task.build_model(block).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = compute.optimizer(params, hp)
+    model = task.build_model(block)
+    drop_path_blocks = apply_drop_path(model, hp.drop_path, f"task {task.name!r}")
+    model = model.to(device)
+    optimizer = compute.optimizer(param_groups(model, hp), hp)
     scaler = compute.scaler()
     start = 0
     if restore is not None:
@@ -249,6 +268,7 @@ def run_trial(
         if scaler is not None and restore.scaler:
             scaler.load_state_dict(restore.scaler)
         start = restore.epoch
+    ema = make_ema(model, hp, restore.ema if restore is not None else None)
 
     train_ds, val_ds = task.build_data(data_dir)
     objective = task.objective or CLASSIFICATION
@@ -265,7 +285,7 @@ def run_trial(
     settings = loader_settings(workers, device)
     loader, sampler = train_loader(train_ds, hp.batch_size, trial.seed,
                                    drop_last=mixer is not None,  # timm's Mixup: even batches
-                                   **settings)
+                                   repeats=hp.repeated_aug, **settings)
     val_settings = loader_settings(workers, device, persistent=False)
     make_val_loader = getattr(objective, "val_loader", None)
     val_loader = (make_val_loader(val_ds, batch_size=VAL_BATCH_SIZE, **val_settings)
@@ -292,6 +312,7 @@ def run_trial(
         "compute_dtype": str(compute.dtype).removeprefix("torch.") if block is not None else "none",
     }
     run_settings = {"num_workers": workers, "cpus": cpus, **compute.settings()}
+    recipe = {"effective_lr": effective_lr(hp), "drop_path_blocks": drop_path_blocks}
     best = restore.best if restore is not None else None
     better = max if task.mode == "max" else min
     for epoch in range(start, hp.epochs):
@@ -307,9 +328,12 @@ def run_trial(
             runner, loader, optimizer, device, epoch,
             lr=lambda step, e=epoch, n=steps: lr_at(hp, e, step, n), loss_fn=loss_fn,
             mixer=mixer, autocast=compute.autocast, scaler=scaler,
-            before_first_step=count_once if flops is None else None)
+            before_first_step=count_once if flops is None else None,
+            clip=clipper(optimizer, hp.clip_grad),
+            after_step=(lambda: ema.update(model)) if ema is not None else None)
         with compute.autocast():
             scores = objective.evaluate(runner, val_loader, device)
+            scores.update(ema_scores(ema, lambda m: objective.evaluate(m, val_loader, device)))
         value = scores[task.metric]
         best = value if best is None else better(best, value)
         filtering = probe_filtering(model, task, to_device(probe_x, device))
@@ -317,17 +341,19 @@ def run_trial(
             "epoch": epoch + 1,
             "train_loss": stats.loss,
             **scores,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": lr_at(hp, epoch, steps - 1, steps),  # the schedule's (groups scale it)
             f"best_{task.metric}": best,
             **cost_params(model, block, flops, name, peak),
             **epoch_cost(stats, flops, device, peak),
             **built,
             **run_settings,
+            **recipe,
             **filtering,
         }
         opt_state = copy.deepcopy(optimizer.state_dict())  # a snapshot, not live references
         state = TrainState(epoch + 1, trainable_state(model), opt_state, best,
-                           scaler.state_dict() if scaler is not None else None)
+                           scaler.state_dict() if scaler is not None else None,
+                           trainable_state(ema.module) if ema is not None else None)
         report(metrics, state)
     return info
 
@@ -337,6 +363,10 @@ def cost_params(model: nn.Module, block: nn.Module | None, flops: StepFlops | No
     """The trial's constant costs (``experiments.cost.COST_PARAMS``)."""
     return {
         "frozen_params": frozen_parameter_count(block),
+        "inserted_trainable_params": trainable_parameter_count(block),
+        # visual-block: the LM layers' count it is sized to, and its own ("" elsewhere)
+        "lm_block_params": block.lm_params if isinstance(block, VisualBlockSlot) else "",
+        "visual_block_params": block.visual_params if isinstance(block, VisualBlockSlot) else "",
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "gflops_forward_per_sample": flops.forward_per_sample / 1e9 if flops else None,
         "gflops_train_step_per_sample": flops.train_step_per_sample / 1e9 if flops else None,

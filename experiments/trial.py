@@ -36,6 +36,18 @@ def parse_label(text: str) -> Selection:
     return (int(text),)
 
 
+# ``final_norm`` was a bool: a preset's true/false and an older run's "True"/"False" read as
+LEGACY_FINAL_NORM = {True: "lm", False: "none", "True": "lm", "False": "none"}
+
+
+def final_norm_choice(value: object) -> object:
+    """``final_norm`` as one of none/unit-rms/lm (legacy booleans mapped); anything else is
+    returned as given, for the plan to reject with the valid choices."""
+    if isinstance(value, bool | str) and value in LEGACY_FINAL_NORM:
+        return LEGACY_FINAL_NORM[value]
+    return value
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
     epochs: int = 12
@@ -43,13 +55,27 @@ class Hyperparameters:
     weight_decay: float = 0.05
     batch_size: int = 32
     compute_dtype: str = "auto"  # the block's compute dtype: auto = float32 on CPU, bf16 on GPU
-    final_norm: bool = False  # the LM's final norm follows the block (off: the paper's setup)
+    # after the LM layers: none (lmblocks' default), unit-rms (the official code's gain-1
+    # RMSNorm, eps 1e-6, float32 out) or lm (the LM's own trained final norm); a legacy
+    # true/false reads as lm/none
+    final_norm: str = "none"
     adapter_init: str = "default"  # the two linear maps: default (Kaiming), xavier, orthogonal
     schedule: str = "constant"  # learning rate after warm-up: constant or cosine
     warmup_epochs: float = 0.0  # linear warm-up from 0 to lr
     label_smoothing: float = 0.0
     mixup: float = 0.0  # Mixup alpha (0: off); with cutmix, timm's Mixup draws one per batch
     cutmix: float = 0.0  # CutMix alpha (0: off; image tasks)
+    # The recipe's optimizer groups and regularisers (experiments/param_groups.py,
+    # experiments/regularisation.py); every one recorded on every run, 0 or 1 = off/neutral.
+    adapter_lr_scale: float = 1.0  # the two linear maps' lr, x lr
+    adapter_decay: bool = True  # weight decay on the linear maps (official point cloud: off)
+    lm_lr_scale: float = 1.0  # the LM layers' lr when a control trains them, x lr
+    norm_lr_scale: float = 1.0  # lr of the encoder's non-decayed params (1-D, biases, tokens)
+    size_lr_scale: float = 1.0  # set by the plan from a preset's lr_scale_by_size
+    clip_grad: float = 0.0  # max global grad norm (0: off)
+    drop_path: float = 0.0  # stochastic depth of the encoder's timm blocks, 0 -> this rate
+    ema_decay: float = 0.0  # timm ModelEmaV3 of the weights, evaluated alongside (0: off)
+    repeated_aug: int = 0  # repeated augmentation: each sampled image this many times (0/1: off)
     # How fast, not what: the two below change no result (samples are seeded per index, not
     # per worker; compiled and eager agree within float tolerance), so they are left out of
     # a trial's key: a cell finished with 0 workers is not run again with 8.
@@ -58,10 +84,21 @@ class Hyperparameters:
 
     def __post_init__(self) -> None:  # a YAML preset or MLflow may give 4 or "4": one form
         object.__setattr__(self, "num_workers", str(self.num_workers))
+        object.__setattr__(self, "final_norm", final_norm_choice(self.final_norm))
 
 
 HPARAMS = tuple(f.name for f in dataclasses.fields(Hyperparameters))
 RUNTIME_HPARAMS = ("num_workers", "compile")  # recorded, but not part of a trial's identity
+# Hyperparameters added after sweeps were recorded, at the value that trains exactly as before
+# they existed: left out of a trial's key at that value, so a cell an older sweep finished is
+# still found finished (and not run again).
+NEUTRAL_HPARAMS: dict[str, object] = {
+    "adapter_lr_scale": 1.0, "adapter_decay": True, "lm_lr_scale": 1.0, "norm_lr_scale": 1.0,
+    "size_lr_scale": 1.0, "clip_grad": 0.0, "drop_path": 0.0, "ema_decay": 0.0,
+    "repeated_aug": 0,
+}
+# final_norm was a bool in the key: none/lm keep the key they had as false/true
+KEY_FINAL_NORM = {"none": False, "lm": True}
 
 
 @dataclass(frozen=True)
@@ -104,7 +141,7 @@ class TrialSpec:
     @classmethod
     def from_config(cls, cfg: dict[str, object]) -> TrialSpec:
         hp = {name: cfg[name] for name in HPARAMS if name in cfg}
-        for flag in ("final_norm", "compile"):  # MLflow/Optuna round trips give strings
+        for flag in ("compile", "adapter_decay"):  # round trips give strings
             if isinstance(hp.get(flag), str):
                 hp[flag] = hp[flag] == "True"
         return cls(
@@ -121,7 +158,9 @@ class TrialSpec:
     def key(self) -> str:
         """Stable identity of the full config but its runtime settings (``RUNTIME_HPARAMS``):
         a finished cell is not run again."""
-        cfg = {k: v for k, v in self.to_config().items() if k not in RUNTIME_HPARAMS}
+        cfg = {k: v for k, v in self.to_config().items() if k not in RUNTIME_HPARAMS
+               and not (k in NEUTRAL_HPARAMS and v == NEUTRAL_HPARAMS[k])}
+        cfg["final_norm"] = KEY_FINAL_NORM.get(cfg["final_norm"], cfg["final_norm"])
         blob = json.dumps(cfg, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sizes", nargs="+", help="sizes, 'all' or 'default'")
     g.add_argument("--layers", nargs="+", help="last, all, 5, -1, 2..5 (one trial each), 3:5 (a span)")
     g.add_argument("--tasks", nargs="+")
-    g.add_argument("--controls", nargs="+", help="pretrained, random, adapters, none")
+    g.add_argument("--controls", nargs="+", help="pretrained, random, adapters, none, mlp, "
+                   "random-trained, finetuned, visual-block")
     g.add_argument("--seeds", nargs="+")
     h = p.add_argument_group("hyperparameters")
     h.add_argument("--epochs", type=int)
@@ -54,13 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--label-smoothing", type=float)
     h.add_argument("--mixup", type=float, help="Mixup alpha (0: off)")
     h.add_argument("--cutmix", type=float, help="CutMix alpha (0: off)")
+    h.add_argument("--adapter-lr-scale", type=float,
+                   help="the two linear maps' lr / lr (official point-cloud code: 0.5)")
+    h.add_argument("--clip-grad", type=float, help="max global gradient norm (0: off)")
+    h.add_argument("--drop-path", type=float,
+                   help="stochastic depth of the encoder's timm blocks, 0 -> this rate at the "
+                        "last block (0: off)")
+    h.add_argument("--ema-decay", type=float,
+                   help="timm ModelEmaV3 of the weights, evaluated alongside as ema_* "
+                        "metrics (0: off; DeiT: 0.99996)")
+    h.add_argument("--repeated-aug", type=int,
+                   help="repeated augmentation: copies of each sampled image per epoch "
+                        "(0 or 1: off; DeiT: 3)")
     h.add_argument("--num-workers",
                    help="DataLoader worker processes per trial: auto (default: none for "
                         "embedded data, else the trial's CPUs but one) or a count")
     h.add_argument("--compile", action="store_true", default=None,
                    help="run the model (visual encoder + block) under torch.compile")
-    h.add_argument("--final-norm", action="store_true", default=None,
-                   help="the LM's final norm follows the block (recorded on the run)")
+    h.add_argument("--final-norm", nargs="?", const="lm", metavar="none|unit-rms|lm",
+                   help="after the LM layers: none (default), unit-rms (the official code's "
+                        "gain-1 RMSNorm) or lm (the LM's own trained norm; bare --final-norm: "
+                        "lm); recorded as the run's final_norm param")
+    h.add_argument("--lm-lr-scale", type=float,
+                   help="the LM layers' lr / lr where a control trains them (finetuned, "
+                        "random-trained; default 1)")
     r = p.add_argument_group("where it runs and records")
     r.add_argument("--name", help="sweep name (default: the preset's)")
     r.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
@@ -125,7 +143,10 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
             raise SpecError(f"bad seeds {list(seeds)}; valid: integers") from None
     for name in ("epochs", "lr", "weight_decay", "batch_size", "compute_dtype", "final_norm",
                  "schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "name",
-                 "num_workers", "compile"):
+                 "num_workers", "compile", "lm_lr_scale"):
+        if (v := getattr(args, name)) is not None:
+            changes[name] = v
+    for name in ("adapter_lr_scale", "clip_grad", "drop_path", "ema_decay", "repeated_aug"):
         if (v := getattr(args, name)) is not None:
             changes[name] = v
     return spec.replace(**changes)
@@ -141,7 +162,8 @@ def print_plan(plan) -> None:
     )
     print(shown.to_string(index=False))
     print(
-        f"\n{len(table)} trials; frozen block parameters {table['block_params'].sum():,}; "
+        f"\n{len(table)} trials; LM-layer-sized block parameters "
+        f"{table['block_params'].sum():,}; "
         f"weights to read {human_bytes(table['read_bytes'].sum())} "
         f"({human_bytes(table.drop_duplicates(['family', 'size', 'layers'])['read_bytes'].sum())}"
         " distinct)"
@@ -291,6 +313,10 @@ def _finish(outcome, args: argparse.Namespace) -> int:
     failures = failed_trials(tracking_uri, outcome.parent_run_id)
     print()
     print(report.table.to_markdown(index=False))
+    if not report.claims.empty:
+        from results.claims import claim_lines
+
+        print(*["", *claim_lines(report.claims)], sep="\n")
     print(f"\n{outcome.finished} trials finished, {outcome.failed} failed in "
           f"{outcome.seconds:.0f} s")
     for failure in failures:

@@ -7,12 +7,15 @@ Controls and the layer axis, as the controls table (``encoders/lm/controls.py``)
 - ``adapters`` (layers "none"): one trial per family/size (the two linear maps at that LM's
   width, no layer);
 - ``none`` (not per LM): one trial per task and seed, not tied to any LM (family and size
-  are empty).
+  are empty);
+- the capacity controls: ``mlp`` (layers "none", at the LM's width), ``random-trained``,
+  ``finetuned`` and ``visual-block`` (layers "last": sized like the last selection).
 Validation happens here, before any weights, Ray or MLflow are touched.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -20,7 +23,7 @@ import pandas as pd
 import encoders.lm.families  # noqa: F401  (registers the families)
 import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.lm.controls import get_control, list_controls
-from encoders.lm.frozen_block import ADAPTER_INITS
+from encoders.lm.frozen_block import ADAPTER_INITS, FINAL_NORMS
 from encoders.lm.registry import get_family, list_families
 from experiments.compute import DTYPES
 from experiments.loading import check_num_workers
@@ -41,6 +44,14 @@ NUMBER_RANGES = (
     ("label_smoothing", lambda v: v >= 0, lambda v: v < 1, "a number in [0, 1)"),
     ("mixup", lambda v: v >= 0, lambda v: True, "a finite number >= 0 (0: off)"),
     ("cutmix", lambda v: v >= 0, lambda v: True, "a finite number >= 0 (0: off)"),
+    ("adapter_lr_scale", lambda v: v > 0, lambda v: True, "a finite number > 0"),
+    ("norm_lr_scale", lambda v: v > 0, lambda v: True, "a finite number > 0"),
+    ("size_lr_scale", lambda v: v > 0, lambda v: True, "a finite number > 0"),
+    ("clip_grad", lambda v: v >= 0, lambda v: True, "a finite number >= 0 (0: off)"),
+    ("drop_path", lambda v: v >= 0, lambda v: v < 1, "a number in [0, 1) (0: off)"),
+    ("ema_decay", lambda v: v >= 0, lambda v: v < 1, "a number in [0, 1) (0: off)"),
+    ("repeated_aug", lambda v: v >= 0, lambda v: True, "an integer >= 0 (0 or 1: off)"),
+    ("lm_lr_scale", lambda v: v > 0, lambda v: True, "a finite number > 0"),
 )
 
 
@@ -87,6 +98,31 @@ def _check_tasks_agree(spec: SweepSpec) -> None:
                         f"{', '.join(other)}; valid: 0 for these tasks")
 
 
+def _size_lr_scales(spec: SweepSpec) -> dict[tuple[str, str], float]:
+    """A preset's ``lr_scale_by_size`` ({"opt/125m": 0.2}), checked: known family/size keys,
+    finite scales > 0."""
+    out: dict[tuple[str, str], float] = {}
+    for key, scale in spec.lr_scale_by_size.items():
+        family, _, size = str(key).partition("/")
+        if family not in list_families() or size not in get_family(family).sizes:
+            raise SpecError(f"lr_scale_by_size: unknown family/size {key!r}; valid: "
+                            "family/size keys such as opt/125m")
+        if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
+            raise SpecError(f"lr_scale_by_size: bad scale {scale!r} for {key}; "
+                            "valid: a finite number > 0")
+        out[(family, size)] = float(scale)
+    return out
+
+
+def _scaled(hp, scales: dict[tuple[str, str], float], family: str, size: str):
+    """``hp`` with the size's lr scale folded into ``size_lr_scale`` (recorded on the run;
+    the trial's peak lr is ``lr x size_lr_scale``, so a searched lr is scaled too)."""
+    scale = scales.get((family, size))
+    if scale is None:
+        return hp
+    return dataclasses.replace(hp, size_lr_scale=hp.size_lr_scale * scale)
+
+
 def build_plan(spec: SweepSpec) -> list[TrialSpec]:
     """Validate ``spec`` and expand it; raises SpecError with a one-line message."""
     if not spec.families or not spec.tasks or not spec.controls or not spec.seeds:
@@ -120,18 +156,22 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
     if any(c.layers != "none" for c in controls) and not spec.layers:
         raise SpecError("empty sweep: no layers; valid: last, all, 5, -1, 2..5, 3:5")
 
-    if spec.hparams.final_norm:
+    if spec.hparams.final_norm not in FINAL_NORMS:
+        raise SpecError(f"unknown final norm {spec.hparams.final_norm!r}; "
+                        f"valid: {', '.join(FINAL_NORMS)}")
+    if spec.hparams.final_norm == "lm":
         for family in spec.families:
             fam = get_family(family)
             post_ln = [s for s in resolve_sizes(spec, family)
                        if fam.size(s).extra.get("do_layer_norm_before") is False]
             if fam.final_norm_key is None or post_ln:
                 raise SpecError(
-                    f"--final-norm: {family} {'/'.join(post_ln) or ''} has no final norm "
+                    f"--final-norm lm: {family} {'/'.join(post_ln) or ''} has no final norm "
                     f"(post-LN); valid: families {', '.join(f for f in list_families() if get_family(f).final_norm_key)} "
                     "(not opt/350m)"
                 )
 
+    scales = _size_lr_scales(spec)
     trials: list[TrialSpec] = []
     hp = spec.hparams
     for task in spec.tasks:
@@ -153,8 +193,8 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
                         control.layers]
                     for sel in sels:
                         for seed in spec.seeds:
-                            trials.append(
-                                TrialSpec(family, size, sel, task, control.name, seed, hp))
+                            trials.append(TrialSpec(family, size, sel, task, control.name,
+                                                    seed, _scaled(hp, scales, family, size)))
     if not trials:
         raise SpecError("empty sweep: the spec expands to no trial")
     return trials

@@ -95,7 +95,7 @@ def planned_weights(plan) -> dict[tuple[str, str], tuple[list[int], bool]]:
         if t.weights_source == "pretrained":
             key = (t.family, t.size)
             layers.setdefault(key, set()).update(t.layers)
-            norms[key] = norms.get(key, False) or t.hparams.final_norm
+            norms[key] = norms.get(key, False) or t.hparams.final_norm == "lm"
     return {key: (sorted(ls), norms[key]) for key, ls in layers.items()}
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from ray.tune import PlacementGroupFactory
 
+from encoders.lm.controls import get_control
 from encoders.lm.registry import get_family
 from experiments.trial import TrialSpec
 
@@ -28,13 +29,21 @@ MAX_TOKENS = 256  # activation estimate: tokens per sample an insertion point ma
 ACTIVATION_COPIES = 16  # per layer and token: attention/FFN intermediates kept for backward
 
 
+TRAINED_BYTES_PER_PARAM = 16  # float32 weight, its gradient and AdamW's two moments
+
+
 def block_memory_bytes(trial: TrialSpec, itemsize: int = 2) -> int:
-    """Frozen weights plus activations of the block, at a bf16 compute dtype by default."""
+    """Frozen weights plus activations of the block, at a bf16 compute dtype by default;
+    a block that trains (finetuned, random-trained, the visual block sized like the LM
+    layer: controls with layers but no LM weights) holds ``TRAINED_BYTES_PER_PARAM``."""
     if not trial.layers:
         return 0
     fam = get_family(trial.family)
     hidden = fam.size(trial.size).hidden_size
-    weights = fam.layer_params(trial.size) * len(trial.layers) * itemsize
+    arm = get_control(trial.control)
+    trained = arm.trains_lm or arm.weights_source == "none"
+    weights = (fam.layer_params(trial.size) * len(trial.layers)
+               * (TRAINED_BYTES_PER_PARAM if trained else itemsize))
     activations = (trial.hparams.batch_size * MAX_TOKENS * hidden * itemsize
                    * ACTIVATION_COPIES * len(trial.layers))
     return weights + activations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.trial import HPARAMS, Hyperparameters
+from experiments.trial import HPARAMS, Hyperparameters, final_norm_choice
 
 
 class SpecError(ValueError):
@@ -28,6 +28,9 @@ class SweepSpec:
     controls: tuple[str, ...] = ("pretrained",)
     seeds: tuple[int, ...] = (0,)
     hparams: Hyperparameters = field(default_factory=Hyperparameters)
+    # "family/size" -> lr multiplier for that size's trials (the paper's Table C: OPT-125M
+    # and -350M at lr/5); recorded on each run as ``size_lr_scale`` and ``effective_lr``
+    lr_scale_by_size: dict[str, float] = field(default_factory=dict)
 
     def replace(self, **changes: object) -> SweepSpec:
         hp = {k: changes.pop(k) for k in list(changes) if k in _HPARAM_FIELDS}
@@ -86,8 +89,16 @@ def spec_from_dict(raw: dict, where: str = "spec") -> SweepSpec:
                 value = tuple(_typed(where, "seeds", v, "int") for v in value)
             else:
                 value = tuple(str(v) for v in value)
+        elif key == "final_norm" and isinstance(value, bool):
+            value = final_norm_choice(value)  # a legacy preset: true -> lm, false -> none
         elif key in _HPARAM_TYPES:
             value = _typed(where, key, value, _HPARAM_TYPES[key])
+        elif key == "lr_scale_by_size":
+            if not isinstance(value, dict):
+                raise SpecError(f"{where}: bad lr_scale_by_size {value!r}; valid: a mapping "
+                                "of family/size to a number, e.g. {opt/125m: 0.2}")
+            value = {str(k): _typed(where, f"lr_scale_by_size[{k}]", v, "float")
+                     for k, v in value.items()}
         elif key == "name" and not isinstance(value, str):
             raise SpecError(f"{where}: bad name {value!r}; valid: a string")
         changes[key] = value

@@ -27,6 +27,7 @@ from ray.tune.experiment import Trial
 from ray.tune.logger import LoggerCallback
 
 from experiments.cost import COST_METRICS, COST_PARAMS, RUN_SETTINGS
+from experiments.regularisation import EMA_PREFIX, RECIPE_PARAMS
 from experiments.trial import TrialSpec
 from orchestrator.failures import (
     ERROR_ARTIFACT,
@@ -48,7 +49,8 @@ BUILT_TAGS = {"checkpoint_identity": "checkpoint.identity", "checkpoint_path": "
               "layers_sha256": "checkpoint.layers_sha256", "compute_dtype": "compute_dtype"}
 
 # Whatever a task's objective reports (val_minADE, val_recall_i2t_at_5, ...) and its best so far.
-TASK_METRIC_PREFIXES = ("val_", "best_", "conc_")
+# The EMA's (ema_val_acc, ...) as well: the weights' moving average evaluated alongside.
+TASK_METRIC_PREFIXES = ("val_", "best_", "conc_", "miou_", EMA_PREFIX)
 
 # Where and how the attempt ran -> tags set again whenever a result says otherwise (a retry
 # may land on another node, with other CPUs): tag name -> result key.
@@ -260,7 +262,7 @@ class MlflowTrialLogger(LoggerCallback):
         if "time_this_iter_s" in result:
             metrics.append(Metric("epoch_time_s", float(result["time_this_iter_s"]), ts, step))
         logged = self._logged_params(run_id)
-        params = {k: str(result[k]) for k in COST_PARAMS
+        params = {k: str(result[k]) for k in COST_PARAMS + RECIPE_PARAMS
                   if k not in logged and _applies(result.get(k))}
         tags: dict[str, str] = {}
         if run_id not in self.tagged:  # what the worker built its block from: once per run

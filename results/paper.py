@@ -12,8 +12,8 @@ A, B, C and D, one row per number, long format:
 - ``family``/``size``: the LM in lmblocks' names (LLaMA-7B, LLaMA v1, is ``llama``/``1-7b``;
   OPT-125M is ``opt``/``125m``), empty where the arm has no LM;
 - ``control``: lmblocks' control names: ``none`` (baseline), ``pretrained`` (+LLaMA, frozen),
-  and the ones lmblocks does not run yet (issue 15): ``mlp`` (Linear -> GELU -> LayerNorm ->
-  Linear in place of the block), ``random-trained`` (a LLaMA-7B-shaped block randomly
+  and the capacity controls of ``encoders/lm/controls.py``: ``mlp`` (Linear -> GELU ->
+  LayerNorm -> Linear in place of the block), ``random-trained`` (a LLaMA-7B-shaped block randomly
   initialised and TRAINED; lmblocks' ``random`` is frozen, so it is not this arm) and
   ``finetuned`` (the LLaMA block fine-tuned);
 - ``layers``: which LM layer(s): ``last``, ``last2`` (the last two as one block), or empty

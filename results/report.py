@@ -9,7 +9,8 @@ Every number is over seeds: mean ± std, n, and the paired difference against th
 Failed and missing seeds are written in the cells, never dropped.
 The paper's own numbers (``results/paper.py``) are set beside the cells in ``paper.csv`` and
 the markdown's last section: matching rows, else the paper's rows for the same controls as a
-reference that is not comparable.
+reference that is not comparable. Then the paper's claims, each with a verdict
+(``results/claims.py``; ``claims.csv``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,7 @@ from mlflow.tracking import MlflowClient
 import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.lm.controls import get_control, list_controls, reference_controls
 from experiments.tasks.registry import get_task
-from results import paper, plots, tables
+from results import claims, paper, plots, tables
 from results.runs import ReportError, default_tracking_uri, latest_sweep_run, load_runs
 from results.stats import best_hparams, summarize
 
@@ -48,6 +49,7 @@ TABLES = {
     "filtering": "Information filtering: metric change next to concentration gain",
     "cost": "Cost per cell, per trial: parameters (M), GFLOPs per sample, training samples/s, "
             "data wait, peak memory, MFU (GPU), trial-hours",
+    "claims": "Claims of the paper, tested (results/claims.py)",
 }
 
 
@@ -57,6 +59,7 @@ class Report:
     summary: pd.DataFrame
     tables: dict[str, pd.DataFrame]
     files: list[Path]
+    claims: pd.DataFrame = field(default_factory=pd.DataFrame)  # results.claims.evaluate
 
 
 def _higher_is_better(df: pd.DataFrame) -> bool:
@@ -162,6 +165,11 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
         files.append(out / f"{name}.csv")
     beside = paper.beside(summary, metric)  # the paper's rows: matches, else references
     md += paper.markdown_section(beside, summary)
+    histories = claims.load_histories(client, df, metric) if client is not None else None
+    tested = claims.evaluate(df, metric, summary.attrs["higher"], histories)
+    md += claims.markdown_section(tested)
+    tested.to_csv(out / "claims.csv", index=False)
+    files.append(out / "claims.csv")
     (out / "ablation.md").write_text("\n".join(md) + "\n")
     summary.to_csv(out / "summary.csv", index=False)
     df.to_csv(out / "runs.csv", index=False)
@@ -188,10 +196,10 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
     intro = (f"Experiments: {experiments}. {len(df)} trials, {done} finished, "
              f"{len(df) - done} not. " + md[1].strip())
     files.append(write_html(out / "report.html", f"Ablation report: final {metric}", intro,
-                            named, figures))
+                            {**named, "claims": tested}, figures))
     files += figures
     headline = named["by_layer"] if not named["by_layer"].empty else named["by_control"]
-    return Report(headline, summary, named, files)
+    return Report(headline, summary, named, files, claims=tested)
 
 
 def build_report(

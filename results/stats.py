@@ -11,6 +11,8 @@ bootstrap interval is just the span of the two differences).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 
@@ -59,7 +61,8 @@ def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
               higher: bool = True) -> pd.DataFrame:
     """Per cell: mean, std, n over FINISHED seeds; failed and missing seeds; paired
     difference against ``control`` with its bootstrap interval and significance; the
-    information-filtering concentration before/after the block and its gain."""
+    information-filtering concentration and best-threshold mIoU before/after the block and
+    their gains."""
     if control not in reference_controls():
         raise ValueError(f"unknown control {control!r}; valid: {', '.join(reference_controls())}")
     df = best_hparams(df, metric, higher)
@@ -98,14 +101,15 @@ def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
             "significant": bool(len(diffs) >= MIN_PAIRS and (lo > 0 or hi < 0)),
             "hparam_trials": int(grp["hparam_trials"].max()),
         }
-        for name in ("act", "freq"):
-            b, a = f"conc_{name}_before", f"conc_{name}_after"
+        for kind, name in itertools.product(("conc", "miou"), ("act", "freq", "freq_centred")):
+            b, a = f"{kind}_{name}_before", f"{kind}_{name}_after"
             if b in ok and a in ok:
                 row[f"{b}"] = ok[b].mean()
                 row[f"{a}"] = ok[a].mean()
-                row[f"conc_{name}_gain"] = (ok[a] - ok[b]).mean()
-        if "conc_cls_attn" in ok:
-            row["conc_cls_attn"] = ok["conc_cls_attn"].mean()
+                row[f"{kind}_{name}_gain"] = (ok[a] - ok[b]).mean()
+        for col in ("conc_cls_attn", "conc_lm_cls_attn", "miou_cls_attn", "miou_lm_cls_attn"):
+            if col in ok:
+                row[col] = ok[col].mean()
         for col in COST_COLUMNS:  # what the cell cost, per trial, over its finished seeds
             if col in ok:
                 row[col] = pd.to_numeric(ok[col], errors="coerce").mean()

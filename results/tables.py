@@ -121,8 +121,9 @@ def by_control(summary: pd.DataFrame, layer: str = "last") -> pd.DataFrame:
 
 def filtering_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Accuracy gain next to concentration gain, per cell: the hypothesis' test."""
-    cols = ["conc_act_before", "conc_act_after", "conc_act_gain", "conc_freq_gain",
-            "conc_cls_attn"]
+    cols = ["conc_act_before", "conc_act_after", "conc_act_gain", "conc_freq_centred_gain",
+            "conc_cls_attn", "miou_act_before", "miou_act_after", "miou_freq_centred_before",
+            "miou_freq_centred_after", "miou_cls_attn", "miou_lm_cls_attn"]
     if "conc_act_gain" not in summary:
         return pd.DataFrame()
     t = summary[["task", "family", "size", "layers", "control", "n", "mean", "delta",
@@ -144,6 +145,11 @@ def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
         t[c] = _blank(t[c])
     t["frozen_M"] = summary["frozen_params"] / 1e6
     t["trainable_M"] = summary["trainable_params"] / 1e6
+    if "inserted_trainable_params" in summary:  # of the inserted module alone
+        t["inserted_trainable_M"] = summary["inserted_trainable_params"] / 1e6
+    if "visual_block_params" in summary and summary["visual_block_params"].notna().any():
+        t["lm_block_M"] = summary["lm_block_params"] / 1e6  # visual-block: sized to this
+        t["visual_block_M"] = summary["visual_block_params"] / 1e6
     t["gflops_fwd"] = summary["gflops_forward_per_sample"]
     t["gflops_step"] = summary["gflops_train_step_per_sample"]
     t["samples_per_s"] = summary["samples_per_s"]
@@ -154,6 +160,7 @@ def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
     if "trial_hours" in summary:
         t["trial_hours"] = summary["trial_hours"]
         t["total_hours"] = summary["trial_hours"] * summary["n"]
-    return t.round({"mean": 4, "frozen_M": 3, "trainable_M": 3, "gflops_fwd": 4,
+    return t.round({"mean": 4, "frozen_M": 3, "trainable_M": 3, "inserted_trainable_M": 3,
+                    "lm_block_M": 3, "visual_block_M": 3, "gflops_fwd": 4,
                     "gflops_step": 4, "samples_per_s": 1, "data_wait": 3, "peak_mem_gib": 2,
                     "mfu": 3, "trial_hours": 4, "total_hours": 4})

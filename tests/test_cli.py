@@ -194,12 +194,21 @@ def test_final_norm_is_validated_and_recorded(capsys):
     err = run_bad(capsys, "--final-norm", "--dry-run")  # minilm is post-LN BERT
     assert "minilm" in err
     spec = cli.spec_from_args(cli.build_parser().parse_args(
-        ["--family", "opt", "--final-norm"]))
+        ["--family", "opt", "--final-norm"]))  # bare: the LM's own norm, as the flag was
     plan = build_plan(spec)
-    assert plan[0].to_config()["final_norm"] is True
+    assert plan[0].to_config()["final_norm"] == "lm"
     from experiments.trial import TrialSpec
 
+    # an older run's recorded "True" reads as lm
     assert TrialSpec.from_config({**plan[0].to_config(), "final_norm": "True"}) == plan[0]
+    for choice in ("none", "unit-rms", "lm"):
+        spec = cli.spec_from_args(cli.build_parser().parse_args(
+            ["--family", "opt", "--final-norm", choice]))
+        assert {t.to_config()["final_norm"] for t in build_plan(spec)} == {choice}
+    assert cli.main(["--final-norm", "unit-rms", "--dry-run"]) == 0  # any family: no weights
+    capsys.readouterr()
+    err = run_bad(capsys, "--family", "opt", "--final-norm", "rms", "--dry-run")
+    assert err == "sweep: error: unknown final norm 'rms'; valid: none, unit-rms, lm"
 
 
 def test_runtime_settings_reach_the_trial_but_not_its_identity():

@@ -40,9 +40,12 @@ def shuffled(monkeypatch):
 
 
 def test_the_shipped_table():
-    assert list_controls() == ["pretrained", "random", "adapters", "none"]
+    assert list_controls() == ["pretrained", "random", "adapters", "none", "mlp",
+                               "random-trained", "finetuned", "visual-block"]
     assert [get_control(c).weights_source for c in list_controls()] == [
-        "pretrained", "random", "none", "none"]
+        "pretrained", "random", "none", "none", "none", "random", "pretrained", "none"]
+    assert [c for c in list_controls() if get_control(c).trains_lm] == [
+        "random-trained", "finetuned"]
     assert get_control("none").pair_on == ("task", "seed")
     assert get_control("random").pair_on == ("family", "size", "task", "seed")
     with pytest.raises(ValueError, match="already registered"):
@@ -85,7 +88,8 @@ def test_a_new_control_is_one_entry_and_its_builder(shuffled, tmp_path):
     # no-LM cells first, then each LM's cells in the table's order
     assert list(summary["control"]) == ["none", "pretrained", "shuffled"]
     table = tables.by_control(summary, layer="5")
-    assert list(table.columns) == ["task", "family", "size", "shuffled", "none", "adapters",
+    assert list(table.columns) == ["task", "family", "size", "shuffled", "visual-block",
+                                   "finetuned", "random-trained", "mlp", "none", "adapters",
                                    "random", "pretrained (layer 5)"]
     assert table["shuffled"].iloc[0].startswith("0.610 ± 0.010")
     assert_figure(plots.metric_vs_layer(summary, tmp_path / "layers.png"))

@@ -62,7 +62,9 @@ def test_probe_of_a_model_measures_around_the_block(control):
         assert torch.equal(result.maps["act_before"], result.maps["act_after"])
     else:
         assert not torch.allclose(result.maps["act_before"], result.maps["act_after"])
-    assert set(result.metrics()) == {f"conc_{k}" for k in result.maps}
+    # every digit has ink: each map has a concentration and a best-threshold mIoU
+    assert set(result.metrics()) == {f"{kind}_{k}" for k in result.maps for kind in ("conc", "miou")}
+    assert ("lm_cls_attn" in result.maps) == (control == "pretrained")
     assert all(0 < v < 1 for v in result.scores.values())
     # the probe leaves the model as it found it
     assert model.training and all(b.attn.fused_attn for b in model.blocks[:2])

@@ -138,12 +138,13 @@ def test_wrong_image_data_dirs_exit_2_naming_the_layout(tmp_path, capsys, monkey
 
 
 def test_schedule_warmup_then_cosine():
-    hp = SimpleNamespace(lr=1.0, epochs=10, warmup_epochs=2, schedule="cosine")
+    hp = SimpleNamespace(lr=1.0, epochs=10, warmup_epochs=2, schedule="cosine", size_lr_scale=1.0)
     assert lr_at(hp, 0, 0, 4) == pytest.approx(0.125)  # 1/4 epoch of 2 warm-up epochs
     assert lr_at(hp, 1, 3, 4) == pytest.approx(1.0)  # end of warm-up: the peak
     assert lr_at(hp, 5, 3, 4) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi / 2)))
     assert lr_at(hp, 9, 3, 4) == pytest.approx(0.01)  # the floor at the end
-    flat = SimpleNamespace(lr=0.3, epochs=10, warmup_epochs=0, schedule="constant")
+    flat = SimpleNamespace(lr=0.3, epochs=10, warmup_epochs=0, schedule="constant",
+                           size_lr_scale=1.0)
     assert lr_at(flat, 7, 1, 4) == 0.3
     smooth = make_loss(SimpleNamespace(label_smoothing=0.1), mixing=False)
     logits = torch.tensor([[10.0, 0.0]])

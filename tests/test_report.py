@@ -213,7 +213,7 @@ def test_paper_tables_significance_missing_and_html(uri, tmp_path):
     assert_figure(tmp_path / "r" / "gain_vs_concentration.png")
 
     page = (tmp_path / "r" / "report.html").read_text()
-    assert page.count("<table") == 4 and "Table 2. Metric by model size" in page
+    assert page.count("<table") == 5 and "Table 2. Metric by model size" in page  # + claims
     srcs = re.findall(r'src="([^"]*)"', page)
     assert len(srcs) == 4 and all(u.startswith("data:image/png;base64,") for u in srcs)
     assert "http" not in page.split("<body>")[1]  # nothing to fetch: one self-contained file

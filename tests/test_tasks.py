@@ -15,7 +15,8 @@ import torch
 
 import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.lm.controls import build_block, get_control, list_controls
-from encoders.lm.frozen_block import FrozenLMBlock
+from encoders.lm.frozen_block import FrozenLMBlock, lm_layer_parameters
+from encoders.lm.inserted import MLPBlock, VisualBlockSlot
 from experiments.batches import forward
 from experiments.objectives.classification import CLASSIFICATION
 from experiments.tasks.registry import get_task, list_tasks
@@ -68,14 +69,22 @@ def test_task_with_control_trains_with_the_block_on_the_path(task_name, control)
         assert not any(isinstance(m, FrozenLMBlock) for m in model.modules())
     else:
         assert model.blocks[-1] is block  # appended after the encoder's last block
-        assert isinstance(block, FrozenLMBlock) and arm.adapters
-        assert len(block.layers) == (1 if arm.layers != "none" else 0)
-        # on the path: perturbing the block's own weights (the frozen layer's, else the
-        # adapters') changes what the model outputs
+        if isinstance(block, FrozenLMBlock):
+            assert arm.adapters
+            assert len(block.layers) == (1 if arm.layers != "none" else 0)
+            perturbed = block.layers[0] if len(block.layers) else block.proj_out
+        elif isinstance(block, VisualBlockSlot):  # one more of the encoder's own blocks
+            assert type(block.block) is type(model.blocks[-2]) and not arm.adapters
+            assert block.visual_params > 0 and block.lm_params > 0
+            perturbed = block.block
+        else:
+            assert isinstance(block, MLPBlock) and not arm.adapters
+            perturbed = block.proj_out
+        # on the path: perturbing the block's own weights (the LM layer's, else the
+        # adapters', the MLP's or the visual block's) changes what the model outputs
         model.eval()
         with torch.no_grad():
             before = _output(forward(model, x)).clone()
-            perturbed = block.layers[0] if len(block.layers) else block.proj_out
             saved = {k: v.clone() for k, v in perturbed.state_dict().items()}
             for p in perturbed.parameters():
                 p.add_(torch.randn_like(p) * p.detach().float().std().clamp_min(0.02))
@@ -87,7 +96,8 @@ def test_task_with_control_trains_with_the_block_on_the_path(task_name, control)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     start = {n: p.detach().clone() for n, p in trainable.items()}
-    assert len(frozen) == (0 if block is None else sum(1 for _ in block.layers.parameters()))
+    lm_frozen = isinstance(block, FrozenLMBlock) and not arm.trains_lm
+    assert len(frozen) == (sum(1 for _ in block.layers.parameters()) if lm_frozen else 0)
     opt = torch.optim.AdamW(trainable.values(), lr=1e-3)
     loss = (task.objective or CLASSIFICATION).loss(forward(model, x), y)
     assert torch.isfinite(loss)
@@ -99,8 +109,14 @@ def test_task_with_control_trains_with_the_block_on_the_path(task_name, control)
     opt.step()
     moved = [n for n, p in trainable.items() if not torch.equal(p, start[n])]
     assert len(moved) > len(trainable) // 2, f"only {len(moved)} of {len(trainable)} moved"
-    if block is not None:  # the two adapters are trained
+    if isinstance(block, FrozenLMBlock | MLPBlock):  # the two adapters (linears) are trained
         assert sum(n.endswith(("proj_in.weight", "proj_out.weight")) for n in moved) == 2
+    if arm.trains_lm:  # and so are the LM layer's weights
+        layer = {n for n, _ in lm_layer_parameters(model)}
+        assert layer and len(layer & set(moved)) > len(layer) // 2
+    if isinstance(block, VisualBlockSlot):
+        assert all(p.requires_grad for p in block.parameters())
+        assert any(n.startswith(f"blocks.{len(model.blocks) - 1}.block.") for n in moved)
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), n

@@ -69,7 +69,8 @@ def _cost_result(epoch: int, **changes) -> dict:
     """A worker's result as experiments/cost.py promises it: every key, some not applying."""
     return {"epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": 0.5, "lr": 1e-3,
             "frozen_params": 1_774_464, "trainable_params": 52_000,
-            "gflops_forward_per_sample": 0.045, "gflops_train_step_per_sample": 0.134,
+            "inserted_trainable_params": 49_152, "lm_block_params": "",  # not visual-block
+            "visual_block_params": "", "gflops_forward_per_sample": 0.045, "gflops_train_step_per_sample": 0.134,
             "device_name": "cpu", "peak_tflops": "",  # unknown on a CPU: not logged
             "samples_per_s": 300.0 + epoch, "step_time_s": 0.1, "data_wait_share": 0.01,
             "peak_memory_bytes": 1.3e9, "achieved_tflops": 0.04, "mfu": None,
@@ -92,7 +93,7 @@ def test_cost_constants_are_params_once_measurements_metrics_settings_tags(tmp_p
     data = client.get_run(run_id).data
     assert {k: data.params[k] for k in COST_PARAMS if k in data.params} == {
         "frozen_params": "1774464", "trainable_params": "52000",
-        "gflops_forward_per_sample": "0.045", "gflops_train_step_per_sample": "0.134",
+        "inserted_trainable_params": "49152", "gflops_forward_per_sample": "0.045", "gflops_train_step_per_sample": "0.134",
         "device_name": "cpu"}
     assert "frozen_params" not in data.metrics and "trainable_params" not in data.metrics
     assert set(COST_METRICS) - {"mfu"} <= set(data.metrics) and "mfu" not in data.metrics

@@ -14,6 +14,7 @@ import torch
 
 import encoders.lm.families  # noqa: F401  (registers the families)
 from encoders.lm.frozen_block import FrozenLMBlock
+from encoders.lm.inserted import MLPBlock, VisualBlockSlot
 from encoders.lm.layer_loading import load_layers, random_layers
 from encoders.lm.lookup import locate
 from encoders.lm.registry import get_family
@@ -31,7 +32,8 @@ class BlockRequest:
     visual_dim: int  # token width at the insertion point: sizes the adapters
     weights_dir: str | Path | None = None
     dtype: torch.dtype = torch.float32
-    final_norm: bool = False  # the LM's own final norm after the layers (frozen too)
+    final_norm: str = "none"  # after the layers: none, unit-rms (gain 1) or lm (its own)
+    trainable: bool = False  # the LM layers train (finetuned, random-trained)
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,12 @@ def pretrained_block(req: BlockRequest) -> tuple[FrozenLMBlock, BlockInfo]:
     lm = fam.size(req.size)
     checkpoint = locate(fam, lm, req.weights_dir)
     loaded = load_layers(fam, checkpoint, req.layers, dtype=req.dtype, cache=LayerCache(),
-                         final_norm=req.final_norm, size=lm)
+                         final_norm=req.final_norm == "lm", size=lm)
     info = BlockInfo(checkpoint.identity, str(checkpoint.location), loaded.sha256,
                      loaded.bytes_read)
     block = FrozenLMBlock(loaded.layers, req.visual_dim, loaded.config.hidden_size,
-                          fam.layer_kwargs(loaded.config), loaded.final_norm)
+                          fam.layer_kwargs(loaded.config), loaded.final_norm,
+                          unit_norm=req.final_norm == "unit-rms", trainable=req.trainable)
     return block, info
 
 
@@ -67,11 +70,13 @@ def random_block(req: BlockRequest) -> tuple[FrozenLMBlock, BlockInfo]:
     lm = fam.size(req.size)
     config = fam.make_config(lm)
     config._attn_implementation = "sdpa"
+    own_norm = req.final_norm == "lm"
     mods = [m.to(req.dtype) for m in random_layers(fam, config, req.layers, req.seed,
-                                                   req.final_norm)]
-    norm = mods.pop() if req.final_norm else None
+                                                   own_norm)]
+    norm = mods.pop() if own_norm else None
     recipe = f"random-init:{fam.model_class.__name__}._init_weights:{lm.repo_id}:seed={req.seed}"
-    block = FrozenLMBlock(mods, req.visual_dim, lm.hidden_size, fam.layer_kwargs(config), norm)
+    block = FrozenLMBlock(mods, req.visual_dim, lm.hidden_size, fam.layer_kwargs(config), norm,
+                          unit_norm=req.final_norm == "unit-rms", trainable=req.trainable)
     return block, BlockInfo(recipe)
 
 
@@ -83,3 +88,16 @@ def adapters_only(req: BlockRequest) -> tuple[FrozenLMBlock, BlockInfo]:
 
 def no_block(req: BlockRequest) -> tuple[None, BlockInfo]:
     return None, BlockInfo()
+
+
+def mlp_block(req: BlockRequest) -> tuple[MLPBlock, BlockInfo]:
+    """The paper's "+MLP" arm at the LM's width (``encoders.lm.inserted``), trainable."""
+    lm = get_family(req.family).size(req.size)
+    return MLPBlock(req.visual_dim, lm.hidden_size), BlockInfo()
+
+
+def visual_block(req: BlockRequest) -> tuple[VisualBlockSlot, BlockInfo]:
+    """One more block of the encoder's own kind, sized to the selected LM layers' parameter
+    count; the encoder makes it when the slot is appended (``encoders.lm.inserted``)."""
+    fam = get_family(req.family)
+    return VisualBlockSlot(fam.layer_params(req.size) * len(req.layers)), BlockInfo()

@@ -22,10 +22,13 @@ from encoders.lm.block_factory import (
     BlockInfo,
     BlockRequest,
     adapters_only,
+    mlp_block,
     no_block,
     pretrained_block,
     random_block,
+    visual_block,
 )
+from encoders.lm.frozen_block import FINAL_NORMS
 
 Builder = Callable[[BlockRequest], tuple[nn.Module | None, BlockInfo]]
 LAYER_CHOICES = ("each", "last", "none")
@@ -42,6 +45,7 @@ class Control:
     reference: bool  # a report can pair the other cells with it and measure the difference
     style: tuple[str, str]  # (matplotlib colour, line style) in figures
     build: Builder
+    trains_lm: bool = False  # the LM layers train (float32 master weights, autocast computes)
 
     @property
     def pair_on(self) -> tuple[str, ...]:
@@ -89,12 +93,17 @@ def build_block(
     visual_dim: int,
     weights_dir: str | Path | None = None,
     dtype: torch.dtype = torch.float32,
-    final_norm: bool = False,
+    final_norm: str = "none",
 ) -> tuple[nn.Module | None, BlockInfo]:
-    """The inserted module of ``control`` and what the run records about its weights."""
+    """The inserted module of ``control`` and what the run records about its weights.
+    ``final_norm``: none, unit-rms or lm (``FINAL_NORMS``); a control that trains its LM
+    layers keeps them in float32 whatever ``dtype`` (an optimizer's master weights)."""
     arm = get_control(control)
+    if final_norm not in FINAL_NORMS:
+        raise ValueError(f"unknown final norm {final_norm!r}; valid: {', '.join(FINAL_NORMS)}")
+    dtype = torch.float32 if arm.trains_lm else dtype
     block, info = arm.build(BlockRequest(family, size, tuple(layers), seed, visual_dim,
-                                         weights_dir, dtype, final_norm))
+                                         weights_dir, dtype, final_norm, arm.trains_lm))
     return block, dataclasses.replace(info, weights_source=arm.weights_source)
 
 
@@ -107,5 +116,19 @@ for _control in (
             reference=True, style=("tab:green", "-."), build=adapters_only),
     Control("none", "no block", "none", layers="none", adapters=False, per_lm=False,
             reference=True, style=("grey", "--"), build=no_block),
+    # The capacity controls (the paper's Tables 6, A and B, and one of lmblocks'): the MLP at
+    # the LM's width; the LM's shape randomly initialised and TRAINED (the paper's "+Random
+    # LLM"; ``random`` above is frozen); the pretrained layer unfrozen (its lr scaled by
+    # ``lm_lr_scale``); one more encoder block with as many parameters as the LM layer.
+    Control("mlp", "MLP at the LM's width", "none", layers="none", adapters=False,
+            per_lm=True, reference=True, style=("tab:orange", "-."), build=mlp_block),
+    Control("random-trained", "random block, trained", "random", layers="last", adapters=True,
+            per_lm=True, reference=True, style=("tab:brown", ":"), build=random_block,
+            trains_lm=True),
+    Control("finetuned", "pretrained block, fine-tuned", "pretrained", layers="last",
+            adapters=True, per_lm=True, reference=True, style=("tab:cyan", "-"),
+            build=pretrained_block, trains_lm=True),
+    Control("visual-block", "one more visual block", "none", layers="last", adapters=False,
+            per_lm=True, reference=True, style=("tab:olive", "--"), build=visual_block),
 ):
     register_control(_control)

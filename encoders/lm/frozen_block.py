@@ -7,8 +7,15 @@ Semantics the paper relies on, each enforced here and tested:
 - no positional encoding: learned position embeddings live in the LM's embedding module,
   which is never built; rotary families get identity cos/sin (``encoders/lm/positions.py``);
 - frozen: ``requires_grad=False`` and excluded from ``trainable_parameters`` (so no optimizer
-  state), and kept in eval mode (no dropout) whatever ``train()`` is called with;
-- gradients still flow through the block to the visual layers below it.
+  state), and kept in eval mode (no dropout) whatever ``train()`` is called with; the
+  ``finetuned`` and ``random-trained`` controls pass ``trainable=True``: the same layers with
+  ``requires_grad=True`` (still in eval mode: trainability is all that differs), found for an
+  optimizer's own parameter group under the block's ``layers.`` (``lm_layer_parameters``);
+- gradients still flow through the block to the visual layers below it;
+- what follows the layers (``final_norm``, ``FINAL_NORMS``): nothing (``none``, lmblocks'
+  default), the official code's gain-1 RMSNorm, eps 1e-6, output in float32 (``unit-rms``:
+  ``UnitRMSNorm``, never the LM's trained gain), or the LM's own trained final norm (``lm``,
+  in ``layers``: frozen or trained with them).
 """
 
 from __future__ import annotations
@@ -37,12 +44,29 @@ def bidirectional_mask(
 
 
 ADAPTER_INITS = ("default", "xavier", "orthogonal")
+FINAL_NORMS = ("none", "unit-rms", "lm")
+LM_LAYERS_PREFIX = "layers."  # the LM's parameters, relative to the block
+
+
+class UnitRMSNorm(nn.Module):
+    """The official code's ``self.norm`` after the LLaMA layer(s): an RMSNorm whose gain is
+    never loaded (so 1), eps 1e-6, computed and returned in float32 (``h.float()``)."""
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h.float()
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
 
 
 class FrozenLMBlock(nn.Module):
     """Visual tokens (B, T, visual_dim) -> same shape, through frozen LM layers.
 
     ``layers`` empty means the ``adapters`` control: the two linear maps alone.
+    ``final_norm``: the LM's own norm (loaded with the layers); ``unit_norm``: the official
+    code's ``UnitRMSNorm`` instead; ``trainable``: the LM layers (and the LM's norm) train.
     """
 
     def __init__(
@@ -52,6 +76,9 @@ class FrozenLMBlock(nn.Module):
         lm_dim: int,
         layer_kwargs: LayerKwargs = no_extra_kwargs,
         final_norm: nn.Module | None = None,
+        *,
+        unit_norm: bool = False,
+        trainable: bool = False,
     ) -> None:
         super().__init__()
         self.layer_kwargs = layer_kwargs
@@ -59,9 +86,13 @@ class FrozenLMBlock(nn.Module):
         # The LM's final norm after the layers, when asked for: frozen like them.
         self.layers = nn.ModuleList([*layers, *([final_norm] if final_norm is not None else [])])
         self.has_final_norm = final_norm is not None
+        if unit_norm and final_norm is not None:
+            raise ValueError("final norm: the LM's own norm or the unit RMSNorm, not both")
+        self.unit_norm = UnitRMSNorm() if unit_norm and len(layers) else None
         self.proj_out = nn.Linear(lm_dim, visual_dim, bias=False)
+        self.lm_trainable = trainable
         for p in self.layers.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(trainable)
         for module in self.layers.modules():
             if hasattr(module, "is_causal"):
                 module.is_causal = False
@@ -69,8 +100,8 @@ class FrozenLMBlock(nn.Module):
 
     def train(self, mode: bool = True) -> FrozenLMBlock:
         super().train(mode)
-        self.layers.eval()  # frozen means frozen statistics and no dropout, too
-        return self
+        self.layers.eval()  # frozen means frozen statistics and no dropout, too (trained
+        return self  # layers as well: whether they train is all that differs between arms
 
     def init_adapters(self, scheme: str) -> None:
         """Re-initialise the two trainable linear maps; ``default`` keeps PyTorch's
@@ -86,6 +117,8 @@ class FrozenLMBlock(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.proj_in.parameters()
         yield from self.proj_out.parameters()
+        if self.lm_trainable:
+            yield from self.layers.parameters()
 
     def forward(
         self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, **_: object
@@ -101,11 +134,34 @@ class FrozenLMBlock(nn.Module):
                 h = layer(h, attention_mask=mask, **extra)
             if self.has_final_norm:
                 h = self.layers[-1](h)
+            if self.unit_norm is not None:  # float32 out, as the official code's h.float()
+                return self.proj_out(self.unit_norm(h))
             h = h.to(x.dtype)
         return self.proj_out(h)
 
 
 def frozen_parameter_count(block: nn.Module | None) -> int:
-    if not isinstance(block, FrozenLMBlock):
+    """Parameters of the inserted module that do not train (0: none, or nothing inserted)."""
+    if block is None:
         return 0
-    return sum(p.numel() for p in block.layers.parameters())
+    return sum(p.numel() for p in block.parameters() if not p.requires_grad)
+
+
+def trainable_parameter_count(block: nn.Module | None) -> int:
+    """Parameters of the inserted module that train (adapters, MLP, trained LM layers)."""
+    if block is None:
+        return 0
+    return sum(p.numel() for p in block.parameters() if p.requires_grad)
+
+
+def lm_layer_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name in ``model``, parameter) of every LM layer (and the LM's own final norm) of
+    every ``FrozenLMBlock`` in ``model``, trained or not: the parameters an optimizer gives
+    their own learning rate scale (``lm_lr_scale``). Their names are the block's name plus
+    ``LM_LAYERS_PREFIX`` (``blocks.12.layers.0.self_attn.q_proj.weight``)."""
+    out = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, FrozenLMBlock):
+            head = f"{prefix}.{LM_LAYERS_PREFIX}" if prefix else LM_LAYERS_PREFIX
+            out += [(head + n, p) for n, p in module.layers.named_parameters()]
+    return out

@@ -7,8 +7,14 @@ The paper appends the LM block after the last ViT block and before the final nor
 
 from __future__ import annotations
 
-from timm.models.vision_transformer import VisionTransformer
+import copy
+
+import torch
+from timm.layers import Mlp
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
+
+from encoders.lm.inserted import VisualBlockSlot
 
 
 def small_vit(
@@ -39,7 +45,51 @@ def small_vit(
 
 def insert_after_last_block(vit: nn.Module, block: nn.Module | None) -> nn.Module:
     """Append ``block`` to ``vit.blocks`` (any encoder's ``nn.Sequential`` or ``nn.ModuleList``
-    of blocks), so it runs after the last block, before the norm."""
+    of blocks), so it runs after the last block, before the norm. The ``visual-block``
+    control's slot is filled first with one more block like the encoder's last one."""
+    if isinstance(block, VisualBlockSlot):
+        made, hidden = one_more_block(vit.blocks[-1], block.lm_params, type(vit).__name__)
+        block.fill(made, hidden)
     if block is not None:
         vit.blocks.append(block)
     return vit
+
+
+def _mlp_like(template: Block, hidden: int) -> nn.Module:
+    mlp = template.mlp
+    return Mlp(mlp.fc1.in_features, hidden, act_layer=type(mlp.act),
+               bias=mlp.fc1.bias is not None)
+
+
+def timm_block_params(template: Block, hidden: int) -> int:
+    """Parameters of a block made like ``template`` with an MLP of ``hidden`` units."""
+    rest = sum(p.numel() for n, p in template.named_parameters() if not n.startswith("mlp."))
+    with torch.device("meta"):
+        return rest + sum(p.numel() for p in _mlp_like(template, hidden).parameters())
+
+
+def one_more_block(template: nn.Module, target: int, encoder: str = "encoder"
+                   ) -> tuple[nn.Module, int]:
+    """A new trainable block of ``template``'s kind (a copy of timm's ``Block``: its width,
+    heads, biases, norms), its MLP as wide as brings its parameter count closest to
+    ``target`` (at least 1 unit: a target below the attention's own count cannot be met),
+    re-initialised as timm's ViT (truncated-normal .02 linear weights, zero biases, unit
+    norms). Returns (block, MLP width)."""
+    if not isinstance(template, Block) or not isinstance(template.mlp, Mlp):
+        raise TypeError(f"control 'visual-block': {encoder}'s last block is a "
+                        f"{type(template).__name__}, not timm's Block with an Mlp, so no block "
+                        "of its kind can be made; valid: the other controls")
+    fixed = timm_block_params(template, 1)
+    step = timm_block_params(template, 2) - fixed  # parameters per MLP unit: 2 x dim + 1
+    hidden = max(1, round((target - fixed) / step) + 1)
+    block = copy.deepcopy(template)
+    block.mlp = _mlp_like(template, hidden)
+    for m in block.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            m.reset_parameters()
+    block.requires_grad_(True)
+    return block, hidden
