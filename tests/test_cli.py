@@ -160,10 +160,12 @@ def test_dry_run_opt_all_sizes_plans_offline(capsys):
 def test_default_preset_plan():
     plan = build_plan(load_spec("default"))
     controls = [t.control for t in plan]
-    assert {"pretrained", "random", "adapters", "none"} == set(controls)
+    # issue 15: a control set that can answer a question, 3 seeds, 2+ pretrained layers
+    assert {"pretrained", "random-trained", "mlp", "none"} == set(controls)
     pre = sorted({t.layers for t in plan if t.control == "pretrained"})
-    assert pre == [(0,), (3,), (5,)]
-    assert {t.seed for t in plan} == {0, 1}
+    assert pre == [(0,), (5,)]
+    assert {t.seed for t in plan} == {0, 1, 2}
+    assert len(plan) == 15
     assert len({t.key for t in plan}) == len(plan)
 
 

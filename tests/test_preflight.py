@@ -335,6 +335,6 @@ def test_meta_layout_headers_only(monkeypatch, tmp_path):
 def test_the_default_sweeps_preflight(opened):
     """The embedded default: one header read, no data, every planned layer checked."""
     plan = build_plan(load_spec("default"))
-    assert planned_weights(plan) == {("minilm", "l6"): ([0, 3, 5], False)}
+    assert planned_weights(plan) == {("minilm", "l6"): ([0, 5], False)}
     preflight_weights(plan, None)
     assert len(opened) == 1 and opened[0].endswith("model.safetensors")
