@@ -411,4 +411,4 @@ def test_embedded_default_trains_clearly_above_chance():
     assert out[-1]["best_val_rmean"] > 5 * task.chance, out[-1]
     assert out[-1]["val_r10_t2i"] > out[-1]["val_r1_t2i"]
     conc = {k: v for k, v in out[-1].items() if k.startswith("conc_")}
-    assert len(conc) == 5 and all(0 < v < 1 for v in conc.values()), conc
+    assert len(conc) == 7 and all(0 < v < 1 for v in conc.values()), conc  # + centred freq

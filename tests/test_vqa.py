@@ -271,5 +271,5 @@ def test_embedded_default_trains_clearly_above_chance():
     run_trial(trial, lambda metrics, state: out.append(metrics))
     assert out[-1]["best_val_acc"] > task.chance + 0.05, out[-1]  # ~3 SE at 700 questions
     conc = {k: v for k, v in out[-1].items() if k.startswith("conc_")}
-    assert len(conc) == 5 and all(0 < v < 1 for v in conc.values()), conc
+    assert len(conc) == 7 and all(0 < v < 1 for v in conc.values()), conc  # + centred freq
 
