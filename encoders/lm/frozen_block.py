@@ -106,13 +106,7 @@ class FrozenLMBlock(nn.Module):
     def init_adapters(self, scheme: str) -> None:
         """Re-initialise the two trainable linear maps; ``default`` keeps PyTorch's
         Kaiming-uniform. A searchable hyperparameter (the paper leaves it open)."""
-        if scheme not in ADAPTER_INITS:
-            raise ValueError(f"unknown adapter init {scheme!r}; valid: {', '.join(ADAPTER_INITS)}")
-        for proj in (self.proj_in, self.proj_out):
-            if scheme == "xavier":
-                nn.init.xavier_uniform_(proj.weight)
-            elif scheme == "orthogonal":
-                nn.init.orthogonal_(proj.weight)
+        init_linears(scheme, self.proj_in, self.proj_out)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.proj_in.parameters()
@@ -165,3 +159,14 @@ def lm_layer_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
             head = f"{prefix}.{LM_LAYERS_PREFIX}" if prefix else LM_LAYERS_PREFIX
             out += [(head + n, p) for n, p in module.layers.named_parameters()]
     return out
+
+
+def init_linears(scheme: str, *linears: nn.Linear) -> None:
+    """The ``adapter_init`` hyperparameter on linear maps (the adapters, the MLP control's)."""
+    if scheme not in ADAPTER_INITS:
+        raise ValueError(f"unknown adapter init {scheme!r}; valid: {', '.join(ADAPTER_INITS)}")
+    for proj in linears:
+        if scheme == "xavier":
+            nn.init.xavier_uniform_(proj.weight)
+        elif scheme == "orthogonal":
+            nn.init.orthogonal_(proj.weight)

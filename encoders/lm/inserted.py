@@ -30,15 +30,9 @@ class MLPBlock(nn.Module):
 
     def init_adapters(self, scheme: str) -> None:
         """The ``adapter_init`` hyperparameter, applied to the two linears as to the adapters."""
-        from encoders.lm.frozen_block import ADAPTER_INITS
+        from encoders.lm.frozen_block import init_linears
 
-        if scheme not in ADAPTER_INITS:
-            raise ValueError(f"unknown adapter init {scheme!r}; valid: {', '.join(ADAPTER_INITS)}")
-        for proj in (self.proj_in, self.proj_out):
-            if scheme == "xavier":
-                nn.init.xavier_uniform_(proj.weight)
-            elif scheme == "orthogonal":
-                nn.init.orthogonal_(proj.weight)
+        init_linears(scheme, self.proj_in, self.proj_out)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None,
                 **_: object) -> torch.Tensor:  # per token: no mask needed
