@@ -7,8 +7,11 @@ figures, MLflow's run names and metric keys. Prints what it found; exit 1 if som
 not render.
 
     apt-get install chromium        # Debian's package: /usr/bin/chromium
-    python bench/browser_check.py --experiment default --report lmblocks-reports/default \\
-        [--tracking-uri sqlite:///$PWD/mlflow.db] [--out browser-check]
+    python bench/browser_check.py --experiment lmblocks-default \\
+        --report lmblocks-reports/lmblocks-default [--tracking-uri URI] [--out browser-check]
+
+A sweep records to experiment ``lmblocks-<sweep name>`` unless given ``--experiment``; the
+store is ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///$PWD/mlflow.db``.
 """
 
 from __future__ import annotations
@@ -77,16 +80,20 @@ def wait_http(url: str, seconds: float = 90) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--experiment", required=True)
+    p.add_argument("--experiment", required=True, help="e.g. lmblocks-default")
     p.add_argument("--report", required=True, help="folder holding report.html")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--out", default="browser-check")
     args = p.parse_args()
     from mlflow.tracking import MlflowClient
 
-    from results.runs import default_tracking_uri
+    from results.runs import ReportError, require_store, resolve_tracking_uri
 
-    uri = args.tracking_uri or default_tracking_uri()
+    uri = resolve_tracking_uri(args.tracking_uri)
+    try:
+        require_store(uri)  # looking creates nothing
+    except ReportError as e:
+        sys.exit(f"browser_check: {e}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ok = True
@@ -106,6 +113,10 @@ def main() -> int:
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(args.experiment)
+    if exp is None:
+        names = ", ".join(e.name for e in client.search_experiments())
+        sys.exit(f"browser_check: unknown experiment {args.experiment!r} at {uri}; "
+                 f"valid: {names or 'none'}")
     runs = client.search_runs([exp.experiment_id], "tags.`lmblocks.kind` = 'trial'",
                               max_results=20)
     port = free_port()

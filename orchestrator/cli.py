@@ -10,115 +10,20 @@ import argparse
 import sys
 from pathlib import Path
 
+from orchestrator.options import EXIT_BAD_INPUT, PROG, build_parser, default_experiment
 from orchestrator.preflight import (
     check_storage,
     check_tracking_uri,
     preflight_data,
     preflight_weights,
 )
-from orchestrator.spec import SpecError, SweepSpec, list_presets, load_spec
-
-EXIT_BAD_INPUT = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        raise SpecError(message)
+from orchestrator.spec import SpecError, SweepSpec, load_spec
 
 
 def _csv(values: list[str] | None) -> tuple[str, ...] | None:
     if values is None:
         return None
     return tuple(v for item in values for v in item.split(",") if v)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sweep", description="Layer-sweep ablations of frozen LM blocks in visual encoders.")
-    p.add_argument("--preset", default="default",
-                   help=f"preset name ({', '.join(list_presets())}) or a YAML file")
-    g = p.add_argument_group("sweep axes (override the preset; comma or space separated)")
-    g.add_argument("--family", "--families", dest="families", nargs="+")
-    g.add_argument("--sizes", nargs="+", help="sizes, 'all' or 'default'")
-    g.add_argument("--layers", nargs="+", help="last, all, 5, -1, 2..5 (one trial each), 3:5 (a span)")
-    g.add_argument("--tasks", nargs="+")
-    g.add_argument("--controls", nargs="+", help="pretrained, random, adapters, none, mlp, "
-                   "random-trained, finetuned, visual-block")
-    g.add_argument("--seeds", nargs="+")
-    h = p.add_argument_group("hyperparameters")
-    h.add_argument("--epochs", type=int)
-    h.add_argument("--lr", type=float)
-    h.add_argument("--weight-decay", type=float)
-    h.add_argument("--batch-size", type=int)
-    h.add_argument("--compute-dtype")
-    h.add_argument("--schedule", help="learning rate after warm-up: constant or cosine")
-    h.add_argument("--warmup-epochs", type=float)
-    h.add_argument("--label-smoothing", type=float)
-    h.add_argument("--mixup", type=float, help="Mixup alpha (0: off)")
-    h.add_argument("--cutmix", type=float, help="CutMix alpha (0: off)")
-    h.add_argument("--adapter-lr-scale", type=float,
-                   help="the two linear maps' lr / lr (official point-cloud code: 0.5)")
-    h.add_argument("--clip-grad", type=float, help="max global gradient norm (0: off)")
-    h.add_argument("--drop-path", type=float,
-                   help="stochastic depth of the encoder's timm blocks, 0 -> this rate at the "
-                        "last block (0: off)")
-    h.add_argument("--ema-decay", type=float,
-                   help="timm ModelEmaV3 of the weights, evaluated alongside as ema_* "
-                        "metrics (0: off; DeiT: 0.99996)")
-    h.add_argument("--repeated-aug", type=int,
-                   help="repeated augmentation: copies of each sampled image per epoch "
-                        "(0 or 1: off; DeiT: 3)")
-    h.add_argument("--num-workers",
-                   help="DataLoader worker processes per trial: auto (default: none for "
-                        "embedded data, else the trial's CPUs but one) or a count")
-    h.add_argument("--compile", action="store_true", default=None,
-                   help="run the model (visual encoder + block) under torch.compile")
-    h.add_argument("--final-norm", nargs="?", const="lm", metavar="none|unit-rms|lm",
-                   help="after the LM layers: none (default), unit-rms (the official code's "
-                        "gain-1 RMSNorm) or lm (the LM's own trained norm; bare --final-norm: "
-                        "lm); recorded as the run's final_norm param")
-    h.add_argument("--lm-lr-scale", type=float,
-                   help="the LM layers' lr / lr where a control trains them (finetuned, "
-                        "random-trained; default 1)")
-    r = p.add_argument_group("where it runs and records")
-    r.add_argument("--name", help="sweep name (default: the preset's)")
-    r.add_argument("--experiment", help="MLflow experiment (default: the sweep name)")
-    r.add_argument("--weights-dir", help="folder of checkpoints: DIR/facebook/opt-125m, ...")
-    r.add_argument("--data-dir", help="dataset folder for tasks with real data (modelnet40, ...)")
-    r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    r.add_argument("--storage", help="Ray results/checkpoints (default: ./lmblocks-runs)")
-    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite ./mlflow.db)")
-    r.add_argument("--report-dir", help="where the report goes (default: ./lmblocks-reports/NAME)")
-    r.add_argument("--dry-run", action="store_true", help="print the trial plan and exit")
-    r.add_argument("--resume", metavar="RAY_EXPERIMENT_DIR",
-                   help="continue an interrupted sweep (the 'Ray Tune results' folder it printed)")
-    r.add_argument("--force", action="store_true",
-                   help="rerun cells that already have a FINISHED run in the experiment")
-    r.add_argument("--quiet", action="store_true", help="no Ray progress output")
-    s = p.add_argument_group("search and scheduling")
-    s.add_argument("--search", default="grid", help="grid (every plan row once) or optuna")
-    s.add_argument("--sampler", default="tpe", help="optuna sampler: tpe, random, cmaes, gp, qmc")
-    s.add_argument("--num-samples", type=int, help="trials for --search optuna (default: plan size)")
-    s.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
-    s.add_argument("--scheduler", default="fifo", help="fifo, or asha (early-stop weak trials)")
-    s.add_argument("--search-hparams", nargs="?", const="joint", metavar="joint|per-cell",
-                   help="search lr, weight decay and adapter init: 'joint' (with --search "
-                        "optuna: more axes of the one search) or 'per-cell' (with --search grid: "
-                        "a search of its own for every plan row)")
-    s.add_argument("--samples-per-cell", type=int, default=4,
-                   help="trials per plan row with --search-hparams per-cell (default 4)")
-    r.add_argument("--gpus-per-trial", type=float,
-                   help="GPU share of every trial (default: from the block's memory)")
-    r.add_argument("--cpus-per-trial", type=int,
-                   help="CPUs per trial (default: 1 on a CPU cluster; on GPUs the node's CPUs "
-                        "divided by the trials its GPUs hold)")
-    r.add_argument("--peak-tflops", type=float,
-                   help="the GPU's dense bf16 peak, TFLOP/s, for MFU (default: a table of known "
-                        "GPUs; env LMBLOCKS_PEAK_TFLOPS)")
-    r.add_argument("--gpu-memory-gb", type=float,
-                   help="memory of the cluster's GPUs (default: the driver's GPU, else 80)")
-    r.add_argument("--max-failures", type=int, default=2,
-                   help="retries of a failed trial from its last checkpoint (default 2)")
-    return p
 
 
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
@@ -152,7 +57,26 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     return spec.replace(**changes)
 
 
-def print_plan(plan) -> None:
+def _hparams_line(plan) -> str:
+    """What a dry run's cost and results hang on, once: the plan's rows share all but the
+    per-size lr scale, so the lr is each trial's peak lr (``lr x size_lr_scale``, as
+    ``experiments.recipe.effective_lr``, which imports torch)."""
+    hp = plan[0].hparams
+    lrs: dict[float, list[str]] = {}
+    for t in plan:
+        names = lrs.setdefault(t.hparams.lr * t.hparams.size_lr_scale, [])
+        if t.family and f"{t.family}/{t.size}" not in names:
+            names.append(f"{t.family}/{t.size}")
+    lr = f"lr {next(iter(lrs)):g}" if len(lrs) == 1 else "lr " + ", ".join(
+        f"{v:g} ({', '.join(names) or 'no LM'})" for v, names in lrs.items())
+    return (f"epochs {hp.epochs}, {lr}, batch size {hp.batch_size}, schedule {hp.schedule}, "
+            f"warm-up {hp.warmup_epochs:g} epochs")
+
+
+def print_plan(plan, status: dict[str, str] | None = None, skips: str = "") -> None:
+    """The plan, one row per trial; with ``status`` (cell key -> finished/failed, as
+    ``orchestrator.tracking.cell_status``) a status column and a count of each, ``skips``
+    saying what a real run does with the finished ones."""
     from orchestrator.plan import human_bytes, plan_table, size_table
 
     table = plan_table(plan)
@@ -160,6 +84,9 @@ def print_plan(plan) -> None:
         block_params=table["block_params"].map(lambda n: f"{n:,}"),
         read_bytes=table["read_bytes"].map(human_bytes),
     )
+    if status is not None:
+        shown["status"] = [status.get(t.key, "new") for t in plan]
+    print(_hparams_line(plan))
     print(shown.to_string(index=False))
     print(
         f"\n{len(table)} trials; LM-layer-sized block parameters "
@@ -168,6 +95,10 @@ def print_plan(plan) -> None:
         f"({human_bytes(table.drop_duplicates(['family', 'size', 'layers'])['read_bytes'].sum())}"
         " distinct)"
     )
+    if status is not None:
+        n = shown["status"].value_counts()
+        print(f"{n.get('new', 0)} new, {n.get('finished', 0)} finished ({skips}), "
+              f"{n.get('failed', 0)} failed")
     sizes = size_table(plan)
     if not sizes.empty:
         print("\nper size: one layer read vs the whole checkpoint")
@@ -176,6 +107,44 @@ def print_plan(plan) -> None:
             checkpoint_bytes=sizes["checkpoint_bytes"].map(human_bytes),
             layer_share=sizes["layer_share"].map(lambda r: f"{r:.2%}"),
         ).to_string(index=False))
+
+
+def _dry_run(args: argparse.Namespace, spec: SweepSpec, plan) -> None:
+    """The plan with each cell's status in the experiment a real run would use, read-only:
+    no store is created (a local one that does not exist means every cell is new, and MLflow
+    is not even imported); a store that cannot be read is one line, and the plan without."""
+    import os
+
+    from results.runs import local_store_path, resolve_tracking_uri
+
+    experiment = args.experiment or default_experiment(spec.name)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    skips = ("skipped by a real run unless --force" if args.search == "grid" else
+             f"not skipped: --search {args.search}")
+    if args.force:
+        skips = "run again: --force"
+    path = local_store_path(tracking_uri)
+    if path is not None and not path.exists():
+        print_plan(plan, {}, skips)
+        return
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update({k: v for k, v in quick.items() if saved[k] is None})  # no minutes of
+    try:  # retries against a server that is down: a dry run answers at once
+        from orchestrator.tracking import cell_status
+
+        status = cell_status(tracking_uri, experiment)
+    except Exception as e:  # noqa: BLE001 -- any failure to read leaves the plan to show
+        lines = str(e).strip().splitlines()
+        why = (lines[0] if lines else type(e).__name__)[:200]
+        print(f"status in experiment {experiment!r} unknown: cannot read the MLflow store "
+              f"{tracking_uri!r} ({why})")
+        status = None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+    print_plan(plan, status, skips)
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -231,23 +200,23 @@ def main(argv: list[str] | None = None) -> int:
             raise SpecError(f"--samples-per-cell must be positive (got {args.samples_per_cell})")
         if not args.dry_run or args.data_dir is not None:
             preflight_data(plan, args.data_dir)
-        from results.runs import default_tracking_uri
+        from results.runs import tracking_uri_and_source
 
-        check_tracking_uri(args.tracking_uri or default_tracking_uri())
+        check_tracking_uri(*tracking_uri_and_source(args.tracking_uri))
         check_storage(args.storage)
         if args.dry_run:
-            print_plan(plan)
+            _dry_run(args, spec, plan)
             return 0
         preflight_weights(plan, args.weights_dir)
     except SpecError as e:
-        print(f"sweep: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from orchestrator.tracking import TrackingStoreError
 
     try:
         return _run(args, spec, plan)
     except TrackingStoreError as e:  # the store cannot be opened: one line, nothing lost
-        print(f"sweep: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
@@ -256,10 +225,10 @@ def _run(args: argparse.Namespace, spec: SweepSpec, plan) -> int:
     from orchestrator.tracking import finished_cells
     from orchestrator.tuner import run_sweep
     from results.report import build_report
-    from results.runs import default_tracking_uri
+    from results.runs import resolve_tracking_uri
 
-    experiment = args.experiment or spec.name
-    tracking_uri = args.tracking_uri or default_tracking_uri()
+    experiment = args.experiment or default_experiment(spec.name)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
     storage = args.storage or str(Path("lmblocks-runs").resolve())
     report_dir = Path(args.report_dir or Path("lmblocks-reports") / experiment).resolve()
     if not args.force and args.search == "grid":
@@ -272,6 +241,7 @@ def _run(args: argparse.Namespace, spec: SweepSpec, plan) -> int:
         if not todo:
             report = build_report(tracking_uri, experiment, report_dir)
             print(report.table.to_markdown(index=False))
+            _print_claims(report)
             print(f"\nnothing to run; report: {report_dir}")
             return 0
         plan = todo
@@ -301,6 +271,14 @@ def _run(args: argparse.Namespace, spec: SweepSpec, plan) -> int:
     return _finish(outcome, args)
 
 
+def _print_claims(report) -> None:
+    """The claims lines after the table (none when the sweep's cells test no claim)."""
+    from results.claims import claim_lines
+
+    if not report.claims.empty:
+        print(*["", *claim_lines(report.claims)], sep="\n")
+
+
 def _finish(outcome, args: argparse.Namespace) -> int:
     """The report, then one line per trial that failed in this sweep run (read from MLflow:
     right after retries and --resume too), then where everything is; exit 1 if any failed."""
@@ -313,10 +291,7 @@ def _finish(outcome, args: argparse.Namespace) -> int:
     failures = failed_trials(tracking_uri, outcome.parent_run_id)
     print()
     print(report.table.to_markdown(index=False))
-    if not report.claims.empty:
-        from results.claims import claim_lines
-
-        print(*["", *claim_lines(report.claims)], sep="\n")
+    _print_claims(report)
     print(f"\n{outcome.finished} trials finished, {outcome.failed} failed in "
           f"{outcome.seconds:.0f} s")
     for failure in failures:

@@ -18,14 +18,15 @@ TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "m
                     "databricks", "databricks-uc")
 
 
-def check_tracking_uri(uri: str | None) -> None:
+def check_tracking_uri(uri: str | None, source: str = "--tracking-uri") -> None:
     """A scheme MLflow can store to (or a plain path: a file store), named before anything
-    starts; MLflow itself raises its own exception deep in the sweep otherwise."""
+    starts; MLflow itself raises its own exception deep in the sweep otherwise. ``source``:
+    what named the URI (the flag, or the MLFLOW_TRACKING_URI environment variable)."""
     if uri is None:
         return
     scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
     if scheme and scheme not in TRACKING_SCHEMES:
-        raise SpecError(f"unknown --tracking-uri scheme {scheme!r} in {uri!r}; valid: "
+        raise SpecError(f"unknown {source} scheme {scheme!r} in {uri!r}; valid: "
                         f"{', '.join(TRACKING_SCHEMES)} (or a folder path)")
     if uri.startswith("sqlite:///"):
         check_sqlite_file(uri)

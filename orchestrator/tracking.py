@@ -161,6 +161,23 @@ def _spec_dict(spec: SweepSpec) -> dict:
     return {**{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, **hp}
 
 
+TRIAL_RUNS = "tags.`lmblocks.kind` = 'trial'"
+
+
+def _trial_runs(client: MlflowClient, experiment: str, where: str = "") -> list:
+    """The experiment's trial runs (``where``: more of a filter), newest first; none when the
+    experiment does not exist."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], filter_string=TRIAL_RUNS + where,
+                              order_by=["attributes.start_time DESC"], max_results=50_000)
+
+
+def _cell_key(run) -> str | None:
+    return run.data.tags.get("lmblocks.cell_key") or run.data.tags.get("lmblocks.trial_key")
+
+
 def finished_cells(tracking_uri: str, experiment: str) -> Counter[str]:
     """FINISHED runs per cell key in the experiment: cells that need not run again.
 
@@ -171,18 +188,31 @@ def finished_cells(tracking_uri: str, experiment: str) -> Counter[str]:
     db = sqlite_path(tracking_uri)
     if db is not None and not db.exists():
         return Counter()
-    client = open_client(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return Counter()
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string="tags.`lmblocks.kind` = 'trial' AND attributes.status = 'FINISHED'",
-        max_results=50_000,
-    )
-    keys = (r.data.tags.get("lmblocks.cell_key") or r.data.tags.get("lmblocks.trial_key")
-            for r in runs)
-    return Counter(k for k in keys if k)
+    runs = _trial_runs(open_client(tracking_uri), experiment,
+                       " AND attributes.status = 'FINISHED'")
+    return Counter(k for k in map(_cell_key, runs) if k)
+
+
+def cell_status(tracking_uri: str, experiment: str) -> dict[str, str]:
+    """Per cell key (as ``finished_cells``): "finished" when a run of it FINISHED, "failed"
+    when its latest run FAILED and none finished; cells with neither are absent (new).
+
+    Read-only, for ``--dry-run``: a local store that does not exist (or an empty SQLite file)
+    holds none and is neither created nor given a schema; an existing one is read with a
+    plain client (no lock file beside it). MLflow's errors are raised as they come."""
+    from results.runs import local_store_path
+
+    path = local_store_path(tracking_uri)
+    if path is not None and (not path.exists() or (path.is_file() and path.stat().st_size == 0)):
+        return {}
+    status: dict[str, str] = {}
+    for run in _trial_runs(MlflowClient(tracking_uri), experiment):  # newest first
+        if key := _cell_key(run):
+            if run.info.status == "FINISHED":
+                status[key] = "finished"
+            else:  # the latest run that did not finish says whether the cell failed
+                status.setdefault(key, run.info.status)
+    return {k: v.lower() for k, v in status.items() if v in ("finished", "FAILED")}
 
 
 class MlflowTrialLogger(LoggerCallback):

@@ -47,7 +47,7 @@ from mlflow.exceptions import MlflowException
 
 from experiments.trial import AXES, parse_label
 from results.runs import last_layer
-from results.stats import CELL, MIN_PAIRS, best_hparams, bootstrap_ci
+from results.stats import CELL, MIN_PAIRS, best_hparams, bootstrap_ci, interval_label
 
 COLUMNS = ["claim", "comparison", "difference", "ci_low", "ci_high", "n", "verdict", "reason"]
 PRE_CONTROLS = ("none", "mlp", "random-trained")  # "pretrained > X" claims, in this order
@@ -307,17 +307,32 @@ def _num(v: float) -> str:
 
 def claim_lines(claims: pd.DataFrame) -> list[str]:
     """One console line per claim: ``claim: pretrained > none (digits, minilm/l6, last L5)
-    +0.031 [+0.012, +0.050] n=3 supported``."""
+    +0.031 [+0.012, +0.050] 95% CI, n=3 supported``; the interval labelled by n (``range of
+    2`` with two pairs, none with one: ``stats.interval_label``)."""
     lines = []
     for r in claims.to_dict("records"):
         head = f"claim: {r['claim']}" + (f" ({r['comparison']})" if r["comparison"] else "")
         if r["verdict"] == "not measured":
             lines.append(f"{head} not measured ({r['reason']})")
             continue
-        line = (f"{head} {_num(r['difference'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}] "
-                f"n={r['n']} {r['verdict']}")
+        label = interval_label(r["n"])
+        interval = (f" [{_num(r['ci_low'])}, {_num(r['ci_high'])}] {label}," if label and
+                    np.isfinite(r["ci_low"]) else "")
+        line = f"{head} {_num(r['difference'])}{interval} n={r['n']} {r['verdict']}"
         lines.append(line + (f" ({r['reason']})" if r["verdict"] == "inconclusive" else ""))
     return lines
+
+
+def display(claims: pd.DataFrame) -> pd.DataFrame:
+    """The claims table as the report shows it: an ``interval`` column after the bounds says
+    what they are (``stats.interval_label`` of n); bounds without an interval blanked."""
+    if claims.empty:
+        return claims
+    label = claims["n"].map(interval_label)
+    shown = claims.assign(ci_low=claims["ci_low"].where(label != ""),
+                          ci_high=claims["ci_high"].where(label != ""))
+    shown.insert(shown.columns.get_loc("ci_high") + 1, "interval", label)
+    return shown
 
 
 def markdown_section(claims: pd.DataFrame) -> list[str]:
@@ -325,13 +340,16 @@ def markdown_section(claims: pd.DataFrame) -> list[str]:
     higher = claims.attrs.get("higher", True)
     rules = (f"Difference = a - b in {claims.attrs.get('metric', 'the metric')} "
              f"({'higher' if higher else 'lower'} is better), paired on task and seed, with its "
-             "bootstrap 95% interval. Supported / contradicted: the interval excludes 0 for / "
+             f"interval (column 'interval': a bootstrap 95% CI with n >= {MIN_PAIRS} pairs, "
+             "the two differences' range with 2, none with 1). Supported / contradicted: the "
+             "interval excludes 0 for / "
              f"against the paper with n >= {MIN_PAIRS} seeds and every involved cell converged; "
              "else inconclusive, with the reason. A cell is not converged when most of its seeds "
              f"still improved by more than {TOLERANCE:.1%} over their last max(2, 25%) epochs.\n")
+    shown = display(claims)
     md = ["## Claims of the paper, tested\n", rules,
-          claims.astype(object).where(claims.notna(), "").to_markdown(index=False,
-                                                                      floatfmt="+.4f"), ""]
+          shown.astype(object).where(shown.notna(), "").to_markdown(index=False,
+                                                                    floatfmt="+.4f"), ""]
     conv = claims.attrs.get("convergence")
     if conv is not None and not conv.empty:
         flagged = conv[conv["status"] == "not converged"]

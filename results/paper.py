@@ -85,6 +85,7 @@ class TaskIdentity:
 
 TASKS = {
     "digits": TaskIdentity(IMAGE, ("digits",)),
+    "digits-convstem": TaskIdentity(IMAGE, ("digits",)),
     "cifar10": TaskIdentity(IMAGE, ("CIFAR-10",)),
     "cifar100": TaskIdentity(IMAGE, ("CIFAR-100",)),
     "imagenet-vit-tiny": TaskIdentity(IMAGE, ("ImageNet",), "ViT-T"),

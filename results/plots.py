@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from encoders.lm.controls import get_control, list_controls
+from results.stats import interval_label
 from results.tables import fixed_layer, layer_controls
 
 
@@ -25,6 +26,22 @@ def _label(control: str) -> str:
 
 def _metric_label(summary: pd.DataFrame) -> str:
     return f"final {summary.attrs.get('metric', 'val_acc').replace('_', ' ')}"
+
+
+def interval_words(ns) -> str:
+    """What the drawn intervals over seeds are, by each cell's n (``stats.interval_label``):
+    "95% CI over seeds", "range of 2 seeds", both when cells differ, "" when none is drawn."""
+    labels = sorted({interval_label(n) for n in ns} - {""}, key=lambda lab: "CI" not in lab)
+    words = [f"{lab} over seeds" if "CI" in lab else f"{lab} seeds" for lab in labels]
+    return "; ".join(words)
+
+
+def text_colour(rgba) -> str:
+    """Black or white, whichever reads better on a cell of this colour: by the colour's
+    relative luminance (sRGB, WCAG), white below 0.179 (where the two contrasts are equal)."""
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    luminance = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    return "white" if luminance < 0.179 else "black"
 
 
 def _save(fig, path: Path) -> Path:
@@ -52,10 +69,12 @@ def metric_vs_layer(summary: pd.DataFrame, path: Path) -> Path:
         ax.axhline(row["mean"], color=color, linestyle=style,
                    label=f"{lm}{control.label} ({row['task']})")
     ax.set_xlabel("index of the frozen LM layer inserted after the last visual block")
-    ax.set_ylabel(f"{_metric_label(summary)} (mean; band: 95% CI over seeds)")
+    band = interval_words(summary.loc[swept, "n"])
+    ax.set_ylabel(f"{_metric_label(summary)} (mean" + (f"; band: {band})" if band else ")"),
+                  fontsize=9)
     ax.set_title("Which layer helps: validation metric by layer, against the controls")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
 
@@ -78,10 +97,12 @@ def metric_vs_size(summary: pd.DataFrame, path: Path, layer: str = "last") -> Pa
     if not pre.empty:  # a log axis without data cannot be drawn
         ax.set_xscale("log")
     ax.set_xlabel("parameters of the language model the block comes from (log scale)")
-    ax.set_ylabel(f"{_metric_label(summary)} (mean; bars: 95% CI)")
+    bars = interval_words(pre["n"])
+    ax.set_ylabel(f"{_metric_label(summary)} (mean" + (f"; bars: {bars})" if bars else ")"),
+                  fontsize=9)
     ax.set_title(f"Do larger LMs help? Pretrained block at layer '{layer}' of each size")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
 
@@ -101,13 +122,16 @@ def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
                 r[value])
     fig, ax = plt.subplots(figsize=(max(6.5, 2.5 + 1.2 * len(labels)), 2 + 0.4 * max(1, len(layers))))
     bound = np.nanmax(np.abs(grid)) if use_delta and np.isfinite(grid).any() else None
-    im = ax.imshow(grid, aspect="auto", cmap="RdBu" if use_delta else "viridis",
+    cmap = matplotlib.colormaps["RdBu" if use_delta else "viridis"].with_extremes(
+        bad="#d9d9d9")  # grey: no such cell (white would read as a gain of 0)
+    im = ax.imshow(grid, aspect="auto", cmap=cmap,
                    vmin=-bound if bound else None, vmax=bound if bound else None)
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            if np.isfinite(grid[i, j]):
+            if np.isfinite(grid[i, j]):  # black on light cells, white on dark ones
                 ax.text(j, i, f"{grid[i, j]:+.3f}" if use_delta else f"{grid[i, j]:.3f}",
-                        ha="center", va="center", fontsize=7)
+                        ha="center", va="center", fontsize=8,
+                        color=text_colour(im.cmap(im.norm(grid[i, j]))))
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(layers)), [str(int(v)) for v in layers], fontsize=8)
     ax.set_xlabel("language model (family-size, by parameters)")
@@ -187,6 +211,6 @@ def gain_vs_concentration(summary: pd.DataFrame, path: Path) -> Path:
     ax.set_title("Information filtering: does concentrating activation go with the metric?")
     ax.grid(alpha=0.3)
     if len(cells):
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -1,12 +1,19 @@
 """Ablation report from MLflow alone: tidy runs -> statistics -> the paper's tables, figures,
 and one self-contained HTML page; logged to the sweep's parent run.
 
-    python -m results.report EXPERIMENT [EXPERIMENT ...] [--task T] [--family F]
+    lmblocks-report EXPERIMENT [EXPERIMENT ...] [--task T] [--family F]
         [--control none|adapters|random] [--layer last|N|A:B] [--out DIR]
 
-Every number is over seeds: mean ± std, n, and the paired difference against the control
-(same task and seed) with a bootstrap 95% interval; ``*`` marks an interval excluding zero.
-Failed and missing seeds are written in the cells, never dropped.
+(or ``python -m results.report ...``). The store is ``--tracking-uri``, else
+``$MLFLOW_TRACKING_URI``, else ``sqlite:///$PWD/mlflow.db``; a missing local store is an error
+(exit 2), never created.
+
+The report leads with its findings (``results/findings.py``: the claims' verdicts). Every
+number is over seeds: mean ± std, n, and the paired difference against the control (same task
+and seed) with its interval, labelled by n: a bootstrap "95% CI" with 3+ pairs, "range of 2"
+with two; ``*`` marks a 95% CI excluding zero. Failed and missing seeds are written in the
+cells, never dropped. A table or figure with nothing to say (one size per family, one layer)
+is left out of the pages with a one-line reason (its CSV is still written).
 The paper's own numbers (``results/paper.py``) are set beside the cells in ``paper.csv`` and
 the markdown's last section: matching rows, else the paper's rows for the same controls as a
 reference that is not comparable. Then the paper's claims, each with a verdict
@@ -33,9 +40,16 @@ from mlflow.tracking import MlflowClient
 import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.lm.controls import get_control, list_controls, reference_controls
 from experiments.tasks.registry import get_task
-from results import claims, paper, plots, tables
-from results.runs import ReportError, default_tracking_uri, latest_sweep_run, load_runs
-from results.stats import best_hparams, summarize
+from results import claims, findings, paper, plots, tables
+from results.runs import (
+    TRACKING_ENV,
+    ReportError,
+    latest_sweep_run,
+    load_runs,
+    require_store,
+    resolve_tracking_uri,
+)
+from results.stats import MIN_PAIRS, best_hparams, summarize
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in reports
 
@@ -120,20 +134,25 @@ def _image(path: Path) -> str:
 
 
 def write_html(path: Path, title: str, intro: str, named_tables: dict[str, pd.DataFrame],
-               figures: list[Path]) -> Path:
-    """One file, nothing external: tables as HTML, figures inlined as base64 PNG."""
-    parts = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>"]
+               figures: list[Path | str], findings_html: str = "",
+               left_out: dict[str, str] | None = None) -> Path:
+    """One file, nothing external: the findings first, then tables as HTML, figures inlined
+    as base64 PNG; a table or figure left out (a ``str`` among the figures) is one line."""
+    parts = [f"<h1>{html.escape(title)}</h1>", findings_html, f"<p>{html.escape(intro)}</p>"]
     for name, table in named_tables.items():
-        if table.empty:
-            continue
-        parts.append(f"<h2>{html.escape(TABLES.get(name, name))}</h2>")
-        parts.append(table.to_html(index=False, classes="ablation", na_rep="", border=0))
+        if name in (left_out or {}):
+            parts.append(f"<p class='left-out'>{html.escape(left_out[name])}</p>")
+        elif not table.empty:
+            parts.append(f"<h2>{html.escape(TABLES.get(name, name))}</h2>")
+            parts.append(table.to_html(index=False, classes="ablation", na_rep="", border=0))
     parts.append("<h2>Figures</h2>")
-    parts += [_image(f) for f in figures]
+    parts += [_image(f) if isinstance(f, Path) else f"<p class='left-out'>{html.escape(f)}</p>"
+              for f in figures]
     style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
              "table.ablation{border-collapse:collapse;font-size:13px;margin-bottom:1.5em}"
              "table.ablation td,table.ablation th{border:1px solid #ccc;padding:3px 8px}"
-             "table.ablation th{background:#eee}img{max-width:100%}figure{margin:1em 0}")
+             "table.ablation th{background:#eee}img{max-width:100%}figure{margin:1em 0}"
+             "p.left-out{color:#555;font-style:italic}")
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>"
                     f"{html.escape(title)}</title><style>{style}</style></head><body>"
                     + "\n".join(parts) + "</body></html>")
@@ -153,34 +172,42 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
         "filtering": tables.filtering_table(summary),
         "cost": tables.cost_table(summary),
     }
-    files: list[Path] = []
-    md = [f"# Ablation report: final {metric}\n",
-          (f"mean ± std over seeds; Δ = paired difference against '{control}' (same task and "
-          "seed) with its bootstrap 95% interval; * = interval excludes zero (3+ seeds).\n")]
-    for name, table in named.items():
-        if table.empty:
-            continue
-        md += [f"## {TABLES[name]}\n", table.to_markdown(index=False), ""]
-        table.to_csv(out / f"{name}.csv", index=False)
-        files.append(out / f"{name}.csv")
-    beside = paper.beside(summary, metric)  # the paper's rows: matches, else references
-    md += paper.markdown_section(beside, summary)
+    skip = findings.left_out(summary, layer)  # nothing to say with this data: one line each
     histories = claims.load_histories(client, df, metric) if client is not None else None
     tested = claims.evaluate(df, metric, summary.attrs["higher"], histories)
+    files: list[Path] = []
+    legend = (f"mean ± std over seeds; Δ = paired difference against '{control}' (same task "
+              "and seed) with its interval, labelled by the number of pairs n: '95% CI' "
+              f"(bootstrap) with n >= {MIN_PAIRS}, 'range of 2' (the two differences) with 2, "
+              "none with 1; * = the 95% CI excludes zero.")
+    md = [f"# Ablation report: final {metric}\n", *findings.markdown_section(tested),
+          legend + "\n"]
+    for name, table in named.items():  # every table's CSV, those left out of the page too
+        if name in skip:
+            md += [f"_{skip[name]}_\n"]
+        elif not table.empty:
+            md += [f"## {TABLES[name]}\n", table.to_markdown(index=False), ""]
+        if not table.empty:
+            table.to_csv(out / f"{name}.csv", index=False)
+            files.append(out / f"{name}.csv")
+    beside = paper.beside(summary, metric)  # the paper's rows: matches, else references
+    md += paper.markdown_section(beside, summary)
     md += claims.markdown_section(tested)
     tested.to_csv(out / "claims.csv", index=False)
     files.append(out / "claims.csv")
-    (out / "ablation.md").write_text("\n".join(md) + "\n")
     summary.to_csv(out / "summary.csv", index=False)
     df.to_csv(out / "runs.csv", index=False)
     beside.to_csv(out / "paper.csv", index=False)
     files += [out / "ablation.md", out / "summary.csv", out / "runs.csv", out / "paper.csv"]
 
-    figures = [plots.metric_vs_layer(summary, out / "metric_vs_layer.png")]
-    if not tables.fixed_layer(summary, layer).empty:
-        figures.append(plots.metric_vs_size(summary, out / "metric_vs_size.png", layer))
+    figures: list[Path | str] = [  # a figure, or the line saying why it is left out
+        skip.get("metric_vs_layer") or plots.metric_vs_layer(summary, out / "metric_vs_layer.png")]
+    if not tables.fixed_layer(summary, layer).empty or "metric_vs_size" in skip:
+        figures.append(skip.get("metric_vs_size") or plots.metric_vs_size(
+            summary, out / "metric_vs_size.png", layer))
     if summary["control"].isin(tables.layer_controls()).any():
-        figures.append(plots.layer_size_heatmap(summary, out / "layer_size_heatmap.png"))
+        figures.append(skip.get("layer_size_heatmap") or plots.layer_size_heatmap(
+            summary, out / "layer_size_heatmap.png"))
     if "conc_act_gain" in summary:
         figures.append(plots.gain_vs_concentration(summary, out / "gain_vs_concentration.png"))
     if client is not None:
@@ -191,13 +218,19 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
             draw = (plots.activation_maps if _is_image(next(iter(maps.values())))
                     else plots.token_activation_strips)  # image grid, or tokens in a row
             figures.append(draw(maps, out / f"activation_maps_{task}.png"))
+    drawn = [f for f in figures if isinstance(f, Path)]
+    md += ["## Figures\n", "PNG files beside this one, inlined in report.html: "
+           + (", ".join(f.name for f in drawn) or "none") + ".\n",
+           *(f"_{f}_\n" for f in figures if isinstance(f, str))]
+    (out / "ablation.md").write_text("\n".join(md) + "\n")
     experiments = ", ".join(sorted(df["experiment"].unique())) if "experiment" in df else ""
     done = int((df["status"] == "FINISHED").sum())
     intro = (f"Experiments: {experiments}. {len(df)} trials, {done} finished, "
-             f"{len(df) - done} not. " + md[1].strip())
+             f"{len(df) - done} not. " + legend)
     files.append(write_html(out / "report.html", f"Ablation report: final {metric}", intro,
-                            {**named, "claims": tested}, figures))
-    files += figures
+                            {**named, "claims": claims.display(tested)}, figures,
+                            findings.html_section(tested), skip))
+    files += drawn
     headline = named["by_layer"] if not named["by_layer"].empty else named["by_control"]
     return Report(headline, summary, named, files, claims=tested)
 
@@ -247,37 +280,81 @@ def _filter(df: pd.DataFrame, column: str, wanted: list[str] | None,
     return df[keep]
 
 
+PROG = "lmblocks-report"
+DESCRIPTION = (
+    "Rebuild a sweep's ablation report from MLflow alone: the tidy runs, statistics over "
+    "seeds with paired differences against a control, the paper's tables, figures and one "
+    "HTML page, written to a folder and logged to the sweep's parent run."
+)
+EXIT_CODES = (
+    "exit status: 0 the report was written; 2 bad input (an unknown experiment, filter, "
+    "control or metric, or no MLflow store where one was expected: nothing is created): one "
+    "line on stderr naming the value and the valid ones. The store is --tracking-uri, else "
+    f"${TRACKING_ENV}, else sqlite:///$PWD/mlflow.db, as for lmblocks-sweep."
+)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line and exit 2, not usage + message
         raise ReportError(message)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m results.report", description=__doc__.split("\n")[0])
-    p.add_argument("experiments", nargs="*", help="MLflow experiment name(s) of the sweeps")
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lmblocks")  # pyproject.toml's [project] name
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    p.add_argument("experiments", nargs="*",
+                   help="MLflow experiment name(s) of the sweeps: a sweep records to "
+                        "lmblocks-NAME (NAME: its --name, by default the preset's, e.g. "
+                        "lmblocks-default) unless given --experiment")
     p.add_argument("--experiment", action="append", default=[], help="same, as a flag")
-    p.add_argument("--tracking-uri", default=None, help="default: sqlite mlflow.db in this dir")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///$PWD/mlflow.db); never created if missing")
     p.add_argument("--parent-run", default=None,
                    help="only this sweep run's trials (default: every cell of the experiments)")
-    p.add_argument("--task", action="append", help="only these tasks")
-    p.add_argument("--family", action="append", help="only these LM families (plus no block)")
+    p.add_argument("--task", action="append",
+                   help="only these tasks (repeatable; valid: the experiments' tasks; "
+                        "default: all)")
+    p.add_argument("--family", action="append",
+                   help="only these LM families, plus no block (repeatable; valid: the "
+                        "experiments' families; default: all)")
     p.add_argument("--control", default="none",
-                   help=f"compare against: {', '.join(reference_controls())}")
-    p.add_argument("--layer", default="last", help="fixed layer of tables 2-3: last, N or A:B")
-    p.add_argument("--metric", default=None, help="default: the task's metric")
-    p.add_argument("--out", default=None, help="output dir (default: lmblocks-reports/NAME)")
+                   help=f"compare against: {', '.join(reference_controls())} (default: none)")
+    p.add_argument("--layer", default="last",
+                   help="fixed layer of tables 2-3: last, N or A:B (default: last)")
+    p.add_argument("--metric", default=None,
+                   help="a metric the runs logged, e.g. val_acc (default: the task's metric)")
+    p.add_argument("--out", default=None,
+                   help="output dir (default: lmblocks-reports/EXPERIMENT, several joined "
+                        "by +)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     try:
         args = p.parse_args(argv)
     except ReportError as e:
-        print(f"report: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     names = [*args.experiments, *args.experiment]
     if not names:
-        print("report: error: no experiment given; name one or more", file=sys.stderr)
+        print(f"{PROG}: error: no experiment given; name one or more (e.g. lmblocks-default)",
+              file=sys.stderr)
         return 2
-    uri = args.tracking_uri or default_tracking_uri()
+    uri = resolve_tracking_uri(args.tracking_uri)
     out = Path(args.out or Path("lmblocks-reports") / "+".join(names)).resolve()
     try:
+        require_store(uri)  # read-only: a missing store is an error, never created
         client = MlflowClient(uri)
         log_to = [args.parent_run] if args.parent_run else [
             latest_sweep_run(client, n) for n in names]
@@ -285,9 +362,11 @@ def main(argv: list[str] | None = None) -> int:
                               tasks=args.task, families=args.family, control=args.control,
                               layer=args.layer, metric=args.metric)
     except ReportError as e:
-        print(f"report: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     print(report.table.to_markdown(index=False))
+    if not report.claims.empty:
+        print(*["", *claims.claim_lines(report.claims)], sep="\n")
     print("\nreport written:", *(str(f) for f in report.files), sep="\n  ")
     return 0
 

@@ -6,7 +6,8 @@ with the chosen control seed by seed (same task and seed; for the ``adapters`` a
 controls also the same family and size, since those controls are sized like the LM), and the
 paired differences get a percentile bootstrap 95% interval. A cell is *significant* only when
 that interval excludes zero and rests on at least three pairs (with two, a percentile
-bootstrap interval is just the span of the two differences).
+bootstrap interval is just the span of the two differences, so it is labelled "range of 2",
+not "95% CI": ``interval_label``).
 """
 
 from __future__ import annotations
@@ -30,12 +31,24 @@ CONFIDENCE = 0.95
 MIN_PAIRS = 3  # for a cell to be called significant
 
 
+def interval_label(n: int) -> str:
+    """What an interval over ``n`` values is: a bootstrap "95% CI" with ``MIN_PAIRS`` or more,
+    "range of 2" with two (a percentile bootstrap of two values is their min and max), and
+    nothing ("") with fewer (no interval is shown)."""
+    n = int(n) if pd.notna(n) else 0
+    if n >= MIN_PAIRS:
+        return f"{CONFIDENCE:.0%} CI"
+    return f"range of {n}" if n >= 2 else ""
+
+
 def bootstrap_ci(values, samples: int = BOOTSTRAP_SAMPLES, confidence: float = CONFIDENCE,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean; NaNs with fewer than two values."""
     x = np.asarray(list(values), dtype=float)
     if len(x) < 2:
         return float("nan"), float("nan")
+    if len(x) == 2:  # what the bootstrap gives for two values, exactly: their range
+        return float(x.min()), float(x.max())
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(samples, len(x)))].mean(axis=1)
     tail = (1 - confidence) / 2 * 100

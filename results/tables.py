@@ -4,9 +4,11 @@
 2. metric by model size, per family, at one fixed layer (do only large LMs help?);
 3. task x control: no block, the adapters alone, a random frozen block, the pretrained block.
 
-Each cell reads ``mean ± std (Δ +d [lo, hi]*) n/expected``: Δ is the paired difference against
-the chosen control with its bootstrap 95% interval, ``*`` marks an interval excluding zero,
-and failed or missing seeds are written out, never dropped.
+Each cell reads ``mean ± std (Δ +d, 95% CI [lo, hi]*)``: Δ is the paired difference against
+the chosen control with its interval, labelled by the number of pairs n (``95% CI``, the
+bootstrap, with n >= 3; ``range of 2``, the two differences' min and max, with n = 2; none
+with n = 1), ``*`` marks a 95% CI excluding zero, and failed or missing seeds are written
+out, never dropped.
 
 Next to them, ``cost_table``: what each cell cost (parameters, GFLOPs per sample, samples
 per second, trial-hours), which the paper's reviewers asked for alongside accuracy.
@@ -18,6 +20,7 @@ import pandas as pd
 
 from encoders.lm.controls import get_control, list_controls
 from results.runs import last_layer
+from results.stats import interval_label
 
 
 def layer_controls() -> list[str]:
@@ -34,8 +37,10 @@ def cell_text(row: pd.Series) -> str:
             text += f" ± {row['std']:.3f}"
     if pd.notna(row.get("delta")):
         star = "*" if row["significant"] else ""
-        if pd.notna(row["ci_lo"]):
-            text += f" (Δ {row['delta']:+.3f} [{row['ci_lo']:+.3f}, {row['ci_hi']:+.3f}]{star})"
+        label = interval_label(row.get("pairs", 0))
+        if pd.notna(row["ci_lo"]) and label:
+            text += (f" (Δ {row['delta']:+.3f}, {label} [{row['ci_lo']:+.3f}, "
+                     f"{row['ci_hi']:+.3f}]{star})")
         else:
             text += f" (Δ {row['delta']:+.3f})"
     if row["failed"]:

@@ -13,6 +13,13 @@ import encoders.lm.families  # noqa: F401
 from encoders.weights.checkpoint_dir import CheckpointDir
 
 
+@pytest.fixture(autouse=True)
+def no_tracking_uri_from_the_environment(monkeypatch):
+    """Tests name their MLflow store; one set in the shell (MLFLOW_TRACKING_URI, which the
+    commands honour) must not redirect them, nor reach the sweeps they start."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 def tiny_opt_config(*, post_ln: bool = False, layers: int = 4) -> OPTConfig:
     """A 4-layer OPT; ``post_ln`` mirrors opt-350m (post-LN, 32 <-> 16 projections)."""
     return OPTConfig(

@@ -206,7 +206,7 @@ def test_lm_lr_scale_is_a_recorded_validated_hyperparameter(capsys):
     assert {t.control for t in plan} == {"finetuned"}
     assert cli.main(["--lm-lr-scale", "0", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "sweep: error: bad lm_lr_scale 0.0; valid: a finite number > 0"
+    assert err == "lmblocks-sweep: error: bad lm_lr_scale 0.0; valid: a finite number > 0"
 
 
 def test_a_legacy_preset_final_norm_bool_reads_as_lm_or_none(tmp_path):

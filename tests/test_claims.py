@@ -227,8 +227,8 @@ def test_finish_prints_the_claims_after_the_table(monkeypatch, tmp_path, capsys)
     assert out.count("claim: ") == len(report.claims)
 
 
-def test_report_writes_claims_csv_and_section_from_mlflow_histories(tmp_path):
-    from results.report import build_report
+def test_report_writes_claims_csv_and_section_from_mlflow_histories(tmp_path, capsys):
+    from results.report import build_report, main
     from tests.test_report import log_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -258,6 +258,12 @@ def test_report_writes_claims_csv_and_section_from_mlflow_histories(tmp_path):
     got = claims.load_histories(client, pd.DataFrame({"run_id": [one], "status": ["FINISHED"]}),
                                 "val_acc")
     assert len(got[one]) == 8 and got[one][0] == 0.0  # steps 1..8, the retried step once
+    # the report's command prints the same claims lines after its table
+    assert main(["claims", "--tracking-uri", uri, "--out", str(tmp_path / "r2")]) == 0
+    out = capsys.readouterr().out
+    at = out.index("claim: pretrained > none (digits, minilm/l6, last L5)")
+    assert out.index("| digits") < at < out.index("report written")
+    assert out.count("claim: ") == len(report.claims)
 
 
 def test_convergence_table_counts_judged_seeds():

@@ -38,7 +38,7 @@ def run_bad(capsys, *argv: str) -> str:
     assert cli.main(list(argv)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.startswith("sweep: error: ")
+    assert err.startswith("lmblocks-sweep: error: ")
     assert not ray.is_initialized()
     return err
 
@@ -186,7 +186,7 @@ def test_sweep_script_subprocess_exit_code(tmp_path):
         capture_output=True, text=True, check=False, cwd=tmp_path, timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"sweep: error: unknown family 'nope'; "
+    assert proc.stderr.strip() == (f"lmblocks-sweep: error: unknown family 'nope'; "
                                    f"valid: {', '.join(list_families())}")
 
 
@@ -210,7 +210,7 @@ def test_final_norm_is_validated_and_recorded(capsys):
     assert cli.main(["--final-norm", "unit-rms", "--dry-run"]) == 0  # any family: no weights
     capsys.readouterr()
     err = run_bad(capsys, "--family", "opt", "--final-norm", "rms", "--dry-run")
-    assert err == "sweep: error: unknown final norm 'rms'; valid: none, unit-rms, lm"
+    assert err == "lmblocks-sweep: error: unknown final norm 'rms'; valid: none, unit-rms, lm"
 
 
 def test_runtime_settings_reach_the_trial_but_not_its_identity():
@@ -282,3 +282,114 @@ def test_storage_that_cannot_be_created_is_refused(capsys, tmp_path):
     assert "cannot be created" in err
     cli.check_storage(str(tmp_path / "new" / "runs"))  # a creatable folder passes
     assert not (tmp_path / "new").exists()  # and checking it created nothing
+
+
+# --- conventions: the tracking store, the experiment's name, --version, --help -------------
+
+
+@pytest.fixture
+def reached_run(monkeypatch):
+    """Stop a valid sweep where it first opens MLflow: what store and experiment it uses."""
+    from orchestrator import tracking
+
+    seen = {}
+
+    class Reached(Exception):
+        pass
+
+    def finished_cells(uri, experiment):
+        seen.update(uri=uri, experiment=experiment)
+        raise Reached
+
+    monkeypatch.setattr(tracking, "finished_cells", finished_cells)
+
+    def run(*argv: str) -> dict:
+        seen.clear()
+        with pytest.raises(Reached):
+            cli.main(["--preset", "smoke", *argv])
+        return dict(seen)
+
+    return run
+
+
+def test_tracking_uri_flag_then_environment_then_local_sqlite(monkeypatch, tmp_path, reached_run):
+    flag, env = f"sqlite:///{tmp_path}/flag.db", f"sqlite:///{tmp_path}/env.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert reached_run()["uri"] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env)
+    assert reached_run()["uri"] == env
+    assert reached_run("--tracking-uri", flag)["uri"] == flag
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # set but empty: unset
+    assert reached_run()["uri"].endswith("/mlflow.db")
+
+
+def test_the_environments_uri_is_checked_and_named_like_the_flag(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://x")
+    err = run_bad(capsys, "--dry-run")
+    assert "unknown MLFLOW_TRACKING_URI scheme 'bogus' in 'bogus://x'" in err
+    assert cli.main(["--dry-run", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0  # flag wins
+    assert not (tmp_path / "m.db").exists()  # a dry run creates no store
+
+
+def test_default_experiment_is_prefixed_never_mlflows_default(reached_run):
+    assert reached_run()["experiment"] == "lmblocks-smoke"
+    assert reached_run("--name", "mine")["experiment"] == "lmblocks-mine"
+    assert reached_run("--experiment", "Exact")["experiment"] == "Exact"  # as given
+    assert cli.default_experiment("default") == "lmblocks-default"
+
+
+def test_version_prints_the_installed_distributions_and_exits_0(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lmblocks-sweep {version('lmblocks')}"
+
+
+def test_help_names_every_valid_value_the_defaults_and_the_exit_codes(monkeypatch):
+    from encoders.lm.frozen_block import FINAL_NORMS
+    from experiments.compute import DTYPES
+    from experiments.recipe import SCHEDULES
+    from orchestrator import options
+    from orchestrator.search import SAMPLERS, SEARCHES
+    from orchestrator.tuner import SCHEDULERS
+
+    # the parser is built without the registries (fast answers); its lists must be theirs
+    for written, registry in ((options.FAMILIES, list_families()), (options.TASKS, list_tasks()),
+                              (options.CONTROLS, list_controls()), (options.DTYPES, DTYPES),
+                              (options.SCHEDULES, SCHEDULES), (options.SEARCHES, SEARCHES),
+                              (options.SAMPLERS, tuple(SAMPLERS)),
+                              (options.HPARAM_SEARCHES, HPARAM_SEARCHES),
+                              (options.SCHEDULERS, SCHEDULERS),
+                              (options.FINAL_NORMS, FINAL_NORMS)):
+        assert sorted(written) == sorted(registry), "update orchestrator/options.py"
+    monkeypatch.setenv("COLUMNS", "100000")  # no wrapping (argparse breaks at hyphens)
+    parser = cli.build_parser()
+    text = " ".join(parser.format_help().split())
+    assert text.startswith("usage: lmblocks-sweep ")
+    for name in (*list_families(), *list_tasks(), *list_controls(), *list_presets(), *DTYPES):
+        assert name in text, name
+    for code in ("0 every trial finished", "1 some trials failed", "2 bad input"):
+        assert code in text
+    helps = {a.option_strings[0]: " ".join(a.help.split()) for a in parser._actions
+             if a.option_strings}
+    assert all(helps.values()), [f for f, h in helps.items() if not h]
+    for flag in ("--epochs", "--lr", "--weight-decay", "--batch-size", "--compute-dtype",
+                 "--schedule", "--warmup-epochs", "--mixup", "--num-workers", "--final-norm"):
+        assert "default: the preset's" in helps[flag], flag
+    assert "an integer >= 1" in helps["--epochs"] and "> 0" in helps["--lr"]
+    assert "MLFLOW_TRACKING_URI" in helps["--tracking-uri"]
+    assert "lmblocks-NAME" in helps["--experiment"]
+
+
+def test_sweep_script_and_console_script_are_one_program(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "--help"],
+                          capture_output=True, text=True, check=False, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: lmblocks-sweep ")
+    assert "exit status: 0" in proc.stdout
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"lmblocks-sweep": "orchestrator.cli:main",
+                       "lmblocks-report": "results.report:main"}

@@ -102,7 +102,7 @@ def run_bad(capsys, *argv: str) -> str:
     assert cli.main(list(argv)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.startswith("sweep: error: ")
+    assert err.startswith("lmblocks-sweep: error: ")
     assert not ray.is_initialized()
     return err
 

@@ -80,11 +80,13 @@ def test_report_files_logged_to_the_parent_run(uri, tmp_path, capsys):
     parent = log_sweep(uri, "exp", ROWS)
     assert main(["--experiment", "exp", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
-    # two seeds: the interval is shown, but two pairs are too few to call it significant
-    assert "0.800 ± 0.141 (Δ +0.250 [+0.200, +0.300])" in out and "[1 failed]" in out
-    for name in ("ablation.md", "by_layer.csv", "summary.csv", "runs.csv", "report.html",
-                 "metric_vs_layer.png", "metric_vs_size.png", "layer_size_heatmap.png"):
+    # two seeds: the two differences' range, labelled as such, too few to call significant
+    assert "0.800 ± 0.141 (Δ +0.250, range of 2 [+0.200, +0.300])" in out and "[1 failed]" in out
+    assert "0.550 (Δ +0.050) [1 failed]" in out  # one pair: no interval
+    for name in ("ablation.md", "by_layer.csv", "by_size.csv", "summary.csv", "runs.csv",
+                 "report.html", "metric_vs_layer.png", "layer_size_heatmap.png"):
         assert (tmp_path / "r" / name).stat().st_size > 0
+    assert not (tmp_path / "r" / "metric_vs_size.png").exists()  # one size: left out
     logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, "report")}
     assert "report/metric_vs_layer.png" in logged and "report/ablation.md" in logged
     assert (tmp_path / "r" / "metric_vs_layer.png").read_bytes()[:4] == b"\x89PNG"
@@ -201,7 +203,7 @@ def test_paper_tables_significance_missing_and_html(uri, tmp_path):
     assert list(t1.columns[-2:]) == ["125m", "1.3b"]  # sizes by parameter count
     assert "[1 missing]" in t1.set_index("layers").loc["0", "125m"]
     assert list(t2.columns[-2:]) == ["125m", "1.3b"]  # each size's own last layer: 11, 23
-    assert t2["1.3b"].iloc[0].startswith("0.720 ± 0.020 (Δ +0.210 [")
+    assert t2["1.3b"].iloc[0].startswith("0.720 ± 0.020 (Δ +0.210, 95% CI [")
     assert t2["1.3b"].iloc[0].count("*") == 1
     row = t3.set_index("size").loc["125m"]
     assert row["adapters"].startswith("0.550") and row["random"].startswith("0.400")
@@ -269,3 +271,55 @@ def test_token_strips_for_tasks_whose_tokens_are_not_an_image(uri, tmp_path):
     figure = tmp_path / "r" / "activation_maps_shapes3d.png"
     assert figure in report.files
     assert_figure(figure)
+
+
+# --- the store it reads, never creates; --version; --help ------------------------------------
+
+
+@pytest.mark.parametrize(("store", "named_by"), [("sqlite", "flag"), ("sqlite", "env"),
+                                                  ("sqlite", "default"), ("file", "flag"),
+                                                  ("file", "env")])
+def test_a_missing_store_is_exit_2_and_never_created(tmp_path, monkeypatch, capsys, store,
+                                                       named_by):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / ("mlflow.db" if store == "sqlite" else "mlruns")
+    uri = f"sqlite:///{path}" if store == "sqlite" else f"file://{path}"
+    argv = ["lmblocks-default"] + (["--tracking-uri", uri] if named_by == "flag" else [])
+    if named_by == "env":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("lmblocks-report: error: ")
+    assert "no sweep has been recorded there" in err and str(path) in err
+    assert list(tmp_path.iterdir()) == []  # no store, no report folder
+
+
+def test_the_report_reads_the_flag_then_the_environments_store(uri, tmp_path, monkeypatch,
+                                                                capsys):
+    monkeypatch.chdir(tmp_path)
+    log_sweep(uri, "lmblocks-exp", ROWS[:3])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["lmblocks-exp"]) == 0  # from the environment
+    assert (tmp_path / "lmblocks-reports" / "lmblocks-exp" / "report.html").is_file()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere.db")
+    assert main(["lmblocks-exp", "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 0
+    assert not (tmp_path / "elsewhere.db").exists()  # the flag won
+    capsys.readouterr()
+
+
+def test_report_version_and_help(capsys, monkeypatch):
+    from importlib.metadata import version
+
+    from results.report import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lmblocks-report {version('lmblocks')}"
+    monkeypatch.setenv("COLUMNS", "100000")  # no wrapping (argparse breaks at hyphens)
+    text = " ".join(build_parser().format_help().split())
+    assert text.startswith("usage: lmblocks-report ")
+    description = text.split("positional arguments:")[0]
+    assert description.rstrip().endswith(".")  # a whole sentence, not a cut line
+    assert "0 the report was written" in text and "2 bad input" in text
+    assert "MLFLOW_TRACKING_URI" in text and "lmblocks-default" in text

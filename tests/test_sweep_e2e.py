@@ -106,6 +106,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{len(plan)} of {len(plan)} trials already FINISHED" in again.stdout
     assert "nothing to run" in again.stdout
+    assert "claim: pretrained > none (digits, minilm/l6" in again.stdout  # the claims again
     assert len(mlflow.search_runs(experiment_names=["e2e"])) == len(runs)  # no new run
     # an added seed runs only the new seed's cells
     more = subprocess.run(

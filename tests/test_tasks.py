@@ -47,13 +47,21 @@ def test_every_task_declares_what_the_registry_test_needs():
 
 
 # Tasks on real data run their paper-scale models (ViT-S at 224, 16-frame video) on random
-# inputs: seconds each on CPU, so they are in the slow tier (CI runs it).
-TASKS = [name if get_task(name).embedded else pytest.param(name, marks=pytest.mark.slow)
-         for name in list_tasks()]
+# inputs: seconds each on CPU, so they are in the slow tier (CI runs it), and with the
+# controls whose module depends on the task: the LM block (pretrained), no block, and one
+# more block of the task's own encoder (visual-block). The other controls' modules are the
+# same classes at the task's width: they run in the whole model on every embedded task and,
+# at each paper-scale task's width, in test_block_of_every_control_at_every_task_width.
+PAPER_SCALE_CONTROLS = ("pretrained", "none", "visual-block")
+TASK_CONTROLS = [
+    (name, control) if get_task(name).embedded
+    else pytest.param(name, control, marks=pytest.mark.slow)
+    for name in list_tasks() for control in list_controls()
+    if get_task(name).embedded or control in PAPER_SCALE_CONTROLS
+]
 
 
-@pytest.mark.parametrize("control", list_controls())
-@pytest.mark.parametrize("task_name", TASKS)
+@pytest.mark.parametrize(("task_name", "control"), TASK_CONTROLS)
 def test_task_with_control_trains_with_the_block_on_the_path(task_name, control):
     task = get_task(task_name)
     arm = get_control(control)
@@ -120,3 +128,27 @@ def test_task_with_control_trains_with_the_block_on_the_path(task_name, control)
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), n
+
+
+@pytest.mark.parametrize("control", [c for c in list_controls()
+                                     if c not in ("none", "visual-block")])
+@pytest.mark.parametrize("task_name", [n for n in list_tasks() if not get_task(n).embedded])
+def test_block_of_every_control_at_every_task_width(task_name, control):
+    """The inserted module at a paper-scale task's width: (B, T, D) in, (B, T, D) out, the
+    gradient reaches its input and its trainable weights, its frozen weights stay put."""
+    task = get_task(task_name)
+    arm = get_control(control)
+    torch.manual_seed(0)
+    block, _ = build_block(family="minilm", size="l6",
+                           layers=(5,) if arm.layers != "none" else (), control=control,
+                           seed=0, visual_dim=task.visual_dim)
+    x = torch.randn(2, 5, task.visual_dim, requires_grad=True)
+    out = block(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    trainable = [p for p in block.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for p in trainable)
+    frozen = [p for p in block.parameters() if not p.requires_grad]
+    lm_frozen = isinstance(block, FrozenLMBlock) and len(block.layers) and not arm.trains_lm
+    assert bool(frozen) is bool(lm_frozen)

@@ -8,9 +8,10 @@ The paper appends the LM block after the last ViT block and before the final nor
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import torch
-from timm.layers import Mlp
+from timm.layers import HybridEmbed, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
@@ -40,6 +41,28 @@ def small_vit(
         mlp_ratio=mlp_ratio,
         class_token=True,
         global_pool="token",
+    )
+
+
+def conv_stem_vit(*, img_size: int, in_chans: int, num_classes: int, stem_width: int = 32,
+                  embed_dim: int = 64, depth: int = 2, num_heads: int = 4,
+                  mlp_ratio: float = 2.0) -> VisionTransformer:
+    """``small_vit`` with a convolutional stem instead of the patch projection: two 3x3
+    convolutions (BatchNorm, ReLU; the second of stride 2), each output position a token
+    through timm's ``HybridEmbed``. Early convolutions make a ViT's optimisation converge in
+    a few epochs where patchify stems need several times more (Xiao et al., "Early
+    Convolutions Help Transformers See Better", NeurIPS 2021); the blocks are the same timm
+    blocks, so the frozen LM block goes in the same place. ``img_size // 2`` squared tokens."""
+    stem = nn.Sequential(
+        nn.Conv2d(in_chans, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width),
+        nn.ReLU(),
+        nn.Conv2d(stem_width, stem_width, 3, 2, 1, bias=False), nn.BatchNorm2d(stem_width),
+        nn.ReLU(),
+    )
+    return VisionTransformer(
+        img_size=img_size, patch_size=1, in_chans=in_chans, num_classes=num_classes,
+        embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+        class_token=True, global_pool="token", embed_layer=partial(HybridEmbed, backbone=stem),
     )
 
 
