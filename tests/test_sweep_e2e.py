@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -236,9 +237,14 @@ def test_driver_killed_then_resume_completes_every_cell_once(tmp_path):
         if (runs.get("status", pd_empty()) == "FINISHED").sum() >= 1:
             break
     assert driver.poll() is None, "the sweep ended before it could be killed"
+    started = descendants(driver.pid)  # its local Ray: GCS, raylet, workers, ...
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started
     driver.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+    for pid in started:  # and what left its process group; nothing another sweep runs
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     before = mlflow.search_runs(experiment_names=["crash"],
                                 filter_string="tags.`lmblocks.kind` = 'trial'")
     assert (before["status"] == "FINISHED").sum() < len(plan)
@@ -259,6 +265,27 @@ def test_driver_killed_then_resume_completes_every_cell_once(tmp_path):
     assert len(parents) == 1 and parents["status"].iloc[0] == "FINISHED"
 
 
+def descendants(root: int) -> list[int]:
+    """Every live process under ``root`` (by parent pid, from /proc): what a test may kill
+    and stop, and nothing else on the machine."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # after "pid (comm) state"
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def pd_empty():
     import pandas as pd
 
@@ -272,14 +299,16 @@ def test_worker_killed_mid_epoch_is_retried_from_its_checkpoint(tmp_path):
     import time
 
     def trial_workers() -> list[int]:
+        """This sweep's trial processes: descendants of its driver (another sweep's on the
+        machine are not touched)."""
         pids = []
-        for entry in os.listdir("/proc"):
+        for pid in descendants(driver.pid):
             try:
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
-            except (OSError, ValueError):
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
                 continue
             if "ray::ImplicitFunc" in cmd or "ray::tune_trial" in cmd:
-                pids.append(int(entry))
+                pids.append(pid)
         return pids
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
