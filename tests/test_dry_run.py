@@ -5,22 +5,12 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-
-from orchestrator import cli, tuner
+from orchestrator import cli
 from orchestrator.options import build_parser
 from orchestrator.plan import build_plan
 
-
-@pytest.fixture(autouse=True)
-def no_sweep_may_start(monkeypatch, tmp_path):
-    def forbidden(*a, **k):
-        raise AssertionError("run_sweep reached")
-
-    monkeypatch.setattr(tuner, "run_sweep", forbidden)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+# the CLI tests' guard: no sweep may start, a scratch dir, offline (autouse once imported)
+from tests.test_cli import no_sweep_may_start  # noqa: F401
 
 
 def smoke_plan(*argv: str):

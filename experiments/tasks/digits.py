@@ -38,31 +38,23 @@ def build_convstem_model(block: nn.Module | None) -> nn.Module:
     return insert_after_last_block(vit, block)
 
 
-DIGITS = register_task(
-    Task(
-        name="digits",
-        description="scikit-learn digits (8x8), timm ViT, classification from the class token",
+def _register(name: str, description: str, build) -> Task:
+    return register_task(Task(
+        name=name,
+        description=description,
         visual_dim=EMBED_DIM,
         build_data=build_digits,
-        build_model=build_model,
+        build_model=build,
         informative_tokens=ink_patches,
         chance=1 / CLASSES,
         num_classes=CLASSES,
         example=validation_examples(build_digits),
-    )
-)
+    ))
 
-DIGITS_CONVSTEM = register_task(
-    Task(
-        name="digits-convstem",
-        description="scikit-learn digits (8x8), timm ViT with a convolutional stem "
-                    "(16 tokens), classification from the class token",
-        visual_dim=EMBED_DIM,
-        build_data=build_digits,
-        build_model=build_convstem_model,
-        informative_tokens=ink_patches,
-        chance=1 / CLASSES,
-        num_classes=CLASSES,
-        example=validation_examples(build_digits),
-    )
-)
+
+DIGITS = _register(
+    "digits", "scikit-learn digits (8x8), timm ViT, classification from the class token",
+    build_model)
+DIGITS_CONVSTEM = _register(
+    "digits-convstem", "scikit-learn digits (8x8), timm ViT with a convolutional stem "
+    "(16 tokens), classification from the class token", build_convstem_model)
