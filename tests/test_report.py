@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from experiments.cost import COST_METRICS, COST_PARAMS
 from results.report import build_report, load_runs, main
+from results.runs import local_store_path
 from results.stats import bootstrap_ci, summarize
 from tests.conftest import assert_figure
 
@@ -19,7 +20,9 @@ from tests.conftest import assert_figure
 def log_sweep(uri: str, experiment: str, rows: list[dict]) -> str:
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
-    exp = found.experiment_id if found else client.create_experiment(experiment)
+    # artifacts beside the store (MLflow's default is ./mlruns under the working directory)
+    artifacts = (local_store_path(uri).parent / "artifacts" / experiment).as_uri()
+    exp = found.experiment_id if found else client.create_experiment(experiment, artifacts)
     parent = client.create_run(exp, tags={"lmblocks.kind": "sweep"}).info.run_id
     for row in rows:
         key = "|".join(str(row.get(k, ""))
