@@ -29,6 +29,16 @@ def _output(out) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def control_block(control: str, visual_dim: int):
+    """The control's arm and its module for MiniLM's last layer (seeded), at ``visual_dim``."""
+    arm = get_control(control)
+    torch.manual_seed(0)
+    block, info = build_block(family="minilm", size="l6",
+                              layers=(5,) if arm.layers != "none" else (), control=control,
+                              seed=0, visual_dim=visual_dim)
+    return arm, block, info
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Small ops on two shared cores: a second intra-op thread mostly waits for the first."""
@@ -64,11 +74,7 @@ TASK_CONTROLS = [
 @pytest.mark.parametrize(("task_name", "control"), TASK_CONTROLS)
 def test_task_with_control_trains_with_the_block_on_the_path(task_name, control):
     task = get_task(task_name)
-    arm = get_control(control)
-    torch.manual_seed(0)
-    block, info = build_block(family="minilm", size="l6",
-                              layers=(5,) if arm.layers != "none" else (), control=control,
-                              seed=0, visual_dim=task.visual_dim)
+    arm, block, info = control_block(control, task.visual_dim)
     assert info.weights_source == arm.weights_source
     model = task.build_model(block)
     x, y = task.example(BATCH)
@@ -135,13 +141,10 @@ def test_task_with_control_trains_with_the_block_on_the_path(task_name, control)
 @pytest.mark.parametrize("task_name", [n for n in list_tasks() if not get_task(n).embedded])
 def test_block_of_every_control_at_every_task_width(task_name, control):
     """The inserted module at a paper-scale task's width: (B, T, D) in, (B, T, D) out, the
-    gradient reaches its input and its trainable weights, its frozen weights stay put."""
+    gradient reaches its input and its trainable weights, and only a frozen LM layer has
+    frozen weights."""
     task = get_task(task_name)
-    arm = get_control(control)
-    torch.manual_seed(0)
-    block, _ = build_block(family="minilm", size="l6",
-                           layers=(5,) if arm.layers != "none" else (), control=control,
-                           seed=0, visual_dim=task.visual_dim)
+    arm, block, _ = control_block(control, task.visual_dim)
     x = torch.randn(2, 5, task.visual_dim, requires_grad=True)
     out = block(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
