@@ -1,9 +1,10 @@
 """Look at a sweep's report and its MLflow comparison in a real browser (headless Chromium).
 
 Serves the report folder on 127.0.0.1, starts ``mlflow ui`` on the sweep's store, and has
-Chromium render (1) ``report.html`` and (2) MLflow's compare-runs page for the sweep's trials.
-For each it saves a screenshot and checks the rendered DOM: the report's tables and inline
-figures, MLflow's run names and metric keys. Prints what it found; exit 1 if something did
+Chromium render (1) ``report.html``, (2) MLflow's compare-runs page for the sweep's trials and
+(3) the latest sweep run's page. For each it saves a screenshot and checks the rendered DOM: the
+report's tables and inline figures; the trials' run names, metric and param keys; the sweep
+run's name, its summary metrics and its note. Prints what it found; exit 1 if something did
 not render.
 
     apt-get install chromium        # Debian's package: /usr/bin/chromium
@@ -87,7 +88,7 @@ def main() -> int:
     args = p.parse_args()
     from mlflow.tracking import MlflowClient
 
-    from results.runs import ReportError, require_store, resolve_tracking_uri
+    from results.stores import ReportError, require_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     try:
@@ -119,6 +120,8 @@ def main() -> int:
                  f"valid: {names or 'none'}")
     runs = client.search_runs([exp.experiment_id], "tags.`lmblocks.kind` = 'trial'",
                               max_results=20)
+    sweeps = client.search_runs([exp.experiment_id], "tags.`lmblocks.kind` = 'sweep'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                            "--host", "127.0.0.1", "--port", str(port)],
@@ -134,7 +137,22 @@ def main() -> int:
         share = ink_share(out / "mlflow_compare.png")
         print(f"MLflow compare-runs: {names}/{len(runs)} run names, metrics shown {metrics}, "
               f"{share:.1%} inked -> {out / 'mlflow_compare.png'}")
-        ok &= names > 0 and "val_acc" in metrics and share > 0.02
+        params = [p for p in ("layers", "family", "frozen_params") if p in dom]
+        explicit = ">none<" in dom.replace(" ", "")  # a run with no LM: layers/family "none"
+        print(f"  params shown {params}; explicit 'none' values: {explicit}")
+        ok &= names > 0 and "val_acc" in metrics and share > 0.02 and len(params) == 3
+        if sweeps:  # the sweep run: its name, summary metrics and findings note
+            sweep = sweeps[0]
+            page = (f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/"
+                    f"{sweep.info.run_id}")
+            dom = render(page, out / "mlflow_sweep_run.png", budget_ms=30000)
+            shown = [m for m in ("trials_finished", "trials_failed", "trial_hours", "best_val_acc")
+                     if m in dom]
+            found = {"name": sweep.info.run_name in dom, "note": "Findings" in dom}
+            share = ink_share(out / "mlflow_sweep_run.png")
+            print(f"MLflow sweep run {sweep.info.run_name!r}: metrics shown {shown}, {found}, "
+                  f"{share:.1%} inked -> {out / 'mlflow_sweep_run.png'}")
+            ok &= found["name"] and len(shown) >= 3 and share > 0.02
     finally:
         ui.terminate()
         ui.wait(timeout=30)

@@ -69,18 +69,18 @@ def sweep_child(out: str, argv: list[str]) -> None:
     import ray
     from ray import tune
 
-    from orchestrator import tracking, tuner
-    from results import report
+    from orchestrator import store, tracking, tuner
+    from results import build
 
     phases["driver_imports"] = time.perf_counter() - t
     timed = _Timed()
-    timed.wrap(tracking, "finished_cells", "mlflow_open")
+    timed.wrap(store, "finished_cells", "mlflow_open")
     timed.wrap(ray, "init", "ray_start")
     timed.wrap(tuner, "run_sweep", "run_sweep")
     timed.wrap(tuner, "start_parent_run", "parent_run")
     timed.wrap(tune.Tuner, "fit", "fit")
     timed.wrap(ray, "shutdown", "ray_shutdown")
-    timed.wrap(report, "build_report", "report")
+    timed.wrap(build, "build_report", "report")
     trial_start: dict[str, float] = {}
     trial_end: dict[str, float] = {}
     logger = tracking.MlflowTrialLogger

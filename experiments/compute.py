@@ -19,8 +19,6 @@ from torch import nn
 
 from experiments.trial import Hyperparameters
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
 
 def resolve_compute_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """``auto``: float32 on CPU (bf16 matmuls are slow there), bfloat16 on a GPU."""

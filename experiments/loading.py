@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-AUTO = "auto"
+from experiments.trial import AUTO_WORKERS
+
+AUTO = AUTO_WORKERS
 MAX_AUTO_WORKERS = 16  # beyond this a single trial's loader gains little and costs memory
 PREFETCH_FACTOR = 4  # batches each worker keeps ready
 
@@ -41,18 +43,6 @@ def resolve_num_workers(setting: str | int, cpus: int, in_memory: bool,
     if n < 0:
         raise ValueError(f"num_workers must be 'auto' or >= 0 (got {setting!r})")
     return n
-
-
-def check_num_workers(setting: object) -> None:
-    """Raise ValueError naming the bad value and the valid ones (the plan's pre-flight)."""
-    if str(setting) == AUTO:
-        return
-    try:
-        if int(str(setting)) >= 0:
-            return
-    except ValueError:
-        pass
-    raise ValueError(f"bad num_workers {setting!r}; valid: auto or an integer >= 0")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

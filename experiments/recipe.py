@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from experiments.trial import Hyperparameters
 
-SCHEDULES = ("constant", "cosine")
 MIN_LR_FRACTION = 0.01  # cosine decays to 1% of the peak
 
 

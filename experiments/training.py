@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-import experiments.tasks  # noqa: F401  (registers the tasks)
 from encoders.lm.block_factory import BlockInfo
 from encoders.lm.controls import build_block
 from encoders.lm.frozen_block import (

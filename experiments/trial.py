@@ -36,6 +36,26 @@ def parse_label(text: str) -> Selection:
     return (int(text),)
 
 
+# The choices of the hyperparameters that name one, as plain data: the plan validates a sweep
+# against them without importing torch (``experiments.compute``, ``experiments.recipe`` and
+# ``experiments.loading`` act on them).
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # compute_dtype
+SCHEDULES = ("constant", "cosine")  # schedule: the lr after warm-up
+AUTO_WORKERS = "auto"  # num_workers: chosen per device and dataset (experiments.loading)
+
+
+def check_num_workers(setting: object) -> None:
+    """Raise ValueError naming the bad value and the valid ones (the plan's pre-flight)."""
+    if str(setting) == AUTO_WORKERS:
+        return
+    try:
+        if int(str(setting)) >= 0:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"bad num_workers {setting!r}; valid: auto or an integer >= 0")
+
+
 # ``final_norm`` was a bool: a preset's true/false and an older run's "True"/"False" read as
 LEGACY_FINAL_NORM = {True: "lm", False: "none", "True": "lm", "False": "none"}
 

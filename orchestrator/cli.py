@@ -10,7 +10,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchestrator.options import EXIT_BAD_INPUT, PROG, build_parser, default_experiment
+from orchestrator.options import (
+    EXIT_BAD_INPUT,
+    HPARAM_SEARCHES,
+    PROG,
+    SAMPLERS,
+    SCHEDULERS,
+    SEARCHES,
+    build_parser,
+    default_experiment,
+)
 from orchestrator.preflight import (
     check_storage,
     check_tracking_uri,
@@ -75,7 +84,7 @@ def _hparams_line(plan) -> str:
 
 def print_plan(plan, status: dict[str, str] | None = None, skips: str = "") -> None:
     """The plan, one row per trial; with ``status`` (cell key -> finished/failed, as
-    ``orchestrator.tracking.cell_status``) a status column and a count of each, ``skips``
+    ``orchestrator.store.cell_status``) a status column and a count of each, ``skips``
     saying what a real run does with the finished ones."""
     from orchestrator.plan import human_bytes, plan_table, size_table
 
@@ -115,7 +124,7 @@ def _dry_run(args: argparse.Namespace, spec: SweepSpec, plan) -> None:
     is not even imported); a store that cannot be read is one line, and the plan without."""
     import os
 
-    from results.runs import local_store_path, resolve_tracking_uri
+    from results.stores import local_store_path, resolve_tracking_uri
 
     experiment = args.experiment or default_experiment(spec.name)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
@@ -131,7 +140,7 @@ def _dry_run(args: argparse.Namespace, spec: SweepSpec, plan) -> None:
     saved = {k: os.environ.get(k) for k in quick}
     os.environ.update({k: v for k, v in quick.items() if saved[k] is None})  # no minutes of
     try:  # retries against a server that is down: a dry run answers at once
-        from orchestrator.tracking import cell_status
+        from orchestrator.store import cell_status
 
         status = cell_status(tracking_uri, experiment)
     except Exception as e:  # noqa: BLE001 -- any failure to read leaves the plan to show
@@ -154,7 +163,8 @@ def _resume(args: argparse.Namespace) -> int:
     if not (path / SWEEP_FILE).is_file():
         raise SpecError(f"--resume {args.resume!r}: not a sweep folder (no {SWEEP_FILE}); valid: "
                         "the 'Ray Tune results' folder a sweep printed, under --storage")
-    outcome = resume_sweep(path, address=args.address, quiet=args.quiet)
+    outcome = resume_sweep(path, address=args.address, quiet=args.quiet,
+                           verbose=args.verbose)
     return _finish(outcome, args)
 
 
@@ -170,9 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         # One validation path: --dry-run rejects everything a real run rejects, with the same
         # line; only what a plan does not need may be absent: the weights, and the data when
         # no --data-dir is given (a given one is checked).
-        from orchestrator.search import HPARAM_SEARCHES, SAMPLERS, SEARCHES
-        from orchestrator.tuner import SCHEDULERS
-
         for flag, value, valid in (("search", args.search, SEARCHES),
                                    ("sampler", args.sampler, tuple(SAMPLERS)),
                                    ("scheduler", args.scheduler, SCHEDULERS)):
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SpecError(f"--samples-per-cell must be positive (got {args.samples_per_cell})")
         if not args.dry_run or args.data_dir is not None:
             preflight_data(plan, args.data_dir)
-        from results.runs import tracking_uri_and_source
+        from results.stores import tracking_uri_and_source
 
         check_tracking_uri(*tracking_uri_and_source(args.tracking_uri))
         check_storage(args.storage)
@@ -211,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from orchestrator.tracking import TrackingStoreError
+    from orchestrator.store import TrackingStoreError
 
     try:
         return _run(args, spec, plan)
@@ -222,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, spec: SweepSpec, plan) -> int:
     """The validated sweep: skip finished cells, run the rest, report."""
-    from orchestrator.tracking import finished_cells
+    from orchestrator.store import finished_cells
     from orchestrator.tuner import run_sweep
-    from results.report import build_report
-    from results.runs import resolve_tracking_uri
+    from results.build import build_report
+    from results.stores import resolve_tracking_uri
 
     experiment = args.experiment or default_experiment(spec.name)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
@@ -240,9 +247,8 @@ def _run(args: argparse.Namespace, spec: SweepSpec, plan) -> int:
                   f"{experiment!r}: skipped (--force reruns them)")
         if not todo:
             report = build_report(tracking_uri, experiment, report_dir)
-            print(report.table.to_markdown(index=False))
-            _print_claims(report)
-            print(f"\nnothing to run; report: {report_dir}")
+            _print_results(report)
+            print(f"\nnothing to run; report: {report_dir / 'report.html'}")
             return 0
         plan = todo
     outcome = run_sweep(
@@ -255,6 +261,7 @@ def _run(args: argparse.Namespace, spec: SweepSpec, plan) -> int:
         weights_dir=str(Path(args.weights_dir).resolve()) if args.weights_dir else None,
         data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         quiet=args.quiet,
+        verbose=args.verbose,
         max_failures=args.max_failures,
         search=args.search,
         sampler=args.sampler,
@@ -271,27 +278,45 @@ def _run(args: argparse.Namespace, spec: SweepSpec, plan) -> int:
     return _finish(outcome, args)
 
 
-def _print_claims(report) -> None:
-    """The claims lines after the table (none when the sweep's cells test no claim)."""
+def _print_results(report) -> None:
+    """What the sweep found, findings first: the claims' lines (none when its cells test no
+    claim), then the full control table (task x control, the pretrained block at the last
+    layer, every delta against the no-block column shown beside it), then the metric by
+    layer when the sweep ran more than one layer."""
     from results.claims import claim_lines
 
     if not report.claims.empty:
-        print(*["", *claim_lines(report.claims)], sep="\n")
+        print(*claim_lines(report.claims), sep="\n")
+    controls, layers = report.tables.get("by_control"), report.tables.get("by_layer")
+    if controls is not None and not controls.empty:
+        from results.tables import without_empty_columns
+
+        print("\nControls (mean ± std over seeds; Δ: paired difference from no block):")
+        print(without_empty_columns(controls).to_markdown(index=False))
+    if layers is not None and len(layers) > 1:
+        print("\nPretrained block by layer:")
+        print(layers.to_markdown(index=False))
+    if (controls is None or controls.empty) and (layers is None or layers.empty):
+        print(report.table.to_markdown(index=False))
 
 
 def _finish(outcome, args: argparse.Namespace) -> int:
     """The report, then one line per trial that failed in this sweep run (read from MLflow:
     right after retries and --resume too), then where everything is; exit 1 if any failed."""
     from orchestrator.failures import ERROR_ARTIFACT, failed_trials
-    from results.report import build_report
+    from orchestrator.tracking import log_sweep_summary
+    from results.build import build_report
 
     experiment, tracking_uri = outcome.experiment, outcome.tracking_uri
     report_dir = Path(args.report_dir or Path("lmblocks-reports") / experiment).resolve()
+    from results.claims import claim_lines
+
     report = build_report(tracking_uri, experiment, report_dir, log_to=outcome.parent_run_id)
+    log_sweep_summary(tracking_uri, outcome.parent_run_id, report,
+                      claim_lines(report.claims) if not report.claims.empty else [])
     failures = failed_trials(tracking_uri, outcome.parent_run_id)
     print()
-    print(report.table.to_markdown(index=False))
-    _print_claims(report)
+    _print_results(report)
     print(f"\n{outcome.finished} trials finished, {outcome.failed} failed in "
           f"{outcome.seconds:.0f} s")
     for failure in failures:
@@ -302,6 +327,6 @@ def _finish(outcome, args: argparse.Namespace) -> int:
         f"MLflow: experiment {experiment!r}, sweep run {outcome.parent_run_id} at {tracking_uri}"
         f"\n  browse: mlflow ui --backend-store-uri {tracking_uri}"
         f"\nRay Tune results: {outcome.storage}"
-        f"\nreport: {report_dir}"
+        f"\nreport: {report_dir / 'report.html'} (tables, figures: {report_dir})"
     )
     return 1 if outcome.failed or failures else 0

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from experiments.trial import AXES
 
+NO_LM = ("family", "size", "layers")  # logged "none" when a cell has no LM
 ERROR_ARTIFACT = "error.txt"  # a failed run's artifact: Tune's error file, every attempt
 
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b.*:")
@@ -139,7 +140,8 @@ def failed_trials(tracking_uri: str, parent_run_id: str) -> list[FailedTrial]:
         if run.info.status != "FAILED" or tags.get("lmblocks.trial_key") in finished:
             continue
         params = run.data.params
-        cell = " ".join(f"{axis}={params[axis]}" for axis in AXES if params.get(axis))
+        cell = " ".join(f"{axis}={params[axis]}" for axis in AXES  # no LM: no family/size/layers
+                        if params.get(axis) and not (axis in NO_LM and params[axis] == "none"))
         reason = " ".join(tags.get("failure.reason", "unknown error").split())
         failed.append(FailedTrial(cell or run.info.run_name, tags.get("failure.kind", "error"),
                                   reason, run.info.run_id))

@@ -1,9 +1,10 @@
 """The sweep's command line: its flags, each with its valid values and where its default comes
 from, the program's name and version, and its exit codes.
 
-Building the parser imports neither torch nor a registry (a bad flag is answered at once), so
-the valid names are written here; ``tests/test_cli.py`` checks them against the registries
-(``list_families()``, ``list_tasks()``, ``list_controls()``, ...).
+Building the parser imports neither torch nor Ray nor Optuna (a bad flag is answered at once):
+the registries it lists are plain data (families, the task catalog, the controls table); the
+search and scheduler names are written here, since their modules import Ray and Optuna, and
+``tests/test_cli.py`` checks them against those modules.
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from __future__ import annotations
 import argparse
 from importlib.metadata import PackageNotFoundError, version
 
-from experiments.trial import Hyperparameters
+import encoders.lm.families  # noqa: F401  (registers the families: plain data)
+from encoders.lm.block_options import FINAL_NORMS
+from encoders.lm.controls import list_controls
+from encoders.lm.registry import list_families
+from experiments.tasks.catalog import CATALOG
+from experiments.trial import DTYPES, SCHEDULES, Hyperparameters
 from orchestrator.spec import SpecError, list_presets
 
 PROG = "lmblocks-sweep"
@@ -19,16 +25,6 @@ DISTRIBUTION = "lmblocks"  # pyproject.toml's [project] name
 EXPERIMENT_PREFIX = "lmblocks-"  # never MLflow's own "Default"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
-FAMILIES = ("opt", "llama", "qwen2", "mistral", "pythia", "gpt2", "bert", "minilm")
-TASKS = ("digits", "digits-convstem", "shapes3d", "moving-digits", "road-graphs", "shape-vqa", "shape-retrieval",
-         "shape-scenes-3d", "ssv2", "kinetics400", "cifar10", "cifar100", "imagenet-vit-tiny",
-         "imagenet-vit-small", "modelnet40", "scanobjectnn", "argoverse", "vqav2", "flickr30k",
-         "coco-retrieval", "scanqa")
-CONTROLS = ("pretrained", "random", "adapters", "none", "mlp", "random-trained", "finetuned",
-            "visual-block")
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # experiments.compute.DTYPES
-SCHEDULES = ("constant", "cosine")  # experiments.recipe.SCHEDULES
-FINAL_NORMS = ("none", "unit-rms", "lm")  # encoders.lm.frozen_block.FINAL_NORMS
 SEARCHES = ("grid", "optuna")  # orchestrator.search
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
 HPARAM_SEARCHES = ("joint", "per-cell")
@@ -62,6 +58,10 @@ def _one_of(values: tuple[str, ...]) -> str:
     return ", ".join(values)
 
 
+def _tasks(embedded: bool) -> tuple[str, ...]:
+    return tuple(name for name, row in CATALOG.items() if row.embedded == embedded)
+
+
 def _preset(field: str) -> str:
     """Where a hyperparameter's default comes from: the preset, else the built-in value."""
     return f"default: the preset's, else {getattr(Hyperparameters(), field)}"
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep axes", "each overrides the preset's value (default: the preset's); values "
         "comma or space separated")
     g.add_argument("--family", "--families", dest="families", nargs="+",
-                   help=f"LM families: {_one_of(FAMILIES)}")
+                   help=f"LM families: {_one_of(tuple(list_families()))}")
     g.add_argument("--sizes", nargs="+",
                    help="a family's sizes (e.g. opt: 125m 350m 1.3b ...; --dry-run and the "
                         "README list them), all, or default (the family's default size; what "
@@ -89,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="last, all, 5, -1 (from the end), 2..5 (one trial each), 3:5 (layers "
                         "3 and 4 as one span)")
     g.add_argument("--tasks", nargs="+",
-                   help=f"{_one_of(TASKS)} (from ssv2 on: real data under --data-dir); one "
-                        "sweep's tasks share one metric")
-    g.add_argument("--controls", nargs="+", help=_one_of(CONTROLS))
+                   help=f"embedded: {_one_of(_tasks(embedded=True))}; real data under "
+                        f"--data-dir: {_one_of(_tasks(embedded=False))}; one sweep's tasks "
+                        "share one metric")
+    g.add_argument("--controls", nargs="+", help=_one_of(tuple(list_controls())))
     g.add_argument("--seeds", nargs="+", help="integers 0..2147483647, one trial each")
     h = p.add_argument_group("hyperparameters", "each overrides the preset's value")
     h.add_argument("--epochs", type=int, help=f"an integer >= 1 ({_preset('epochs')})")
@@ -168,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted sweep (the 'Ray Tune results' folder it printed)")
     r.add_argument("--force", action="store_true",
                    help="rerun cells that already have a FINISHED run in the experiment")
-    r.add_argument("--quiet", action="store_true", help="no Ray progress output")
+    r.add_argument("--quiet", action="store_true",
+                   help="no progress line and no trial output (the results at the end only)")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="also Ray's, Optuna's and MLflow's own log lines (default: only the "
+                        "sweep's: progress, findings, tables, failed trials, paths)")
     s = p.add_argument_group("search and scheduling")
     s.add_argument("--search", default="grid", metavar="|".join(SEARCHES),
                    help="grid (every plan row once; default) or optuna")

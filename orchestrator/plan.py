@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 import encoders.lm.families  # noqa: F401  (registers the families)
-import experiments.tasks  # noqa: F401  (registers the tasks)
+from encoders.lm.block_options import ADAPTER_INITS, FINAL_NORMS
 from encoders.lm.controls import get_control, list_controls
-from encoders.lm.frozen_block import ADAPTER_INITS, FINAL_NORMS
 from encoders.lm.registry import get_family, list_families
-from experiments.compute import DTYPES
-from experiments.loading import check_num_workers
-from experiments.recipe import SCHEDULES
-from experiments.tasks.registry import get_task, list_tasks
-from experiments.trial import TrialSpec
+from experiments.tasks.registry import list_tasks, task_entry
+from experiments.trial import DTYPES, SCHEDULES, TrialSpec, check_num_workers
 from orchestrator.layers import LayerSpecError, resolve_layers
 from orchestrator.spec import SpecError, SweepSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAX_SEED = 2**31 - 1
 # (hyperparameter, lower test, upper test, the valid range in words): finite numbers only
@@ -80,7 +78,7 @@ def resolve_sizes(spec: SweepSpec, family: str) -> list[str]:
 def _check_tasks_agree(spec: SweepSpec) -> None:
     """One sweep has one metric to search and schedule on, and the classification recipe
     (label smoothing, Mixup, CutMix) applies to classification tasks only."""
-    tasks = [get_task(name) for name in spec.tasks]
+    tasks = [task_entry(name) for name in spec.tasks]
     targets = {(t.metric, t.mode) for t in tasks}
     if len(targets) > 1:
         shown = ", ".join(f"{t.name}: {t.metric} ({t.mode})" for t in tasks)
@@ -92,7 +90,7 @@ def _check_tasks_agree(spec: SweepSpec) -> None:
     except ValueError as e:
         raise SpecError(str(e)) from None
     recipe = [n for n in ("label_smoothing", "mixup", "cutmix") if getattr(hp, n)]
-    other = [t.name for t in tasks if t.objective is not None]
+    other = [t.name for t in tasks if not t.classification]
     if recipe and other:
         raise SpecError(f"{', '.join(recipe)} apply to classification tasks only, not to "
                         f"{', '.join(other)}; valid: 0 for these tasks")
@@ -202,6 +200,8 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
 
 def plan_table(trials: list[TrialSpec]) -> pd.DataFrame:
     """One row per trial with the block's frozen parameters and the bytes of weights to read."""
+    import pandas as pd
+
     rows = []
     for t in trials:
         params = read = 0
@@ -209,7 +209,7 @@ def plan_table(trials: list[TrialSpec]) -> pd.DataFrame:
             fam = get_family(t.family)
             params = fam.layer_params(t.size) * len(t.layers)
             if t.weights_source == "pretrained":  # read from the checkpoint
-                read = params * fam.size(t.size).dtype.itemsize
+                read = params * fam.size(t.size).itemsize
         rows.append(
             {
                 "family": t.family or "-",
@@ -227,10 +227,12 @@ def plan_table(trials: list[TrialSpec]) -> pd.DataFrame:
 
 def size_table(trials: list[TrialSpec]) -> pd.DataFrame:
     """Per planned family/size: one layer's bytes against the whole checkpoint's."""
+    import pandas as pd
+
     rows = []
     for family, size in dict.fromkeys((t.family, t.size) for t in trials if t.family):
         fam = get_family(family)
-        itemsize = fam.size(size).dtype.itemsize
+        itemsize = fam.size(size).itemsize
         layer, whole = fam.layer_params(size), fam.model_params(size)
         rows.append({
             "family": family, "size": size, "layers": fam.size(size).num_layers,

@@ -26,7 +26,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from encoders.lm.frozen_block import ADAPTER_INITS
+from encoders.lm.block_options import ADAPTER_INITS
 from experiments.trial import AXES, TrialSpec
 
 SAMPLERS = {"tpe": TPESampler, "random": RandomSampler, "cmaes": CmaEsSampler,

@@ -19,7 +19,6 @@ import numbers
 import socket
 import time
 from collections import Counter
-from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -36,6 +35,7 @@ from orchestrator.failures import (
     trial_error_text,
 )
 from orchestrator.spec import SweepSpec
+from orchestrator.store import experiment_id
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_METRICS = (
@@ -67,82 +67,26 @@ def _applies(value: object) -> bool:
     return value is not None and value != ""
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp:
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
+NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
+NOT_APPLICABLE = "none"  # a param that does not apply to a run (no LM: family, size, layers)
 
 
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` tracking URI (relative to the working dir)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
-    return db if db.is_absolute() else Path.cwd() / db
+def param_text(value: object) -> str:
+    """A param's value as MLflow shows it: explicit ``none`` where it does not apply, so every
+    run has the same keys and no empty value sorts as 0 in a parallel-coordinates plot."""
+    return NOT_APPLICABLE if value is None or value == "" else str(value)
 
 
-class TrackingStoreError(RuntimeError):
-    """The tracking store cannot be opened; the message names it and what to do."""
-
-
-def open_client(tracking_uri: str) -> MlflowClient:
-    """A client whose store is ready. MLflow creates (and migrates) a SQLite store's schema on
-    first use, and two sweeps started at once on a new ``mlflow.db`` race through alembic's
-    migrations: one dies, and the half-migrated file then fails every later sweep. So the
-    first use happens under an exclusive lock on ``<db>.lock`` beside the database, and a
-    database this call created but could not finish is removed, never left behind."""
-    db = sqlite_path(tracking_uri)
-    if db is None:  # a server or another store: it serialises its own schema
-        return _ready(MlflowClient(tracking_uri), tracking_uri)
-    import fcntl
-
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            existed = db.exists() and db.stat().st_size > 0
-            try:
-                return _ready(MlflowClient(tracking_uri), tracking_uri)
-            except TrackingStoreError:
-                if not existed:
-                    db.unlink(missing_ok=True)
-                raise
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _ready(client: MlflowClient, tracking_uri: str) -> MlflowClient:
-    from alembic.util.exc import CommandError
-    from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        client.search_experiments(max_results=1)  # creates or migrates the schema
-    except (MlflowException, SQLAlchemyError, CommandError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingStoreError(
-            f"cannot open the MLflow store {tracking_uri!r}: {first[:200]}; check the URI "
-            "(a server must be reachable), or move a damaged database aside") from None
-    return client
-
-
-def artifact_location(tracking_uri: str, experiment: str) -> str | None:
-    """For a SQLite store, artifacts next to the database (``mlruns/`` beside ``mlflow.db``),
-    not in whatever directory the sweep was started from (MLflow's default, ``./mlruns``);
-    a tracking server decides for itself."""
-    db = sqlite_path(tracking_uri)
-    if db is None:
-        return None
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
-    return (db.parent / "mlruns" / safe).as_uri()
+def sweep_run_name(spec: SweepSpec, n_trials: int) -> str:
+    return f"{spec.name} ({n_trials} trials)"
 
 
 def start_parent_run(client: MlflowClient, experiment: str, spec: SweepSpec, n_trials: int) -> str:
     run = client.create_run(
         experiment_id(client, experiment),
-        run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={"lmblocks.kind": "sweep", "lmblocks.host": socket.gethostname()},
+        run_name=sweep_run_name(spec, n_trials),
+        tags={"lmblocks.kind": "sweep", "lmblocks.host": socket.gethostname(),
+              "lmblocks.started": time.strftime("%Y-%m-%d %H:%M:%S")},
     )
     rid = run.info.run_id
     spec_dict = _spec_dict(spec)
@@ -161,58 +105,51 @@ def _spec_dict(spec: SweepSpec) -> dict:
     return {**{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, **hp}
 
 
-TRIAL_RUNS = "tags.`lmblocks.kind` = 'trial'"
+def cell_description(spec: TrialSpec) -> str:
+    """The run's note: what the trial inserts where, in words."""
+    from encoders.lm.controls import get_control
+    from experiments.tasks.registry import get_task
+
+    what = get_control(spec.control).label
+    if spec.family:
+        layers = f", layer {spec.layer_label}" if spec.layers else ""
+        what += f" ({spec.family}/{spec.size}{layers})"
+    return (f"{what} on {spec.task}: {get_task(spec.task).description}. Seed {spec.seed}; "
+            f"LM weights: {spec.weights_source}.")
 
 
-def _trial_runs(client: MlflowClient, experiment: str, where: str = "") -> list:
-    """The experiment's trial runs (``where``: more of a filter), newest first; none when the
-    experiment does not exist."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return client.search_runs([exp.experiment_id], filter_string=TRIAL_RUNS + where,
-                              order_by=["attributes.start_time DESC"], max_results=50_000)
+def log_sweep_summary(tracking_uri: str, parent_run_id: str, report, claims: list[str]) -> None:
+    """The sweep run's summary, once the report is built: finished/failed trial counts and
+    trial-hours of this invocation's runs, the best cell's mean (``best_<metric>``, the cell
+    in a tag), and the findings and control table as the run's note."""
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(parent_run_id)
+    children = client.search_runs([run.info.experiment_id],
+                                  f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50_000)
+    status = Counter(r.info.status for r in children)
+    hours = sum((r.info.end_time or r.info.start_time) - r.info.start_time
+                for r in children) / 3.6e6
+    metrics = {"trials_finished": status["FINISHED"], "trials_failed": status["FAILED"],
+               "trial_hours": hours}
+    tags: dict[str, str] = {}
+    best = report.best_cell()
+    if best is not None:
+        metrics[f"best_{report.metric}"] = float(best["mean"])
+        cell = " ".join(f"{c}={best[c]}" for c in ("task", "family", "size", "layers", "control")
+                        if best.get(c))
+        tags["best_cell"] = f"{cell} (n={int(best['n'])})"
+    controls = report.tables.get("by_control")
+    note = ["## Findings", "", *(claims or ["(no claim this sweep's cells can test)"])]
+    if controls is not None and not controls.empty:
+        from results.tables import without_empty_columns
 
-
-def _cell_key(run) -> str | None:
-    return run.data.tags.get("lmblocks.cell_key") or run.data.tags.get("lmblocks.trial_key")
-
-
-def finished_cells(tracking_uri: str, experiment: str) -> Counter[str]:
-    """FINISHED runs per cell key in the experiment: cells that need not run again.
-
-    A cell is a plan row; its key is the row's full-config key, which is also the run's own
-    key unless a hyperparameter search changed the run's hyperparameters. A SQLite database
-    that does not exist yet holds none: it is not created here (creating MLflow's schema
-    takes seconds, and the sweep creates it when it starts its parent run)."""
-    db = sqlite_path(tracking_uri)
-    if db is not None and not db.exists():
-        return Counter()
-    runs = _trial_runs(open_client(tracking_uri), experiment,
-                       " AND attributes.status = 'FINISHED'")
-    return Counter(k for k in map(_cell_key, runs) if k)
-
-
-def cell_status(tracking_uri: str, experiment: str) -> dict[str, str]:
-    """Per cell key (as ``finished_cells``): "finished" when a run of it FINISHED, "failed"
-    when its latest run FAILED and none finished; cells with neither are absent (new).
-
-    Read-only, for ``--dry-run``: a local store that does not exist (or an empty SQLite file)
-    holds none and is neither created nor given a schema; an existing one is read with a
-    plain client (no lock file beside it). MLflow's errors are raised as they come."""
-    from results.runs import local_store_path
-
-    path = local_store_path(tracking_uri)
-    if path is not None and (not path.exists() or (path.is_file() and path.stat().st_size == 0)):
-        return {}
-    status: dict[str, str] = {}
-    for run in _trial_runs(MlflowClient(tracking_uri), experiment):  # newest first
-        if key := _cell_key(run):
-            if run.info.status == "FINISHED":
-                status[key] = "finished"
-            else:  # the latest run that did not finish says whether the cell failed
-                status.setdefault(key, run.info.status)
-    return {k: v.lower() for k, v in status.items() if v in ("finished", "FAILED")}
+        note += ["", "## Controls", "", without_empty_columns(controls).to_markdown(index=False)]
+    note += ["", "The whole report: the artifacts under report/ (report.html)."]
+    tags[NOTE_TAG] = "\n".join(note)
+    ts = int(time.time() * 1000)
+    client.log_batch(parent_run_id, metrics=[Metric(k, float(v), ts, 0)
+                                             for k, v in metrics.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 class MlflowTrialLogger(LoggerCallback):
@@ -254,10 +191,11 @@ class MlflowTrialLogger(LoggerCallback):
             "lmblocks.tune_trial_id": trial.trial_id,
             "weights.source": spec.weights_source,
         }
+        tags[NOTE_TAG] = cell_description(spec)
         run = self.client.create_run(self.experiment_id, run_name=spec.run_name, tags=tags)
         self.runs[trial.trial_id] = run_id = run.info.run_id
         config = spec.to_config()
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in config.items()])
+        self.client.log_batch(run_id, params=[Param(k, param_text(v)) for k, v in config.items()])
         self.params[run_id] = set(config)
         return run_id
 
@@ -292,8 +230,8 @@ class MlflowTrialLogger(LoggerCallback):
         if "time_this_iter_s" in result:
             metrics.append(Metric("epoch_time_s", float(result["time_this_iter_s"]), ts, step))
         logged = self._logged_params(run_id)
-        params = {k: str(result[k]) for k in COST_PARAMS + RECIPE_PARAMS
-                  if k not in logged and _applies(result.get(k))}
+        params = {k: param_text(result[k]) for k in COST_PARAMS + RECIPE_PARAMS
+                  if k not in logged and k in result}
         tags: dict[str, str] = {}
         if run_id not in self.tagged:  # what the worker built its block from: once per run
             tags.update({tag: str(result[key]) for key, tag in BUILT_TAGS.items()

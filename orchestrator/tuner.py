@@ -22,12 +22,14 @@ from ray.tune.schedulers import ASHAScheduler
 
 from experiments.tasks.registry import get_task
 from experiments.trial import AXES, TrialSpec
+from orchestrator import console
 from orchestrator.failures import quiet_trial_failures
 from orchestrator.progress import ProgressLine
 from orchestrator.resources import cpus_per_gpu, per_trial_resources
 from orchestrator.search import make_searcher, release_stale_trials, trial_count
 from orchestrator.spec import SweepSpec
-from orchestrator.tracking import MlflowTrialLogger, open_client, start_parent_run
+from orchestrator.store import open_client
+from orchestrator.tracking import MlflowTrialLogger, start_parent_run
 from orchestrator.trainable import tune_trial
 
 SWEEP_FILE = "lmblocks_sweep.json"
@@ -74,6 +76,7 @@ def run_sweep(
     weights_dir: str | None = None,
     data_dir: str | None = None,
     quiet: bool = False,
+    verbose: bool = False,
     max_failures: int = 2,
     search: str = "grid",
     sampler: str = "tpe",
@@ -94,7 +97,7 @@ def run_sweep(
     with ThreadPoolExecutor(1) as pool:
         opening = pool.submit(_open_tracking, tracking_uri, experiment, spec, len(plan))
         try:
-            _start_ray(address, quiet)
+            _start_ray(address, quiet, verbose)
             client, parent = opening.result()
         except BaseException:
             ray.shutdown()  # a no-op when Ray did not start
@@ -153,13 +156,14 @@ def run_sweep(
         ray.shutdown()
 
 
-def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = False) -> SweepOutcome:
+def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = False,
+                 verbose: bool = False) -> SweepOutcome:
     """Continue an interrupted sweep (Ray Tune's experiment restore): finished trials are not
     rerun, unfinished ones restart from their last epoch checkpoint, errored ones are retried;
     their MLflow runs are the same runs (the logger's trial -> run map is Tune callback state)."""
     start = time.time()
     meta = json.loads((Path(path) / SWEEP_FILE).read_text())
-    _start_ray(address, quiet)
+    _start_ray(address, quiet, verbose)
     try:
         trainable = _trainable(meta["weights_dir"], meta.get("data_dir"),
                                meta["gpus_per_trial"], meta["gpu_memory_bytes"],
@@ -197,12 +201,13 @@ def _trainable(weights_dir: str | None, data_dir: str | None, gpus_per_trial: fl
     )
 
 
-def _start_ray(address: str | None, quiet: bool) -> None:
+def _start_ray(address: str | None, quiet: bool, verbose: bool) -> None:
+    level = console.configure(verbose)  # the libraries' INFO lines only with -v
     # Per-epoch checkpoints of a seconds-long epoch trip Tune's snapshot-frequency warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     quiet_trial_failures()  # a failed trial: no traceback here, one line at the end
     ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
-             configure_logging=not quiet)
+             configure_logging=not quiet, logging_level=level)
     # Tune lets a searcher keep ONE trial pending by default: on a cluster the trials would
     # start one actor start-up (~10 s) after another. Let as many wait as there are CPUs.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG",

@@ -124,6 +124,12 @@ def by_control(summary: pd.DataFrame, layer: str = "last") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def without_empty_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` less the columns with no cell (a control the sweep did not run): for the
+    console and the sweep run's note, where the reader wants what ran."""
+    return table.loc[:, (table.astype(str) != "").any()]
+
+
 def filtering_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Accuracy gain next to concentration gain, per cell: the hypothesis' test."""
     cols = ["conc_act_before", "conc_act_after", "conc_act_gain", "conc_freq_centred_gain",

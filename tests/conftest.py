@@ -1,4 +1,5 @@
-"""Tiny Hugging Face checkpoints built with transformers' own classes, in a temp dir."""
+"""Shared test set-up: tiny Hugging Face checkpoints built with transformers' own classes in a temp
+dir, and the xdist grouping of the tests that start Ray."""
 
 from __future__ import annotations
 
@@ -11,6 +12,20 @@ from transformers import OPTConfig, OPTForCausalLM
 
 import encoders.lm.families  # noqa: F401
 from encoders.weights.checkpoint_dir import CheckpointDir
+
+# Slow tests in these modules start Ray (a local cluster, sweeps, killed drivers and workers):
+# under pytest-xdist they share one worker, so two Ray clusters never compete for the two
+# cores at once while the other worker runs everything else.
+RAY_MODULES = {"test_sweep_e2e", "test_cluster_e2e", "test_failures", "test_cli", "test_recipe",
+               "test_capacity_controls", "test_images", "test_pointcloud", "test_retrieval",
+               "test_video", "test_vqa", "test_vqa3d", "test_preflight", "test_resources",
+               "test_dry_run", "test_search", "test_objectives", "test_filtering_paper"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") and item.module.__name__.split(".")[-1] in RAY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(autouse=True)

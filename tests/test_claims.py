@@ -208,27 +208,29 @@ def test_console_lines():
         "n=2 inconclusive (n=2 < 3 seeds)")
 
 
-def test_finish_prints_the_claims_after_the_table(monkeypatch, tmp_path, capsys):
+def test_finish_prints_the_claims_before_the_table(monkeypatch, tmp_path, capsys):
     from orchestrator import cli
-    from results.report import Report
+    from results.build import Report
 
     df = pre_vs_none([0.80, 0.83, 0.81], [0.70, 0.71, 0.70])
     table = pd.DataFrame({"task": ["digits"], "mean": [0.8]})
     report = Report(table, pd.DataFrame(), {}, [], claims=evaluate(df, histories=flat(df)))
-    monkeypatch.setattr("results.report.build_report", lambda *a, **k: report)
+    monkeypatch.setattr("results.build.build_report", lambda *a, **k: report)
     monkeypatch.setattr("orchestrator.failures.failed_trials", lambda *a: [])
+    monkeypatch.setattr("orchestrator.tracking.log_sweep_summary", lambda *a: None)
     outcome = types.SimpleNamespace(experiment="e", tracking_uri="sqlite:///x.db",
                                     parent_run_id="p", finished=9, failed=0, seconds=1.0,
                                     storage=str(tmp_path))
     assert cli._finish(outcome, types.SimpleNamespace(report_dir=str(tmp_path))) == 0
     out = capsys.readouterr().out
     at = out.index("claim: pretrained > none (digits, minilm/l6, last L5) +0.110")
-    assert out.index("| digits") < at < out.index("9 trials finished")
+    assert at < out.index("| digits") < out.index("9 trials finished")  # findings first
     assert out.count("claim: ") == len(report.claims)
 
 
 def test_report_writes_claims_csv_and_section_from_mlflow_histories(tmp_path, capsys):
-    from results.report import build_report, main
+    from results.build import build_report
+    from results.report import main
     from tests.test_report import log_sweep
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from results import claims, findings
+from results.build import build_report, load_runs
 from results.plots import interval_words, text_colour
-from results.report import build_report, load_runs
 from results.stats import bootstrap_ci, interval_label, summarize
 from results.tables import cell_text
 from tests.test_report import ROWS, log_sweep

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from encoders.lm.block_options import ADAPTER_INITS
 from encoders.lm.controls import build_block, get_control, list_controls
-from encoders.lm.frozen_block import ADAPTER_INITS, FrozenLMBlock
+from encoders.lm.frozen_block import FrozenLMBlock
 from encoders.lm.layer_loading import load_layers, random_layers
 from encoders.lm.registry import get_family
 from tests.conftest import save_tiny_opt, tiny_opt_config

@@ -116,7 +116,7 @@ def test_no_import_cycles():
 def test_the_checker_catches_what_this_layout_removed():
     """An upward import (training -> the probe in results) and the reader <-> zip cycle."""
     assert floor("results.filtering") > floor("experiments.training")
-    assert floor("orchestrator.tracking") > floor("results.report")
+    assert floor("orchestrator.tracking") > floor("results.build")
     old = {"encoders.weights.safetensors_reader": {"encoders.weights.torch_zip"},
            "encoders.weights.torch_zip": {"encoders.weights.safetensors_reader"},
            "encoders.weights.tensors": set()}

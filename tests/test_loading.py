@@ -12,12 +12,12 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from experiments.loading import (
     EpochSampler,
-    check_num_workers,
     draws_random,
     loader_settings,
     resolve_num_workers,
     train_loader,
 )
+from experiments.trial import check_num_workers
 
 CPU = torch.device("cpu")
 

@@ -106,11 +106,11 @@ def test_the_family_declares_its_formats_and_the_first_present_one_reads(meta_ch
     family's name. A folder with both reads config.json; one with neither names both."""
     model, ckpt = meta_checkpoint
     assert LLAMA.format_for(ckpt) is META_LLAMA
-    assert LLAMA.formats == (HF_CHECKPOINT, META_LLAMA)
+    assert LLAMA.weight_formats == (HF_CHECKPOINT, META_LLAMA)
     LlamaModel(model.config).save_pretrained(ckpt.path)  # a Hugging Face copy beside it
     both = CheckpointDir(ckpt.path, "weights-dir", "meta/llama")
     assert LLAMA.format_for(both) is HF_CHECKPOINT
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointFormatError, match="missing config.json or params.json"):
         load_layers(LLAMA, CheckpointDir(tmp_path / "empty", "weights-dir", "x"), [0])
-    assert all(f.marker == "config.json" for f in get_family("opt").formats)
+    assert all(f.marker == "config.json" for f in get_family("opt").weight_formats)

@@ -12,6 +12,7 @@ import pytest
 
 import experiments.tasks  # noqa: F401  (registers the tasks)
 from experiments.tasks.registry import list_tasks
+from results.build import build_report
 from results.paper import (
     PAPER_CSV,
     TABLE_IDS,
@@ -21,7 +22,6 @@ from results.paper import (
     read_paper,
     write_paper,
 )
-from results.report import build_report
 from tests.test_report import log_sweep
 
 ROOT = Path(__file__).resolve().parents[1]

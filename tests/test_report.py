@@ -11,9 +11,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from experiments.cost import COST_METRICS, COST_PARAMS
-from results.report import build_report, load_runs, main
-from results.runs import local_store_path
+from results.build import build_report, load_runs
+from results.report import main
 from results.stats import bootstrap_ci, summarize
+from results.stores import local_store_path
 from tests.conftest import assert_figure
 
 
@@ -79,9 +80,14 @@ def test_summary_mean_std_and_paired_delta(uri):
     assert third["delta"] == pytest.approx(0.05)
 
 
-def test_report_files_logged_to_the_parent_run(uri, tmp_path, capsys):
+def test_report_files_logged_to_the_parent_run_only_with_log(uri, tmp_path, capsys):
     parent = log_sweep(uri, "exp", ROWS)
+    client = MlflowClient(uri)
     assert main(["--experiment", "exp", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 0
+    assert client.list_artifacts(parent, "report") == []  # read-only without --log
+    capsys.readouterr()
+    assert main(["--experiment", "exp", "--tracking-uri", uri, "--out", str(tmp_path / "r"),
+                 "--log"]) == 0
     out = capsys.readouterr().out
     # two seeds: the two differences' range, labelled as such, too few to call significant
     assert "0.800 ± 0.141 (Δ +0.250, range of 2 [+0.200, +0.300])" in out and "[1 failed]" in out
@@ -90,9 +96,28 @@ def test_report_files_logged_to_the_parent_run(uri, tmp_path, capsys):
                  "report.html", "metric_vs_layer.png", "layer_size_heatmap.png"):
         assert (tmp_path / "r" / name).stat().st_size > 0
     assert not (tmp_path / "r" / "metric_vs_size.png").exists()  # one size: left out
-    logged = {a.path for a in MlflowClient(uri).list_artifacts(parent, "report")}
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert "report/metric_vs_layer.png" in logged and "report/ablation.md" in logged
+    assert f"logged to MLflow run(s) {parent} under report/" in out
     assert (tmp_path / "r" / "metric_vs_layer.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_filtered_report_has_its_own_folder_and_artifact_path(uri, tmp_path, capsys,
+                                                                monkeypatch):
+    parent = log_sweep(uri, "exp", ROWS)
+    monkeypatch.chdir(tmp_path)
+    assert main(["exp", "--tracking-uri", uri, "--log"]) == 0
+    full = tmp_path / "lmblocks-reports" / "exp"
+    before = {f.name: f.read_bytes() for f in full.iterdir()}
+    assert main(["exp", "--tracking-uri", uri, "--family", "opt", "--layer", "3", "--log"]) == 0
+    narrowed = tmp_path / "lmblocks-reports" / "exp,family=opt,layer=3"
+    assert (narrowed / "report.html").is_file()
+    assert {f.name: f.read_bytes() for f in full.iterdir()} == before  # not overwritten
+    client = MlflowClient(uri)
+    top = {a.path for a in client.list_artifacts(parent, "report")}
+    assert "report/report.html" in top and "report/family=opt,layer=3" in top
+    inner = {a.path for a in client.list_artifacts(parent, "report/family=opt,layer=3")}
+    assert "report/family=opt,layer=3/report.html" in inner
 
 
 def test_experiment_wide_by_default_one_run_per_cell(uri, tmp_path, capsys):

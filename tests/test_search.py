@@ -7,7 +7,7 @@ from collections import Counter
 import optuna
 import pytest
 
-from encoders.lm.frozen_block import ADAPTER_INITS
+from encoders.lm.block_options import ADAPTER_INITS
 from orchestrator.plan import build_plan
 from orchestrator.search import DefineByRunSpace, GridCells, PerCellHparams, trial_count
 from orchestrator.spec import load_spec

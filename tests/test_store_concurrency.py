@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import sys, time
 sys.path.insert(0, {root!r})
-from orchestrator.tracking import open_client
+from orchestrator.store import open_client
 uri, start, name = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 while time.time() < start:
     time.sleep(0.001)

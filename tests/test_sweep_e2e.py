@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -23,20 +25,48 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_smoke_sweep_end_to_end(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--quiet",
+    proc = subprocess.run(  # the default console (no --quiet, no -v)
+        [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke",
          "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), "--experiment", "e2e"],
         cwd=tmp_path, capture_output=True, text=True, check=False, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     plan = build_plan(load_spec("smoke"))
     assert len(plan) >= 4
+    # quiet by default: nothing from Ray, Optuna or MLflow; every line is the sweep's own
+    assert proc.stderr.strip() == "", proc.stderr[-3000:]
+    own = re.compile(r"^(\[sweep\] \d+/\d+ done.*|claim: .*|\|.*\||Controls \(.*|Pretrained block "
+                     r"by layer:|\d+ trials finished, \d+ failed in \d+ s|MLflow: experiment .*|"
+                     r"  browse: mlflow ui .*|Ray Tune results: .*|report: .*report\.html.*|)$")
+    assert [line for line in proc.stdout.splitlines() if not own.match(line)] == []
+    lines = proc.stdout.splitlines()
+    first_claim = next(i for i, line in enumerate(lines) if line.startswith("claim: "))
+    assert first_claim < lines.index(next(x for x in lines if x.startswith("Controls (")))
+    assert sum(not line.startswith("[sweep]") for line in lines) <= 30
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["e2e"], output_format="pandas")
     parent = runs[runs["tags.lmblocks.kind"] == "sweep"]
     children = runs[runs["tags.lmblocks.kind"] == "trial"]
     assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
+    # the sweep run: named after the sweep, its summary as metrics, its findings as its note
+    top = parent.iloc[0]
+    assert top["tags.mlflow.runName"] == f"smoke ({len(plan)} trials)"
+    assert (top["metrics.trials_finished"], top["metrics.trials_failed"]) == (len(plan), 0)
+    assert top["metrics.trial_hours"] > 0
+    assert top["metrics.best_val_acc"] == pytest.approx(children["metrics.val_acc"].max())
+    assert top["tags.best_cell"].startswith("task=digits")
+    assert "## Findings" in top["tags.mlflow.note.content"]
+    assert "claim: pretrained > none (digits" in top["tags.mlflow.note.content"]
+    # every trial run: the same param keys, explicit "none" where no LM applies, a note
+    keys = {frozenset(k for k in runs.columns if k.startswith("params.") and pd.notna(r[k]))
+            for _, r in children.iterrows()}
+    assert len(keys) == 1
+    none_run = children[children["params.control"] == "none"].iloc[0]
+    assert (none_run["params.family"], none_run["params.size"], none_run["params.layers"]) == (
+        "none", "none", "none")
+    assert none_run["tags.mlflow.note.content"].startswith("no block on digits: ")
+    assert all(children["tags.mlflow.note.content"].str.contains("Seed 0"))
     assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
     # exactly one FINISHED child per plan row, nothing else
     assert sorted(children["tags.lmblocks.trial_key"]) == sorted(t.key for t in plan)

@@ -14,23 +14,19 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+from encoders.lm.block_options import FINAL_NORMS
+from encoders.lm.registry import resolve
 
-from encoders.lm.block_factory import (
-    BlockInfo,
-    BlockRequest,
-    adapters_only,
-    mlp_block,
-    no_block,
-    pretrained_block,
-    random_block,
-    visual_block,
-)
-from encoders.lm.frozen_block import FINAL_NORMS
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-Builder = Callable[[BlockRequest], tuple[nn.Module | None, BlockInfo]]
+    from encoders.lm.block_factory import BlockInfo, BlockRequest
+
+Builder = Callable[["BlockRequest"], tuple["nn.Module | None", "BlockInfo"]]
+_F = "encoders.lm.block_factory:"  # where the shipped builders live
 LAYER_CHOICES = ("each", "last", "none")
 
 
@@ -44,7 +40,9 @@ class Control:
     per_lm: bool  # a cell per family and size (False: no LM at all)
     reference: bool  # a report can pair the other cells with it and measure the difference
     style: tuple[str, str]  # (matplotlib colour, line style) in figures
-    build: Builder
+    # Its builder: a reference ("package.module:name"), imported when a block is built so
+    # that the plan reads this table without torch; or the function itself.
+    build: str | Builder
     trains_lm: bool = False  # the LM layers train (float32 master weights, autocast computes)
 
     @property
@@ -92,43 +90,49 @@ def build_block(
     seed: int,
     visual_dim: int,
     weights_dir: str | Path | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     final_norm: str = "none",
 ) -> tuple[nn.Module | None, BlockInfo]:
     """The inserted module of ``control`` and what the run records about its weights.
-    ``final_norm``: none, unit-rms or lm (``FINAL_NORMS``); a control that trains its LM
-    layers keeps them in float32 whatever ``dtype`` (an optimizer's master weights)."""
+    ``dtype``: the block's weights (None: float32). ``final_norm``: none, unit-rms or lm
+    (``FINAL_NORMS``); a control that trains its LM layers keeps them in float32 whatever
+    ``dtype`` (an optimizer's master weights)."""
+    import torch
+
+    from encoders.lm.block_factory import BlockRequest
+
     arm = get_control(control)
     if final_norm not in FINAL_NORMS:
         raise ValueError(f"unknown final norm {final_norm!r}; valid: {', '.join(FINAL_NORMS)}")
-    dtype = torch.float32 if arm.trains_lm else dtype
-    block, info = arm.build(BlockRequest(family, size, tuple(layers), seed, visual_dim,
+    dtype = torch.float32 if arm.trains_lm or dtype is None else dtype
+    build = resolve(arm.build) if isinstance(arm.build, str) else arm.build
+    block, info = build(BlockRequest(family, size, tuple(layers), seed, visual_dim,
                                          weights_dir, dtype, final_norm, arm.trains_lm))
     return block, dataclasses.replace(info, weights_source=arm.weights_source)
 
 
 for _control in (
     Control("pretrained", "pretrained frozen block", "pretrained", layers="each", adapters=True,
-            per_lm=True, reference=False, style=("tab:blue", "-"), build=pretrained_block),
+            per_lm=True, reference=False, style=("tab:blue", "-"), build=_F + "pretrained_block"),
     Control("random", "random frozen block", "random", layers="last", adapters=True,
-            per_lm=True, reference=True, style=("tab:red", ":"), build=random_block),
+            per_lm=True, reference=True, style=("tab:red", ":"), build=_F + "random_block"),
     Control("adapters", "adapters only", "none", layers="none", adapters=True, per_lm=True,
-            reference=True, style=("tab:green", "-."), build=adapters_only),
+            reference=True, style=("tab:green", "-."), build=_F + "adapters_only"),
     Control("none", "no block", "none", layers="none", adapters=False, per_lm=False,
-            reference=True, style=("grey", "--"), build=no_block),
+            reference=True, style=("grey", "--"), build=_F + "no_block"),
     # The capacity controls (the paper's Tables 6, A and B, and one of lmblocks'): the MLP at
     # the LM's width; the LM's shape randomly initialised and TRAINED (the paper's "+Random
     # LLM"; ``random`` above is frozen); the pretrained layer unfrozen (its lr scaled by
     # ``lm_lr_scale``); one more encoder block with as many parameters as the LM layer.
     Control("mlp", "MLP at the LM's width", "none", layers="none", adapters=False,
-            per_lm=True, reference=True, style=("tab:orange", "-."), build=mlp_block),
+            per_lm=True, reference=True, style=("tab:orange", "-."), build=_F + "mlp_block"),
     Control("random-trained", "random block, trained", "random", layers="last", adapters=True,
-            per_lm=True, reference=True, style=("tab:brown", ":"), build=random_block,
+            per_lm=True, reference=True, style=("tab:brown", ":"), build=_F + "random_block",
             trains_lm=True),
     Control("finetuned", "pretrained block, fine-tuned", "pretrained", layers="last",
             adapters=True, per_lm=True, reference=True, style=("tab:cyan", "-"),
-            build=pretrained_block, trains_lm=True),
+            build=_F + "pretrained_block", trains_lm=True),
     Control("visual-block", "one more visual block", "none", layers="last", adapters=False,
-            per_lm=True, reference=True, style=("tab:olive", "--"), build=visual_block),
+            per_lm=True, reference=True, style=("tab:olive", "--"), build=_F + "visual_block"),
 ):
     register_control(_control)

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from encoders.lm.block_options import ADAPTER_INITS
 from encoders.lm.positions import LayerKwargs, no_extra_kwargs
 
 
@@ -43,8 +44,6 @@ def bidirectional_mask(
     return mask.expand(batch, 1, length, length)
 
 
-ADAPTER_INITS = ("default", "xavier", "orthogonal")
-FINAL_NORMS = ("none", "unit-rms", "lm")
 LM_LAYERS_PREFIX = "layers."  # the LM's parameters, relative to the block
 
 

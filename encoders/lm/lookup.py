@@ -37,7 +37,7 @@ def locate(
         for cand in weights_dir_candidates(root, size):
             ckpt = CheckpointDir(cand if is_url(cand) else Path(cand).resolve(), "weights-dir",
                                  size.repo_id)
-            marker = next((f.marker for f in family.formats if ckpt.exists(f.marker)), None)
+            marker = next((f.marker for f in family.weight_formats if ckpt.exists(f.marker)), None)
             if marker and (cand != root or _config_matches(ckpt, marker, size)):
                 return ckpt
     if family.locate is not None:

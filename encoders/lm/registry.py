@@ -1,33 +1,42 @@
 """The LM family registry: which language models a sweep can take a block from.
 
-Every size carries its real architecture numbers so that planning (``--dry-run``, block
-parameter counts, bytes to read) needs no download: the config is built from the registry
-and the layer is instantiated on the ``meta`` device, so the counts come from transformers'
-own layer class rather than from a hand-written formula.
+Every size carries its real architecture numbers, and its parameter counts, as plain data,
+so that planning (``--dry-run``, block parameter counts, bytes to read) needs no download
+and imports neither torch nor transformers (issue 16: a bad flag is answered in under a
+second). The counts are checked against transformers' own classes: ``count_layer_params``
+and ``count_model_params`` build the config from the registry and instantiate the layer
+(or model) on the ``meta`` device; ``tests/test_registry_data.py`` compares every size,
+and a size that gives no counts is counted that way when planned.
 
-A family names its transformers classes by reference (``"package.module:Name"``), imported
-on first use: registering every family imports no transformers modeling code, and a trial
-imports only its own family's (each modeling module pulls in a large part of transformers).
+A family names its transformers classes and its weight formats by reference
+(``"package.module:Name"``), imported on first use: registering every family imports no
+torch or transformers code, and a trial imports only its own family's (each modeling module
+pulls in a large part of transformers).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from transformers import PretrainedConfig
+if TYPE_CHECKING:  # the plan path reads a family's numbers without torch or transformers
+    import torch
+    from torch import nn
+    from transformers import PretrainedConfig
 
-from encoders.lm.positions import LayerKwargs, identity_rotary, no_extra_kwargs
-from encoders.weights.tensors import CheckpointFormatError
-
-if TYPE_CHECKING:
     from encoders.lm.formats import WeightFormat
+    from encoders.lm.positions import LayerKwargs
     from encoders.weights.checkpoint_dir import CheckpointDir
+
+# Bytes per element of the published weights' dtypes (``LMSize.dtype``).
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+# The shipped weight formats, by reference (``LMFamily.formats``).
+HF_FORMAT = "encoders.lm.hf_format:HF_CHECKPOINT"
+META_LLAMA_FORMAT = "encoders.lm.meta_llama:META_LLAMA"
 
 
 @cache
@@ -49,8 +58,29 @@ class LMSize:
     num_layers: int
     num_heads: int
     ffn_dim: int
-    dtype: torch.dtype  # dtype of the published weights on disk
+    dtype: str  # dtype of the published weights on disk: a key of ITEMSIZE
     extra: dict[str, object] = field(default_factory=dict)  # family-specific config fields
+    # Parameters of one layer and of the whole published checkpoint (base model + untied LM
+    # head), as transformers' classes count them (``count_layer_params``); None: counted on
+    # the meta device when needed (imports torch and the family's modeling module).
+    layer_params: int | None = None
+    model_params: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ITEMSIZE:
+            raise ValueError(f"size {self.name!r}: dtype {self.dtype!r}; "
+                             f"valid: {', '.join(ITEMSIZE)}")
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element of the published weights."""
+        return ITEMSIZE[self.dtype]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -75,9 +105,9 @@ class LMFamily:
     config: str  # its PretrainedConfig subclass
     layer_key: str
     make_config: Callable[[LMSize], PretrainedConfig]
-    # The checkpoint layouts it is published in (``encoders/lm/formats.py``), in order of
-    # preference: a checkpoint is read by the first whose marker file it has.
-    formats: tuple[WeightFormat, ...] = ()
+    # The checkpoint layouts it is published in (``encoders/lm/formats.py``), by reference, in
+    # order of preference: a checkpoint is read by the first whose marker file it has.
+    formats: tuple[str, ...] = ()
     description: str = ""
     # Where weights come from when not a Hugging Face repo (e.g. shipped in a package).
     locate: Callable[[LMSize], str] | None = None
@@ -116,20 +146,29 @@ class LMFamily:
             )
         return self.sizes[name]
 
+    @property
+    def weight_formats(self) -> tuple[WeightFormat, ...]:
+        return tuple(resolve(ref) for ref in self.formats)
+
     def format_for(self, checkpoint: CheckpointDir) -> WeightFormat:
         """The first of the family's formats whose marker file the checkpoint has."""
-        for fmt in self.formats:
+        from encoders.weights.tensors import CheckpointFormatError
+
+        formats = self.weight_formats
+        for fmt in formats:
             if checkpoint.exists(fmt.marker):
                 return fmt
-        markers = " or ".join(f.marker for f in self.formats)
+        markers = " or ".join(f.marker for f in formats)
         raise CheckpointFormatError(
-            f"{checkpoint.resolve(self.formats[0].marker)}: missing {markers}")
+            f"{checkpoint.resolve(formats[0].marker)}: missing {markers}")
 
     def build_layer(self, config: PretrainedConfig, index: int) -> nn.Module:
         return self.layer_class(config, layer_idx=index)
 
     def layer_kwargs(self, config: PretrainedConfig) -> LayerKwargs:
         """Extra keyword arguments each layer call needs so that no position is encoded."""
+        from encoders.lm.positions import identity_rotary, no_extra_kwargs
+
         return identity_rotary(config) if self.rotary else no_extra_kwargs
 
     def architecture(self, config: PretrainedConfig) -> dict[str, object]:
@@ -142,6 +181,8 @@ class LMFamily:
         registry's ``size``: hidden size, layers, attention and key/value heads, head size,
         FFN width and the family's ``arch_fields`` (norm placement); else one line naming
         each mismatched field with the checkpoint's and the registry's value."""
+        from encoders.weights.tensors import CheckpointFormatError
+
         want = self.architecture(self.make_config(size))
         try:
             got = self.architecture(config)
@@ -155,12 +196,23 @@ class LMFamily:
                 f"{where}: not the registry's {self.name}/{size.name}: {', '.join(wrong)}")
 
     def layer_params(self, size: str) -> int:
-        """Parameters of one layer of ``size``, counted on the meta device (no memory)."""
-        return _layer_params(self.name, size)
+        """Parameters of one layer of ``size``: the registry's number, else counted."""
+        n = self.size(size).layer_params
+        return count_layer_params(self.name, size) if n is None else n
 
     def model_params(self, size: str) -> int:
         """Parameters of the whole published checkpoint (base model + untied LM head)."""
-        return _model_params(self.name, size)
+        n = self.size(size).model_params
+        return count_model_params(self.name, size) if n is None else n
+
+
+def with_counts(sizes: dict[str, LMSize], counts: dict[str, tuple[int, int]]
+                ) -> dict[str, LMSize]:
+    """``sizes`` with their (layer, whole-checkpoint) parameter counts: a family's plain-data
+    numbers, checked against transformers' classes by ``tests/test_registry_data.py``."""
+    return {name: dataclasses.replace(size, layer_params=counts[name][0],
+                                      model_params=counts[name][1])
+            for name, size in sizes.items()}
 
 
 # Where configs keep the FFN width: transformers names it per family.
@@ -192,7 +244,7 @@ def register_family(family: LMFamily) -> LMFamily:
         raise ValueError(f"family {family.name!r} declares no weight formats")
     if family.default_size not in family.sizes:
         raise ValueError(f"family {family.name!r}: default size {family.default_size!r} unknown")
-    for ref in (family.layer, family.model, family.config):
+    for ref in (family.layer, family.model, family.config, *family.formats):
         if ref.count(":") != 1:  # checked here; imported only when a trial needs it
             raise ValueError(f"family {family.name!r}: bad class reference {ref!r}; "
                              "valid: 'package.module:Name'")
@@ -211,7 +263,11 @@ def get_family(name: str) -> LMFamily:
 
 
 @cache
-def _model_params(family: str, size: str) -> int:
+def count_model_params(family: str, size: str) -> int:
+    """The whole checkpoint's parameters as transformers' model class has them (meta device,
+    no memory), plus the LM head when it is not tied to the embeddings."""
+    import torch
+
     fam = get_family(family)
     config = fam.make_config(fam.size(size))
     with torch.device("meta"):
@@ -223,7 +279,10 @@ def _model_params(family: str, size: str) -> int:
 
 
 @cache
-def _layer_params(family: str, size: str) -> int:
+def count_layer_params(family: str, size: str) -> int:
+    """One layer's parameters as transformers' layer class has them (meta device)."""
+    import torch
+
     fam = get_family(family)
     config = fam.make_config(fam.size(size))
     with torch.device("meta"):

@@ -1,12 +1,2 @@
-"""Importing this package registers every shipped task (one module each)."""
-
-from experiments.tasks import (  # noqa: F401
-    digits,
-    forecasting,
-    images,
-    pointcloud,
-    retrieval,
-    video,
-    vqa,
-    vqa3d,
-)
+"""The shipped tasks: each is a row of ``catalog.py`` and a module that registers it, imported
+by ``registry.get_task`` on first use (so importing this package builds nothing)."""

@@ -1,4 +1,5 @@
-"""The task registry: one small module per task (its model builder and its registration).
+"""The task registry: one small module per task (its model builder and its registration),
+found through the catalog (``catalog.py``: plain data, imported modules on first use).
 
 A task puts together a dataset (``experiments/datasets/``), a visual encoder around the block
 (``encoders/visual/``) and an objective (``experiments/objectives/``). ``tests/test_tasks.py``
@@ -8,16 +9,21 @@ registered: that is what ``example`` is for.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-from torch.utils.data import Dataset, default_collate
+from experiments.tasks.catalog import CATALOG, TaskEntry
 
-from experiments.batches import Batch
-from experiments.objectives import Objective
+if TYPE_CHECKING:  # the plan reads the catalog; a task's module imports these when a trial runs
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from experiments.batches import Batch
+    from experiments.objectives import Objective
 
 
 def _data_ok(data_dir: str | Path | None) -> None:  # embedded data: nothing to check
@@ -69,18 +75,41 @@ class Task:
 _TASKS: dict[str, Task] = {}
 
 
+def _entry_of(task: Task, module: str) -> TaskEntry:
+    return TaskEntry(task.name, module, task.metric, task.mode,
+                     classification=task.objective is None, embedded=task.embedded)
+
+
 def register_task(task: Task) -> Task:
+    """Register ``task``; a catalogued task must agree with its catalog row (the plan checks a
+    sweep against the row before the task's module is imported)."""
     if task.name in _TASKS:
         raise ValueError(f"task {task.name!r} is already registered")
+    row = CATALOG.get(task.name)
+    if row is not None and (have := _entry_of(task, row.module)) != row:
+        raise ValueError(f"task {task.name!r} disagrees with its catalog row: {have} "
+                             f"(catalog: {row})")
     _TASKS[task.name] = task
     return task
 
 
 def list_tasks() -> list[str]:
-    return sorted(_TASKS)
+    return sorted(set(CATALOG) | set(_TASKS))
+
+
+def task_entry(name: str) -> TaskEntry:
+    """What the plan needs of a task, without building it: its catalog row, or (for a task
+    registered outside the catalog, e.g. a user's own module) the registered task's."""
+    if name in CATALOG:
+        return CATALOG[name]
+    task = get_task(name)
+    return _entry_of(task, task.build_model.__module__)
 
 
 def get_task(name: str) -> Task:
+    """The task, its module imported on first use."""
+    if name not in _TASKS and name in CATALOG:
+        importlib.import_module(CATALOG[name].module)
     if name not in _TASKS:
         raise KeyError(f"unknown task {name!r}; valid: {', '.join(list_tasks())}")
     return _TASKS[name]
@@ -91,6 +120,8 @@ def validation_examples(build_data: Callable[..., tuple[Dataset, Dataset]], step
     """``Task.example`` of an embedded task: its validation set's first ``n`` samples, every
     ``step``-th (so that a batch of captions holds ``n`` different images, say)."""
     def example(n: int) -> tuple[Batch, Batch]:
+        from torch.utils.data import default_collate
+
         _, val = build_data()
         return default_collate([val[i * step] for i in range(n)])
 

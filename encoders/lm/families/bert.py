@@ -7,10 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
-from encoders.lm.hf_format import HF_CHECKPOINT
-from encoders.lm.registry import LMFamily, LMSize, register_family
+from encoders.lm.registry import HF_FORMAT, LMFamily, LMSize, register_family, with_counts
 
 if TYPE_CHECKING:
     from transformers import BertConfig
@@ -33,22 +30,29 @@ def make_config(size: LMSize) -> BertConfig:
     )
 
 
+# name: (one layer's parameters, the whole checkpoint's), as transformers counts them
+PARAMS = {
+    "base": (7_087_872, 109_482_240),
+    "large": (12_596_224, 335_141_888),
+}
+
+
 BERT = register_family(
     LMFamily(
         name="bert",
-        sizes={
-            "base": LMSize("base", "google-bert/bert-base-uncased", 768, 12, 12, 3072, torch.float32),
+        sizes=with_counts({
+            "base": LMSize("base", "google-bert/bert-base-uncased", 768, 12, 12, 3072, "float32"),
             "large": LMSize(
-                "large", "google-bert/bert-large-uncased", 1024, 24, 16, 4096, torch.float32
+                "large", "google-bert/bert-large-uncased", 1024, 24, 16, 4096, "float32"
             ),
-        },
+        }, PARAMS),
         default_size="base",
         layer=f"{MODELING}:BertLayer",
         model=f"{MODELING}:BertModel",
         config=CONFIG,
         layer_key=LAYER_KEY,
         make_config=make_config,
-        formats=(HF_CHECKPOINT,),
+        formats=(HF_FORMAT,),
         description="BERT encoder layers (google-bert/bert-*-uncased)",
     )
 )

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from encoders.lm.hf_format import HF_CHECKPOINT
-from encoders.lm.registry import LMFamily, LMSize, register_family
+from encoders.lm.registry import HF_FORMAT, LMFamily, LMSize, register_family, with_counts
 
 if TYPE_CHECKING:
+    from torch import nn
     from transformers import GPT2Config
 
 MODELING = "transformers.models.gpt2.modeling_gpt2"
@@ -37,23 +34,38 @@ def make_config(size: LMSize) -> GPT2Config:
     )
 
 
+def final_norm(c: GPT2Config) -> nn.Module:
+    from torch import nn
+
+    return nn.LayerNorm(c.hidden_size, eps=c.layer_norm_epsilon)
+
+
+# name: (one layer's parameters, the whole checkpoint's), as transformers counts them
+PARAMS = {
+    "124m": (7_087_872, 124_439_808),
+    "355m": (12_596_224, 354_823_168),
+    "774m": (19_677_440, 774_030_080),
+    "1.5b": (30_740_800, 1_557_611_200),
+}
+
+
 GPT2 = register_family(
     LMFamily(
         name="gpt2",
-        sizes={
-            n: LMSize(n, repo, h, layers, heads, 4 * h, torch.float32)
+        sizes=with_counts({
+            n: LMSize(n, repo, h, layers, heads, 4 * h, "float32")
             for n, (repo, h, layers, heads) in _SIZES.items()
-        },
+        }, PARAMS),
         default_size="124m",
         layer=f"{MODELING}:GPT2Block",
         model=f"{MODELING}:GPT2Model",
         config="transformers.models.gpt2.configuration_gpt2:GPT2Config",
         layer_key=r"^(?:.*\.)?h\.{index}\.(.+)$",
         make_config=make_config,
-        formats=(HF_CHECKPOINT,),
+        formats=(HF_FORMAT,),
         description="OpenAI GPT-2 blocks (openai-community/gpt2*)",
         ignore=r"^attn\.(bias|masked_bias)$",
         final_norm_key=r"^(?:transformer\.)?ln_f\.(.+)$",
-        build_final_norm=lambda c: nn.LayerNorm(c.hidden_size, eps=c.layer_norm_epsilon),
+        build_final_norm=final_norm,
     )
 )

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from encoders.lm.hf_format import HF_CHECKPOINT
-from encoders.lm.meta_llama import META_LLAMA
-from encoders.lm.registry import LMFamily, LMSize, register_family
+from encoders.lm.registry import (
+    HF_FORMAT,
+    META_LLAMA_FORMAT,
+    LMFamily,
+    LMSize,
+    register_family,
+    with_counts,
+)
 
 if TYPE_CHECKING:
+    from torch import nn
     from transformers import LlamaConfig
 
 MODELING = "transformers.models.llama.modeling_llama"
-F16, BF16 = torch.float16, torch.bfloat16
+F16, BF16 = "float16", "bfloat16"
 # name: (repo, hidden, layers, heads, kv heads, ffn, dtype)
 _SIZES = {
     "1-7b": ("huggyllama/llama-7b", 4096, 32, 32, 32, 11008, F16),
@@ -56,20 +59,36 @@ def final_norm(config: LlamaConfig) -> nn.Module:
     return LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
+# name: (one layer's parameters, the whole checkpoint's), as transformers counts them
+PARAMS = {
+    "1-7b": (202_383_360, 6_738_415_616),
+    "1-13b": (317_204_480, 13_015_864_320),
+    "1-30b": (535_049_216, 32_528_943_616),
+    "1-65b": (809_517_056, 65_285_660_672),
+    "2-7b": (202_383_360, 6_738_415_616),
+    "2-13b": (317_204_480, 13_015_864_320),
+    "2-70b": (855_654_400, 68_976_648_192),
+    "3-8b": (218_112_000, 8_030_261_248),
+    "3-70b": (855_654_400, 70_553_706_496),
+    "3.1-8b": (218_112_000, 8_030_261_248),
+    "3.1-70b": (855_654_400, 70_553_706_496),
+}
+
+
 LLAMA = register_family(
     LMFamily(
         name="llama",
-        sizes={
+        sizes=with_counts({
             n: LMSize(n, repo, h, layers, heads, ffn, dtype, {"num_key_value_heads": kv})
             for n, (repo, h, layers, heads, kv, ffn, dtype) in _SIZES.items()
-        },
+        }, PARAMS),
         default_size="1-7b",
         layer=f"{MODELING}:LlamaDecoderLayer",
         model=f"{MODELING}:LlamaModel",
         config="transformers.models.llama.configuration_llama:LlamaConfig",
         layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
-        formats=(HF_CHECKPOINT, META_LLAMA),
+        formats=(HF_FORMAT, META_LLAMA_FORMAT),
         description="Meta LLaMA 1/2/3/3.1 decoder layers",
         rotary=True,
         final_norm_key=r"^(?:model\.)?norm\.(.+)$",

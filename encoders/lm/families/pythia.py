@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from encoders.lm.hf_format import HF_CHECKPOINT
-from encoders.lm.registry import LMFamily, LMSize, register_family
+from encoders.lm.registry import HF_FORMAT, LMFamily, LMSize, register_family, with_counts
 
 if TYPE_CHECKING:
+    from torch import nn
     from transformers import GPTNeoXConfig
 
 MODELING = "transformers.models.gpt_neox.modeling_gpt_neox"
@@ -42,25 +39,44 @@ def make_config(size: LMSize) -> GPTNeoXConfig:
     )
 
 
+def final_norm(c: GPTNeoXConfig) -> nn.Module:
+    from torch import nn
+
+    return nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+
+
+# name: (one layer's parameters, the whole checkpoint's), as transformers counts them
+PARAMS = {
+    "70m": (3_152_384, 70_426_624),
+    "160m": (7_087_872, 162_322_944),
+    "410m": (12_596_224, 405_334_016),
+    "1b": (50_358_272, 1_011_781_632),
+    "1.4b": (50_358_272, 1_414_647_808),
+    "2.8b": (78_676_480, 2_775_208_960),
+    "6.9b": (201_379_840, 6_856_253_440),
+    "12b": (314_639_360, 11_846_072_320),
+}
+
+
 PYTHIA = register_family(
     LMFamily(
         name="pythia",
-        sizes={
-            n: LMSize(n, f"EleutherAI/pythia-{n}", h, layers, heads, 4 * h, torch.float16)
+        sizes=with_counts({
+            n: LMSize(n, f"EleutherAI/pythia-{n}", h, layers, heads, 4 * h, "float16")
             for n, (h, layers, heads) in _SIZES.items()
-        },
+        }, PARAMS),
         default_size="160m",
         layer=f"{MODELING}:GPTNeoXLayer",
         model=f"{MODELING}:GPTNeoXModel",
         config="transformers.models.gpt_neox.configuration_gpt_neox:GPTNeoXConfig",
         layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
-        formats=(HF_CHECKPOINT,),
+        formats=(HF_FORMAT,),
         description="EleutherAI Pythia (GPT-NeoX) layers",
         rotary=True,
         ignore=r"^attention\.(bias|masked_bias|rotary_emb\.inv_freq)$",
         final_norm_key=r"^(?:gpt_neox\.)?final_layer_norm\.(.+)$",
-        build_final_norm=lambda c: nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps),
+        build_final_norm=final_norm,
         arch_fields=("use_parallel_residual",),  # where each sublayer's norm reads from
     )
 )

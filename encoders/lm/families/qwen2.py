@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from encoders.lm.hf_format import HF_CHECKPOINT
-from encoders.lm.registry import LMFamily, LMSize, register_family
+from encoders.lm.registry import HF_FORMAT, LMFamily, LMSize, register_family, with_counts
 
 if TYPE_CHECKING:
+    from torch import nn
     from transformers import Qwen2Config
 
 MODELING = "transformers.models.qwen2.modeling_qwen2"
@@ -44,21 +41,33 @@ def final_norm(config: Qwen2Config) -> nn.Module:
     return Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
+# name: (one layer's parameters, the whole checkpoint's), as transformers counts them
+PARAMS = {
+    "0.5b": (14_912_384, 494_032_768),
+    "1.5b": (46_797_824, 1_543_714_304),
+    "3b": (77_076_992, 3_085_938_688),
+    "7b": (233_057_792, 7_614_699_008),
+    "14b": (275_268_608, 14_768_722_944),
+    "32b": (487_605_248, 32_762_565_632),
+    "72b": (877_684_736, 72_704_106_496),
+}
+
+
 QWEN2 = register_family(
     LMFamily(
         name="qwen2",
-        sizes={
-            n: LMSize(n, f"Qwen/Qwen2.5-{n.upper()}", h, layers, heads, ffn, torch.bfloat16,
+        sizes=with_counts({
+            n: LMSize(n, f"Qwen/Qwen2.5-{n.upper()}", h, layers, heads, ffn, "bfloat16",
                       {"num_key_value_heads": kv})
             for n, (h, layers, heads, kv, ffn) in _SIZES.items()
-        },
+        }, PARAMS),
         default_size="0.5b",
         layer=f"{MODELING}:Qwen2DecoderLayer",
         model=f"{MODELING}:Qwen2Model",
         config="transformers.models.qwen2.configuration_qwen2:Qwen2Config",
         layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
-        formats=(HF_CHECKPOINT,),
+        formats=(HF_FORMAT,),
         description="Alibaba Qwen2.5 decoder layers",
         rotary=True,
         final_norm_key=r"^(?:model\.)?norm\.(.+)$",

@@ -1,0 +1,48 @@
+"""The plan path imports neither torch nor transformers (issue 16): a bad flag, a dry run and
+the report's help answer without them, so in well under a second of imports. Checked on the
+import graph itself (``python -X importtime``), not on wall-clock time; ``bench/cli_latency.py``
+measures the times."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "timm", "ray", "mlflow", "optuna", "matplotlib", "sklearn")
+
+
+def imported(args: list[str], cwd: Path, expect: int) -> set[str]:
+    """Top-level packages a command imported (``-X importtime`` lists every import)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=cwd, check=False,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == expect, proc.stderr[-2000:]
+    return {line.split("|")[2].strip().split(".")[0] for line in proc.stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2} - {"package"}
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (["--family", "gpt9"], 2),
+    (["--tasks", "digits,nope"], 2),
+    (["--epochs", "0"], 2),
+    (["--dry-run", "--family", "opt", "--sizes", "all"], 0),
+    (["--dry-run", "--preset", "paper_claims"], 0),
+    (["--help"], 0),
+])
+def test_the_plan_path_imports_no_heavy_library(tmp_path, args, expect):
+    mods = imported([str(ROOT / "sweep.py"), *args], tmp_path, expect)
+    assert "orchestrator" in mods  # the listing works
+    assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
+    if expect == 2:  # a bad input: not even pandas
+        assert "pandas" not in mods
+
+
+def test_the_report_help_and_a_missing_store_import_no_heavy_library(tmp_path):
+    for args, expect in ((["--help"], 0), (["lmblocks-default"], 2)):
+        mods = imported(["-m", "results.report", *args], tmp_path, expect)
+        assert "results" in mods and not mods & {*HEAVY, "pandas"}, sorted(mods & set(HEAVY))
+    assert not (tmp_path / "mlflow.db").exists()
+
