@@ -19,7 +19,8 @@ from encoders.weights.checkpoint_dir import CheckpointDir
 RAY_MODULES = {"test_sweep_e2e", "test_cluster_e2e", "test_failures", "test_cli", "test_recipe",
                "test_capacity_controls", "test_images", "test_pointcloud", "test_retrieval",
                "test_video", "test_vqa", "test_vqa3d", "test_preflight", "test_resources",
-               "test_dry_run", "test_search", "test_objectives", "test_filtering_paper"}
+               "test_dry_run", "test_search", "test_objectives", "test_filtering_paper",
+               "test_mlflow_server", "test_ray_start_cluster"}
 
 
 def pytest_collection_modifyitems(config, items):
