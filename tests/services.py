@@ -164,6 +164,12 @@ def kill_all(pids: list[int]) -> None:
             pass
 
 
+# A cluster joined by address uses token authentication only when told to (Ray turns it on by
+# itself only for a new local cluster): every node and driver of a real cluster sets it, with
+# the token in ~/.ray/auth_token (shared home) or $RAY_AUTH_TOKEN.
+CLUSTER_ENV = {"RAY_AUTH_MODE": "token"}
+
+
 @dataclass
 class RayNode:
     """One node of a real multi-process Ray cluster (``ray start``), in its own temp dir."""
@@ -180,11 +186,19 @@ class RayNode:
         where = ["--head", f"--port={self.head_port}", "--node-ip-address=127.0.0.1",
                  "--include-dashboard=false"] if self.head else [
             f"--address={self.address}", "--node-ip-address=127.0.0.1"]
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", *where,
-                        f"--num-cpus={num_cpus}", "--num-gpus=0",
-                        f"--temp-dir={self.temp_dir}", "--disable-usage-stats"],
-                       check=True, capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", *where,
+             f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={self.temp_dir}",
+             "--disable-usage-stats"],
+            capture_output=True, text=True, timeout=180, check=False,
+            env={**os.environ, **CLUSTER_ENV})
+        if proc.returncode:
+            raise RuntimeError(f"ray start failed: {proc.stderr[-2000:]}")
 
     def stop(self) -> None:
-        """Exactly this node's processes (found by its temp dir), never ``ray stop``."""
-        kill_all(processes_mentioning(str(self.temp_dir)))
+        """Exactly this node's processes (found by its temp dir), never ``ray stop``: killed
+        until none is left (a raylet may start a worker between a scan and its kill)."""
+        deadline = time.time() + 60
+        while (pids := processes_mentioning(str(self.temp_dir))) and time.time() < deadline:
+            kill_all(pids)
+            time.sleep(0.5)

@@ -67,7 +67,8 @@ def trial_runs(client: MlflowClient, experiment: str) -> list:
 
 def test_two_sweeps_at_once_into_one_server_lose_and_duplicate_nothing(server, tmp_path):
     plans = {n: build_plan(load_spec("smoke").replace(controls=("none", "pretrained"),
-                                                      layers=("last",), seeds=seeds))
+                                                      layers=("last",), seeds=seeds,
+                                                      epochs=1))
              for n, seeds in (("alice", (0,)), ("bob", (0, 1)))}
     procs = {"alice": sweep(server, tmp_path, "alice", "--epochs", "1"),
              "bob": sweep(server, tmp_path, "bob", "--epochs", "1", "--seeds", "0", "1")}

@@ -7,6 +7,7 @@ stops exactly the processes it started (found by each node's temp dir), never ``
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
-from tests.services import RayNode, free_port, processes_mentioning
+from tests.services import CLUSTER_ENV, RayNode, free_port, processes_mentioning
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def node_ids(address: str) -> dict[str, str]:
             "print(json.dumps({n['NodeID']: n['ObjectStoreSocketName'] for n in ray.nodes() "
             "if n['Alive']})); ray.shutdown()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+                         timeout=120, check=True, env={**os.environ, **CLUSTER_ENV}).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -53,7 +54,8 @@ def test_a_sweep_on_a_ray_start_cluster_survives_losing_its_worker_node(tmp_path
                 "--storage", str(tmp_path / "shared"), "--experiment", "ray-start",
                 "--max-failures", "3"]
         driver = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+                                  stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, **CLUSTER_ENV})
         deadline = time.time() + 600
         client = None
         while time.time() < deadline:  # until a trial on the worker node has an epoch done
