@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.plan import build_plan
 from orchestrator.spec import load_spec
+from orchestrator.store import open_client
 from tests.services import CLUSTER_ENV, RayNode, free_port, processes_mentioning
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def test_a_sweep_on_a_ray_start_cluster_survives_losing_its_worker_node(tmp_path
         while time.time() < deadline:  # until a trial on the worker node has an epoch done
             assert driver.poll() is None, driver.communicate()[1][-3000:]
             if (tmp_path / "mlflow.db").exists():
-                client = client or MlflowClient(uri)
+                client = client or open_client(uri)  # under the driver's lock: no schema race
                 exp = client.get_experiment_by_name("ray-start")
                 runs = client.search_runs([exp.experiment_id]) if exp else []
                 if any(r.data.tags.get("ray.node_id") == worker_id and "val_acc" in r.data.metrics
