@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.options import (
     EXIT_BAD_INPUT,
@@ -27,6 +28,9 @@ from orchestrator.preflight import (
     preflight_weights,
 )
 from orchestrator.spec import SpecError, SweepSpec, load_spec
+
+if TYPE_CHECKING:  # the estimate is imported when a dry run prints it
+    from orchestrator.estimate import Assumptions
 
 
 def _csv(values: list[str] | None) -> tuple[str, ...] | None:
@@ -82,10 +86,12 @@ def _hparams_line(plan) -> str:
             f"warm-up {hp.warmup_epochs:g} epochs")
 
 
-def print_plan(plan, status: dict[str, str] | None = None, skips: str = "") -> None:
+def print_plan(plan, status: dict[str, str] | None = None, skips: str = "",
+               assumptions: Assumptions | None = None) -> None:
     """The plan, one row per trial; with ``status`` (cell key -> finished/failed, as
     ``orchestrator.store.cell_status``) a status column and a count of each, ``skips``
-    saying what a real run does with the finished ones."""
+    saying what a real run does with the finished ones; with ``assumptions``
+    (``orchestrator.estimate.Assumptions``) the study's cost estimate after it."""
     from orchestrator.plan import human_bytes, plan_table, size_table
 
     table = plan_table(plan)
@@ -116,6 +122,38 @@ def print_plan(plan, status: dict[str, str] | None = None, skips: str = "") -> N
             checkpoint_bytes=sizes["checkpoint_bytes"].map(human_bytes),
             layer_share=sizes["layer_share"].map(lambda r: f"{r:.2%}"),
         ).to_string(index=False))
+    if assumptions is not None:
+        from orchestrator.estimate import estimate_lines
+
+        unfinished = (None if status is None else
+                      [s != "finished" for s in shown["status"]])
+        print(*estimate_lines(plan, assumptions, unfinished), sep="\n")
+
+
+def estimate_assumptions(args: argparse.Namespace, plan) -> Assumptions:
+    """What the dry run's estimate assumes, from the flags a real run reads: the GPU's peak
+    (``--peak-tflops``, ``$LMBLOCKS_PEAK_TFLOPS``, else an H100), its memory and the shares
+    (``--gpu-memory-gb``, ``--gpus-per-trial``), and how the search turns plan rows into
+    trials."""
+    from experiments.cost_model import assumed_gpu
+    from orchestrator.estimate import ASSUMED_GPU_MEMORY_BYTES, Assumptions
+
+    runs, notes = 1.0, []
+    if args.search_hparams == "per-cell":
+        runs = float(args.samples_per_cell)
+        notes.append(f"--search-hparams per-cell: {args.samples_per_cell} trials per plan row, "
+                     "each costed as its row")
+    elif args.search == "optuna":
+        n = args.num_samples or len(plan)
+        runs = n / len(plan)
+        notes.append(f"--search optuna: {n} trials drawn from the plan, each costed as the "
+                     "plan's mean trial")
+    if args.scheduler == "asha":
+        notes.append("--scheduler asha stops weak trials early: the total is an upper bound")
+    memory = (args.gpu_memory_gb * 1e9 if args.gpu_memory_gb is not None
+              else ASSUMED_GPU_MEMORY_BYTES)
+    return Assumptions(assumed_gpu(args.peak_tflops), memory, args.gpus_per_trial, runs,
+                       tuple(notes))
 
 
 def _dry_run(args: argparse.Namespace, spec: SweepSpec, plan) -> None:
@@ -132,9 +170,10 @@ def _dry_run(args: argparse.Namespace, spec: SweepSpec, plan) -> None:
              f"not skipped: --search {args.search}")
     if args.force:
         skips = "run again: --force"
+    assumptions = estimate_assumptions(args, plan)
     path = local_store_path(tracking_uri)
     if path is not None and not path.exists():
-        print_plan(plan, {}, skips)
+        print_plan(plan, {}, skips, assumptions)
         return
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     saved = {k: os.environ.get(k) for k in quick}
@@ -153,7 +192,22 @@ def _dry_run(args: argparse.Namespace, spec: SweepSpec, plan) -> None:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
-    print_plan(plan, status, skips)
+    print_plan(plan, status, skips, assumptions)
+
+
+def _check_peak_env(peak_tflops: float | None) -> None:
+    """``$LMBLOCKS_PEAK_TFLOPS`` (what trials take for the GPU's peak unless
+    ``--peak-tflops`` is given, and the dry run's estimate too) is a number > 0 when set."""
+    from experiments.gpu_peaks import PEAK_TFLOPS_ENV, peak_flops
+
+    if peak_tflops is not None:  # the flag wins; the environment is not read
+        return
+    try:
+        peak = peak_flops("")
+    except ValueError as e:
+        raise SpecError(str(e)) from None
+    if peak is not None and not peak > 0:
+        raise SpecError(f"{PEAK_TFLOPS_ENV} must be positive (got {peak / 1e12:g})")
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -196,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                             ("peak-tflops", args.peak_tflops)):
             if value is not None and value <= 0:
                 raise SpecError(f"--{flag} must be positive (got {value})")
+        _check_peak_env(args.peak_tflops)
         if args.search_hparams not in (None, *HPARAM_SEARCHES):
             raise SpecError(f"unknown --search-hparams {args.search_hparams!r}; "
                             f"valid: {', '.join(HPARAM_SEARCHES)}")

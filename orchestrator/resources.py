@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-
-from ray.tune import PlacementGroupFactory
+from typing import TYPE_CHECKING
 
 from encoders.lm.controls import get_control
 from encoders.lm.registry import get_family
 from experiments.trial import TrialSpec
+
+if TYPE_CHECKING:  # the dry run's estimate reads the shares without importing Ray
+    from ray.tune import PlacementGroupFactory
 
 GPU_SHARE_STEPS = 8  # shares are multiples of 1/8 GPU
 OVERHEAD_BYTES = 2 * 10**9  # CUDA context, the visual encoder, optimizer, data
@@ -72,6 +74,8 @@ def per_trial_resources(
     cpus_per_trial: int | None = None, per_gpu: float = 0.0,
 ) -> Callable[[dict], PlacementGroupFactory]:
     """``per_gpu``: ``cpus_per_gpu(ray.nodes())``; ``cpus_per_trial``: the override."""
+    from ray.tune import PlacementGroupFactory
+
     def resources(config: dict) -> PlacementGroupFactory:
         if cluster_gpus < 1:
             return PlacementGroupFactory([{"CPU": cpus_per_trial or 1}])

@@ -1,6 +1,7 @@
 """The search spaces Ray Tune's ``OptunaSearch`` samples, and the Optuna study behind them.
 
-``--search grid`` walks the plan's rows with Optuna's GridSampler (each row once);
+``--search grid`` walks the plan's rows once each (``CellGridSampler``, Optuna's GridSampler
+at a constant cost per trial);
 ``--search optuna`` samples a define-by-run conditional space built from the plan (TPE by
 default); ``--search-hparams`` adds lr, weight decay and the adapters' init to that search
 (``joint``) or gives every plan row a search of its own (``per-cell``). The study is
@@ -9,14 +10,16 @@ journaled next to the Ray results, so a resumed sweep continues it.
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections import Counter
 from pathlib import Path
 
 import optuna
 from optuna.samplers import (
+    BaseSampler,
     CmaEsSampler,
     GPSampler,
-    GridSampler,
     QMCSampler,
     RandomSampler,
     TPESampler,
@@ -46,8 +49,8 @@ def suggest_hparams(trial, suffix: str = "") -> dict[str, object]:
 
 
 class GridCells:
-    """Define-by-run space of the exhaustive grid: one categorical ``cell`` (a plan row's
-    index) that Optuna's GridSampler walks without repeats; the row's axes are returned as
+    """Define-by-run space of the exhaustive grid: one int ``cell`` (a plan row's index)
+    that ``CellGridSampler`` walks without repeats; the row's axes are returned as
     constants, with the Optuna trial's number (``optuna_trial``), so that a resumed sweep can
     tell the study's trials Tune still knows from those its dead driver asked for and never
     saved (``release_stale_trials``)."""
@@ -56,7 +59,7 @@ class GridCells:
         self.rows = [cell_config(t) for t in plan]
 
     def __call__(self, trial) -> dict[str, object]:
-        cell = trial.suggest_categorical("cell", list(range(len(self.rows))))
+        cell = trial.suggest_int("cell", 0, len(self.rows) - 1)
         return {**self.rows[cell], "optuna_trial": trial.number}
 
 
@@ -91,41 +94,101 @@ RELEASED = "lmblocks_released"
 def release_stale_trials(study_path: Path, study_name: str, live: set[int]) -> list[int]:
     """After a driver crash, the study's RUNNING trials that Tune's restored experiment does
     not know (asked for, never saved) are ended FAIL and marked released, so that their
-    cells are asked for again: GridSampler would otherwise count them as running forever
-    and, once the rest is done, pick at random among unfinished cells, possibly one that
-    is running, twice. Returns the released trial numbers."""
+    cells are asked for again: the grid sampler would otherwise count them as running
+    forever and, once the rest is done, pick at random among unfinished cells, possibly one
+    that is running, twice (``CellGridSampler`` skips released trials). Returns the
+    released trial numbers."""
     storage = JournalStorage(JournalFileBackend(str(study_path)))
     study = optuna.load_study(study_name=study_name, storage=storage)
     released = []
     for t in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
         if t.number in live:
             continue
-        storage.set_trial_system_attr(t._trial_id, "search_space", {})  # GridSampler: not ours
         storage.set_trial_system_attr(t._trial_id, RELEASED, True)
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         released.append(t.number)
     return released
 
 
-class CellGridSampler(GridSampler):
-    """Optuna's GridSampler without its ``study.stop()`` once the grid is used up: Tune's
-    ``num_samples`` already ends the sweep there, and ``stop()`` outside ``optimize()`` only
-    raises (Tune logs it as a warning after every grid sweep's last trial)."""
+GRID_ID = "lmblocks_cell"  # a trial's plan row (system attr), as GridSampler's "grid_id"
+GRID_OF = "lmblocks_grid"  # which plan it is a row of: a fingerprint of the plan's cell keys
 
-    def after_trial(self, study, trial, state, values) -> None:
-        return None
+
+def plan_fingerprint(plan: list[TrialSpec]) -> str:
+    """The plan's identity in a study's trials: its length and a hash of its cell keys."""
+    digest = hashlib.sha1("\n".join(t.key for t in plan).encode()).hexdigest()[:16]
+    return f"{len(plan)}:{digest}"
+
+
+class CellGridSampler(BaseSampler):
+    """Every plan row exactly once, as Optuna's ``GridSampler`` walks a grid, at a cost per
+    trial that does not grow with the plan.
+
+    ``GridSampler`` writes its whole grid into every trial (a system attr) and the cell is a
+    categorical of n choices in every trial's params: at 20,000 cells, 20,000 copies of a
+    20,000-value list in the journal and in memory (O(n^2): gigabytes), and a study that no
+    longer fits. Here a trial holds its row's index (an int param of ``IntDistribution(0,
+    n - 1)``) and the plan's fingerprint. The rows are handed out in order (trial number =
+    row, O(1)); past the plan's length (a resumed study whose dead driver's trials were
+    released: ``release_stale_trials``), a row neither finished nor running, at random, as
+    GridSampler does; none left: a running one. Unlike GridSampler it never calls
+    ``study.stop()``: Tune's ``num_samples`` ends the sweep there, and ``stop()`` outside
+    ``optimize()`` only raises."""
+
+    def __init__(self, n_cells: int, fingerprint: str = "", seed: int = 0) -> None:
+        self.n_cells = n_cells
+        self.fingerprint = fingerprint or str(n_cells)
+        self._rng = random.Random(seed)
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def before_trial(self, study, trial) -> None:
+        if GRID_ID in trial.system_attrs:
+            return
+        if trial.number < self.n_cells:
+            cell = trial.number
+        else:
+            cell = self._rng.choice(self._unvisited(study))
+        study._storage.set_trial_system_attr(trial._trial_id, GRID_ID, cell)
+        study._storage.set_trial_system_attr(trial._trial_id, GRID_OF, self.fingerprint)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        if param_name != "cell":
+            raise ValueError(f"CellGridSampler samples the parameter 'cell' only, "
+                             f"not {param_name!r}")
+        return trial.system_attrs[GRID_ID]
+
+    def _unvisited(self, study) -> list[int]:
+        """Rows no trial of this plan has finished or is running (released ones do not
+        count); else the rows not finished; else every row."""
+        finished, running = set(), set()
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+            attrs = t.system_attrs
+            if attrs.get(GRID_OF) != self.fingerprint or attrs.get(RELEASED):
+                continue
+            if t.state.is_finished():
+                finished.add(attrs[GRID_ID])
+            elif t.state == TrialState.RUNNING:
+                running.add(attrs[GRID_ID])
+        cells = range(self.n_cells)
+        return ([c for c in cells if c not in finished | running]
+                or [c for c in cells if c not in finished] or list(cells))
 
 
 def optuna_exhaustive(
     plan: list[TrialSpec], metric: str, mode: str, seed: int = 0, **study
 ) -> OptunaSearch:
-    """Every plan row exactly once, driven by Optuna's GridSampler."""
+    """Every plan row exactly once, driven by ``CellGridSampler``."""
     cells = GridCells(plan)
     return OptunaSearch(
         space=cells,
         metric=metric,
         mode=mode,
-        sampler=CellGridSampler({"cell": list(range(len(cells.rows)))}, seed=seed),
+        sampler=CellGridSampler(len(plan), plan_fingerprint(plan), seed=seed),
         **study,
     )
 

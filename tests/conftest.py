@@ -4,6 +4,7 @@ dir, and the xdist grouping of the tests that start Ray."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,14 @@ RAY_MODULES = {"test_sweep_e2e", "test_cluster_e2e", "test_failures", "test_cli"
                "test_video", "test_vqa", "test_vqa3d", "test_preflight", "test_resources",
                "test_dry_run", "test_search", "test_objectives", "test_filtering_paper",
                "test_mlflow_server", "test_ray_start_cluster"}
+
+# Ray runs its workers at nice 15 (Ray's ``worker_niceness``). Beside the other xdist worker's
+# tests at nice 0 they got a few percent of a core: a new actor took ~95 s to start and
+# import torch (5 s alone), the Ray tests ran ~1.6x slower in CI than here, and in CI a
+# retried trial ended as "The actor died unexpectedly" (its worker gone; Ray gives a new
+# worker 60 s to register) instead of its own error. The tests run
+# Ray's workers at the same priority as themselves; Ray's default stays for users.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,7 +9,14 @@ import pytest
 
 from encoders.lm.block_options import ADAPTER_INITS
 from orchestrator.plan import build_plan
-from orchestrator.search import DefineByRunSpace, GridCells, PerCellHparams, trial_count
+from orchestrator.search import (
+    CellGridSampler,
+    DefineByRunSpace,
+    GridCells,
+    PerCellHparams,
+    plan_fingerprint,
+    trial_count,
+)
 from orchestrator.spec import load_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -35,9 +42,38 @@ def plan():
 
 def test_grid_walks_every_row_once_with_its_key(plan):
     cells = GridCells(plan)
-    grid = optuna.samplers.GridSampler({"cell": list(range(len(plan)))}, seed=0)
+    grid = CellGridSampler(len(plan), plan_fingerprint(plan), seed=0)
     configs = drive(cells, len(plan), grid, lambda c: 0.5)
     assert sorted(c["cell_key"] for c in configs) == sorted(t.key for t in plan)
+
+
+def test_grid_trials_stay_small_however_long_the_plan():
+    """Optuna's GridSampler wrote the whole grid into every trial (O(n^2) in the journal and
+    in memory at 20,000 cells); a trial of CellGridSampler holds its row and the plan's
+    fingerprint, whatever the plan's length."""
+    sizes = {}
+    for n in (10, 2000):
+        study = optuna.create_study(sampler=CellGridSampler(n, f"{n}:x", seed=0))
+        for _ in range(5):
+            trial = study.ask()
+            trial.suggest_int("cell", 0, n - 1)
+            study.tell(trial, 0.5)
+        frozen = study.trials[-1]
+        assert frozen.params == {"cell": 4}
+        sizes[n] = len(repr((frozen.system_attrs, frozen.distributions)))
+    assert sizes[2000] - sizes[10] < 10  # the digits of n, not n values
+
+
+def test_grid_past_the_plan_hands_out_unfinished_rows_only():
+    study = optuna.create_study(sampler=CellGridSampler(3, "3:x", seed=0))
+    for value in (0.1, 0.2, 0.3):
+        trial = study.ask()
+        trial.suggest_int("cell", 0, 2)
+        study.tell(trial, value)
+    other = study.ask()  # a fourth trial: every row finished, so any row (the grid is used up)
+    assert 0 <= other.suggest_int("cell", 0, 2) <= 2
+    assert plan_fingerprint(build_plan(load_spec("smoke"))) != plan_fingerprint(
+        build_plan(load_spec("smoke").replace(seeds=(0, 1))))
 
 
 def test_per_cell_search_gives_each_row_its_own_trials_and_history(plan):
@@ -98,7 +134,7 @@ def test_resume_releases_cells_a_dead_driver_asked_for(tmp_path, seed, plan):
         return optuna.create_study(
             study_name="s", load_if_exists=True, direction="maximize",
             storage=JournalStorage(JournalFileBackend(str(journal))),
-            sampler=CellGridSampler({"cell": [0, 1, 2]}, seed=seed))
+            sampler=CellGridSampler(3, "3:rows", seed=seed))
 
     before = study()
     done, stale = before.ask(), before.ask()

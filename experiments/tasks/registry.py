@@ -89,6 +89,9 @@ def register_task(task: Task) -> Task:
     if row is not None and (have := _entry_of(task, row.module)) != row:
         raise ValueError(f"task {task.name!r} disagrees with its catalog row: {have} "
                              f"(catalog: {row})")
+    if row is not None and row.cost is not None and row.cost.width != task.visual_dim:
+        raise ValueError(f"task {task.name!r}: visual_dim {task.visual_dim}, but its catalog "
+                         f"cost row has width {row.cost.width}")
     _TASKS[task.name] = task
     return task
 

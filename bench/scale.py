@@ -1,0 +1,186 @@
+"""Scale by simulation: the real driver over a large study whose trials return at once.
+
+Each study is planned from the CLI (the issue's kind of study: several families, every size
+and layer, several tasks, four controls, seeds) and driven by ``sweep.py``'s own code path
+(``orchestrator.cli.main``: the finished-cell lookup, Ray Tune with Optuna's grid sampler and
+its journal, the MLflow logger into a SQLite store, the report, the sweep run's summary).
+Only the trial is replaced: it reports one epoch's metrics and a checkpoint and returns, so
+what is measured is the driver's cost per trial. Pre-flight of the weights is skipped (no
+weights are read; the Hub is unreachable here).
+
+Per study, each in its own process (peak memory is per process):
+- plan: ``build_plan`` seconds;
+- dry run: ``sweep.py --dry-run`` wall seconds (a fresh process) against no store, and
+  against the store once it holds the study's runs (every cell's status is read);
+- driver: seconds per trial of the whole sweep (wall; and the driver's CPU seconds), and of
+  its phases (finished-cell lookup, Ray Tune's fit, report, summary), peak RSS of the driver;
+- report: ``lmblocks-report`` over the study's runs (a fresh process).
+
+    python bench/scale.py                 # 1k, 5k, 20k cells: about an hour on 2 cores
+    python bench/scale.py --studies 1k    # one study, a few minutes
+
+The trials run on a simulated ``--cpus`` CPUs (Ray's logical CPUs: trials that return at
+once need none), so that many trials are in flight at once, as on a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FAMILIES = {"1k": ["opt"], "5k": ["opt", "llama"], "20k": ["opt", "llama", "qwen2", "pythia"]}
+TASKS = {"1k": ["digits", "digits-convstem"],
+         "5k": ["digits", "digits-convstem", "shapes3d", "moving-digits", "shape-vqa",
+                "shape-scenes-3d"],
+         "20k": ["digits", "digits-convstem", "shapes3d", "moving-digits", "shape-vqa"]}
+SEEDS = {"1k": ["0", "1"], "5k": ["0"], "20k": ["0", "1", "2"]}
+
+
+def study_argv(name: str) -> list[str]:
+    return ["--family", *FAMILIES[name], "--sizes", "all", "--layers", "all",
+            "--tasks", *TASKS[name], "--controls", "pretrained", "random", "adapters", "none",
+            "--seeds", *SEEDS[name], "--epochs", "1"]
+
+
+def instant_trial(config: dict, **_) -> None:
+    """What a trial reports at the end of its one epoch, with a checkpoint; no training."""
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "state.json").write_text(json.dumps({"epoch": 1}))
+        value = (hash(config.get("cell_key", "")) % 1000) / 1000
+        tune.report({"epoch": 1, "val_acc": value, "best_val_acc": value,
+                     "train_loss": 1 - value, "val_loss": 1 - value, "lr": 1e-3},
+                    checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def drive(argv: list[str], cpus: int) -> dict:
+    """In this process: the sweep through ``orchestrator.cli.main`` with the instant trial;
+    wall seconds of its phases, the driver's CPU seconds and peak RSS."""
+    import ray
+
+    from orchestrator import cli, store, tracking, tuner
+    from orchestrator.cli import spec_from_args
+    from orchestrator.options import build_parser
+    from orchestrator.plan import build_plan
+    from results import build
+
+    seconds: dict[str, float] = defaultdict(float)
+
+    def timed(module, name: str, label: str) -> None:
+        fn = getattr(module, name)
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                seconds[label] += time.perf_counter() - t
+
+        setattr(module, name, wrapper)
+
+    t = time.perf_counter()
+    plan = build_plan(spec_from_args(build_parser().parse_args(argv)))
+    seconds["plan"] = time.perf_counter() - t
+    tuner.tune_trial = instant_trial
+    cli.preflight_weights = lambda *a, **k: None
+    init = ray.init
+    ray.init = lambda *a, **k: init(*a, **{**k, "num_cpus": cpus})
+    timed(store, "finished_cells", "finished-cell lookup")
+    timed(tuner, "_fit", "Ray Tune fit")
+    timed(build, "build_report", "report")
+    timed(tracking, "log_sweep_summary", "summary")
+    timed(tuner, "make_searcher", "searcher")
+    cpu0 = time.process_time()
+    t = time.perf_counter()
+    rc = cli.main(argv)
+    wall = time.perf_counter() - t
+    return {"trials": len(plan), "rc": rc, "wall": wall, "cpu": time.process_time() - cpu0,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "phases": dict(seconds)}
+
+
+def timed_run(cmd: list[str], cwd: Path) -> float:
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - t
+
+
+def bench_study(name: str, cpus: int, keep: Path | None) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"lmblocks-scale-{name}-", dir=keep))
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    argv = [*study_argv(name), "--tracking-uri", uri, "--storage", str(work / "ray"),
+            "--experiment", f"scale-{name}", "--report-dir", str(work / "report"), "--quiet"]
+    sweep = [sys.executable, str(ROOT / "sweep.py")]
+    dry_fresh = timed_run([*sweep, *argv, "--dry-run"], work)
+    proc = subprocess.run([sys.executable, __file__, "--drive", json.dumps(argv),
+                           "--cpus", str(cpus)], cwd=work, capture_output=True, text=True,
+                          check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise SystemExit(f"the driver failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    out = json.loads(lines[-1])
+    out["dry_run_fresh"] = dry_fresh
+    out["dry_run_store"] = timed_run([*sweep, *argv, "--dry-run"], work)
+    out["report_cli"] = timed_run([sys.executable, "-m", "results.report", f"scale-{name}",
+                                   "--tracking-uri", uri, "--out", str(work / "report2")], work)
+    out["store_bytes"] = (work / "mlflow.db").stat().st_size
+    out["journal_bytes"] = sum(p.stat().st_size for p in (work / "ray").rglob("optuna.journal"))
+    out["work"] = str(work)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--studies", nargs="+", default=["1k", "5k", "20k"], choices=list(FAMILIES))
+    ap.add_argument("--cpus", type=int, default=8, help="Ray's logical CPUs (default 8)")
+    ap.add_argument("--keep", type=Path, help="folder for the studies' stores (default: tmp)")
+    ap.add_argument("--drive", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.drive:
+        print(json.dumps(drive(json.loads(args.drive), args.cpus)))
+        return
+    print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}; "
+          f"Ray logical CPUs {args.cpus}")
+    rows = []
+    for name in args.studies:
+        r = bench_study(name, args.cpus, args.keep)
+        n = r["trials"]
+        rows.append(r)
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items())
+        print(f"\n{name}: {n} trials (rc {r['rc']}), driver {r['wall']:.0f} s wall, "
+              f"{r['cpu']:.0f} s CPU; phases: {phases}", flush=True)
+    print("\nstudy  trials  plan_s  dry_run_s  dry_run_store_s  driver_ms/trial  "
+          "driver_cpu_ms/trial  fit_ms/trial  peak_rss_MB  report_s  store_MB  journal_MB")
+    for name, r in zip(args.studies, rows, strict=True):
+        n = r["trials"]
+        print(f"{name:>5} {n:7d} {r['phases']['plan']:7.2f} {r['dry_run_fresh']:10.2f} "
+              f"{r['dry_run_store']:16.2f} {1000 * r['wall'] / n:16.1f} "
+              f"{1000 * r['cpu'] / n:20.1f} {1000 * r['phases']['Ray Tune fit'] / n:13.1f} "
+              f"{r['peak_rss'] / 1e6:12.0f} {r['report_cli']:9.1f} "
+              f"{r['store_bytes'] / 1e6:9.1f} {r['journal_bytes'] / 1e6:11.1f}")
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        k = b["trials"] / a["trials"]
+        print(f"\ngrowth from {a['trials']} to {b['trials']} trials ({k:.1f}x the trials): "
+              f"driver per trial x{(b['wall'] / b['trials']) / (a['wall'] / a['trials']):.2f}, "
+              f"dry run x{b['dry_run_fresh'] / a['dry_run_fresh']:.2f}, "
+              f"report x{b['report_cli'] / a['report_cli']:.2f}, "
+              f"peak RSS x{b['peak_rss'] / a['peak_rss']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
