@@ -155,6 +155,8 @@ def main() -> None:
         return
     print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}; "
           f"Ray logical CPUs {args.cpus}")
+    header = ("study  trials  plan_s  dry_run_s  dry_run_store_s  driver_ms/trial  "
+              "driver_cpu_ms/trial  fit_ms/trial  peak_rss_MB  report_s  store_MB  journal_MB")
     rows = []
     for name in args.studies:
         r = bench_study(name, args.cpus, args.keep)
@@ -162,16 +164,12 @@ def main() -> None:
         rows.append(r)
         phases = ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items())
         print(f"\n{name}: {n} trials (rc {r['rc']}), driver {r['wall']:.0f} s wall, "
-              f"{r['cpu']:.0f} s CPU; phases: {phases}", flush=True)
-    print("\nstudy  trials  plan_s  dry_run_s  dry_run_store_s  driver_ms/trial  "
-          "driver_cpu_ms/trial  fit_ms/trial  peak_rss_MB  report_s  store_MB  journal_MB")
-    for name, r in zip(args.studies, rows, strict=True):
-        n = r["trials"]
-        print(f"{name:>5} {n:7d} {r['phases']['plan']:7.2f} {r['dry_run_fresh']:10.2f} "
+              f"{r['cpu']:.0f} s CPU; phases: {phases}\n{header}\n"
+              f"{name:>5} {n:7d} {r['phases']['plan']:7.2f} {r['dry_run_fresh']:10.2f} "
               f"{r['dry_run_store']:16.2f} {1000 * r['wall'] / n:16.1f} "
               f"{1000 * r['cpu'] / n:20.1f} {1000 * r['phases']['Ray Tune fit'] / n:13.1f} "
               f"{r['peak_rss'] / 1e6:12.0f} {r['report_cli']:9.1f} "
-              f"{r['store_bytes'] / 1e6:9.1f} {r['journal_bytes'] / 1e6:11.1f}")
+              f"{r['store_bytes'] / 1e6:9.1f} {r['journal_bytes'] / 1e6:11.1f}", flush=True)
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         k = b["trials"] / a["trials"]
