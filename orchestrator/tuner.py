@@ -134,12 +134,12 @@ def run_sweep(
                 storage_path=storage,
                 callbacks=[logger] if quiet else [logger, ProgressLine(
                     total, task.metric, task.mode)],
-                # Tune snapshots the whole experiment (every trial's state: O(trials)) each
-                # time a trial has saved num_to_keep checkpoints since the last snapshot: at
-                # 1, after every epoch of every trial, O(trials^2) over a study (bench/scale.py:
-                # 0.3 s a trial at 500 trials, 0.8 s at 750). Two kept: a snapshot per two
-                # epochs of a trial, none forced for one-epoch trials.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # num_to_keep=1 makes Tune snapshot the whole experiment (O(trials)) after
+                # every trial checkpoint: O(trials^2) over a study (bench/scale.py), but the
+                # snapshot then never lags Optuna's journal, which --resume after a killed
+                # driver needs (at 2, a resumed trial reported to an Optuna trial the journal
+                # had already finished: UpdateFinishedTrialError).
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 verbose=0,  # our one-line progress view instead of Tune's tables
             ),
