@@ -202,6 +202,11 @@ def assert_failures_told_once(proc, uri: str, cells: list[str], kind: str, reaso
 
 
 @pytest.mark.slow
+# Under the full suite's load (2 of ~5 CI runs) the retried trial's Ray worker died
+# ("The actor died unexpectedly"), so the run's reason was that instead of the NaN; alone it
+# passes every time. Cause not found yet (Ray's worker niceness was not it): one rerun, and
+# the flake is on record in the issue note.
+@pytest.mark.flaky(reruns=1)
 def test_a_failing_trial_prints_one_line_not_a_traceback_and_resume_tells_it_again(tmp_path):
     """Ray's console output on (no --quiet), the failing trial retried once: no traceback,
     one line for the cell, its run holding both attempts' errors. --resume retries it again
