@@ -10,6 +10,7 @@ import shlex
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from string import Template
@@ -106,12 +107,18 @@ def test_the_slurm_script_starts_a_head_then_workers_then_the_cli_on_the_cluster
     proc = subprocess.run(["bash", str(DEPLOY / "slurm.sbatch")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
+    # the worker nodes' sruns run in the background (``--block``: they outlive the script);
+    # under load their lines may land after the script ended
+    deadline = time.time() + 20
+    while (len([c for c in log.read_text().splitlines() if c.startswith("ray ")]) < 3
+           and time.time() < deadline):
+        time.sleep(0.1)
     calls = log.read_text().splitlines()
     rays = [c for c in calls if c.startswith("ray ")]
     assert rays[0].startswith("ray start --head --node-ip-address=10.1.2.3 --port=6379")
     assert rays[1:] == ["ray start --address=10.1.2.3:6379 --num-cpus=16 --num-gpus=1 --block"] * 2
     assert sum("-w node2" in c or "-w node3" in c for c in calls if c.startswith("srun")) == 2
-    assert calls[-1] == ("lmblocks-sweep --address 10.1.2.3:6379 --storage /shared/runs "
+    assert [c for c in calls if c.startswith("lmblocks-sweep")][-1] == ("lmblocks-sweep --address 10.1.2.3:6379 --storage /shared/runs "
                          "--family opt --sizes all --layers all")
     # the directives SLURM reads
     directives = [line for line in (DEPLOY / "slurm.sbatch").read_text().splitlines()
