@@ -174,8 +174,8 @@ class CellGridSampler(BaseSampler):
                 finished.add(attrs[GRID_ID])
             elif t.state == TrialState.RUNNING:
                 running.add(attrs[GRID_ID])
-        cells = range(self.n_cells)
-        return ([c for c in cells if c not in finished | running]
+        cells, taken = range(self.n_cells), finished | running
+        return ([c for c in cells if c not in taken]
                 or [c for c in cells if c not in finished] or list(cells))
 
 
