@@ -75,9 +75,10 @@ class _DropRecords(logging.Filter):
 
 
 def _only_unreported_trials(message: str) -> bool:
-    """Tune's "Failed to fetch metrics for N trial(s)" when every trial listed merely never
-    reported a result (a worker killed before its first epoch: a failed trial, listed at
-    the end). Any other reason (storage unreadable) is still shown."""
+    """Tune's "Failed to fetch metrics for N trial(s)" when every trial listed merely has no
+    result file: Tune's own result loggers are off (MLflow is the record:
+    ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``), or a worker was killed before its first epoch (a
+    failed trial, listed at the end). Any other reason (storage unreadable) is still shown."""
     if not message.startswith("Failed to fetch metrics for"):
         return False
     listed = [ln for ln in message.splitlines()[1:] if ln.strip()]

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import (
     BaseSampler,
     CmaEsSampler,
@@ -27,6 +28,7 @@ from optuna.samplers import (
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from encoders.lm.block_options import ADAPTER_INITS
@@ -165,6 +167,23 @@ class CellGridSampler(BaseSampler):
     def _unvisited(self, study) -> list[int]:
         """Rows no trial of this plan has finished or is running (released ones do not
         count); else the rows not finished; else every row."""
+        finished, running = self._taken(study)
+        cells, taken = range(self.n_cells), finished | running
+        return ([c for c in cells if c not in taken]
+                or [c for c in cells if c not in finished] or list(cells))
+
+    def plan_done(self, study) -> bool:
+        """Every row has a trial of this plan that finished or is running: the study has no
+        row left to hand out. Only past the plan's length (a resumed study) is it more than
+        one count of the study's trials."""
+        if study._storage.get_n_trials(study._study_id) < self.n_cells:
+            return False
+        finished, running = self._taken(study)
+        return len(finished | running) >= self.n_cells
+
+    def _taken(self, study) -> tuple[set[int], set[int]]:
+        """The rows of this plan's trials that finished, and those running (released trials
+        do not count)."""
         finished, running = set(), set()
         for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
             attrs = t.system_attrs
@@ -174,17 +193,62 @@ class CellGridSampler(BaseSampler):
                 finished.add(attrs[GRID_ID])
             elif t.state == TrialState.RUNNING:
                 running.add(attrs[GRID_ID])
-        cells, taken = range(self.n_cells), finished | running
-        return ([c for c in cells if c not in taken]
-                or [c for c in cells if c not in finished] or list(cells))
+        return finished, running
+
+
+class JournalAheadOptunaSearch(OptunaSearch):
+    """Ray Tune's ``OptunaSearch``, for a study whose journal may be ahead of Tune's
+    experiment snapshot.
+
+    Tune snapshots its experiment (trial states, this searcher) every so often; Optuna's
+    journal is written at every ask, report and tell. After a killed driver, ``--resume``
+    restores the last snapshot, which may predate some of the journal:
+
+    - a trial the snapshot holds as running, which the journal has already finished (it ran
+      to its end after the snapshot): Tune runs it again from its checkpoint, and reporting
+      to its finished Optuna trial raises ``UpdateFinishedTrialError``. Here the rerun's
+      results are not told again: the journal keeps the first run's value;
+    - a trial the snapshot does not hold at all, finished in the journal: Tune asks for one
+      trial more than the plan has rows left. ``CellGridSampler`` would hand out a finished
+      row a second time; here the search ends instead (``Searcher.FINISHED``).
+
+    Trials the journal holds as running that the snapshot does not know are released before
+    the restore (``release_stale_trials``). So Tune may keep a checkpoint or two a trial and
+    snapshot on its own period, not after every trial checkpoint (``num_to_keep=1`` forces
+    that: an O(trials) snapshot per epoch, O(trials^2) over a study)."""
+
+    def suggest(self, trial_id: str):
+        if (trial_id not in self._ot_trials and isinstance(self._sampler, CellGridSampler)
+                and self._sampler.plan_done(self._ot_study)):
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials:  # told already: a rerun of a finished trial
+            return
+        try:
+            super().on_trial_result(trial_id, result)
+        except UpdateFinishedTrialError:  # finished in the journal after the snapshot
+            self._completed_trials.add(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and self._ot_study._storage.get_trial(
+                ot_trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)  # the journal has its first run's value
+            return
+        super().on_trial_complete(trial_id, result, error)
 
 
 def optuna_exhaustive(
     plan: list[TrialSpec], metric: str, mode: str, seed: int = 0, **study
-) -> OptunaSearch:
+) -> JournalAheadOptunaSearch:
     """Every plan row exactly once, driven by ``CellGridSampler``."""
     cells = GridCells(plan)
-    return OptunaSearch(
+    return JournalAheadOptunaSearch(
         space=cells,
         metric=metric,
         mode=mode,
@@ -234,7 +298,7 @@ def make_searcher(
     plan: list[TrialSpec], *, search: str, sampler: str, metric: str, mode: str,
     study_path: Path | None, study_name: str, search_hparams: str | None = None,
     seed: int = 0,
-) -> OptunaSearch:
+) -> JournalAheadOptunaSearch:
     """The Optuna study is journaled next to the Ray results, so a resumed sweep continues it.
 
     ``search_hparams``: None (the spec's values), ``joint`` (with ``--search optuna``: the
@@ -245,11 +309,11 @@ def make_searcher(
         study_path.parent.mkdir(parents=True, exist_ok=True)
         study["storage"] = JournalStorage(JournalFileBackend(str(study_path)))
     if search == "grid" and search_hparams == "per-cell":
-        return OptunaSearch(space=PerCellHparams(plan), metric=metric,
+        return JournalAheadOptunaSearch(space=PerCellHparams(plan), metric=metric,
                             mode=mode, sampler=SAMPLERS[sampler](seed=seed), **study)
     if search == "grid":
         return optuna_exhaustive(plan, metric, mode, seed, **study)
-    return OptunaSearch(
+    return JournalAheadOptunaSearch(
         space=DefineByRunSpace(plan, search_hparams == "joint"),
         metric=metric,
         mode=mode,

@@ -165,14 +165,20 @@ class MlflowTrialLogger(LoggerCallback):
         self.params: dict[str, set[str]] = {}  # run -> param keys it has (seen this session)
         self.finished = 0
         self.failed = 0
+        self.resumed = False
+        self.earlier: dict[str, str] | None = None  # resumed: Tune trial id -> run, in MLflow
 
     def get_state(self) -> dict:
         """Saved with Tune's experiment state, so a resumed sweep keeps trial -> run."""
         return {"runs": dict(self.runs), "tagged": sorted(self.tagged)}
 
     def set_state(self, state: dict) -> None:
+        """A resumed sweep. Tune's snapshot may predate the dead driver's last runs: a trial it
+        restores as pending may have started (its run created) after the snapshot; that run
+        is found by the trial's id in MLflow (``_earlier_run``), not created twice."""
         self.runs = dict(state.get("runs", {}))
         self.tagged = set(state.get("tagged", []))
+        self.resumed = True
 
     def log_trial_start(self, trial: Trial) -> None:
         self._run_of(trial)
@@ -182,6 +188,9 @@ class MlflowTrialLogger(LoggerCallback):
         failed before it could start (an out-of-memory kill while its worker was set up)."""
         if trial.trial_id in self.runs:  # a retried trial keeps its run
             return self.runs[trial.trial_id]
+        if (run_id := self._earlier_run(trial.trial_id)) is not None:
+            self.runs[trial.trial_id] = run_id
+            return run_id
         spec = TrialSpec.from_config(trial.config)
         tags = {
             PARENT_TAG: self.parent_run_id,
@@ -198,6 +207,19 @@ class MlflowTrialLogger(LoggerCallback):
         self.client.log_batch(run_id, params=[Param(k, param_text(v)) for k, v in config.items()])
         self.params[run_id] = set(config)
         return run_id
+
+    def _earlier_run(self, trial_id: str) -> str | None:
+        """In a resumed sweep, the run an earlier driver made for this Tune trial, if any: the
+        sweep's runs are read once, at the first trial the restored state does not know."""
+        if not self.resumed:  # every run of this sweep is in self.runs
+            return None
+        if self.earlier is None:
+            found = self.client.search_runs(
+                [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                max_results=50_000)
+            self.earlier = {r.data.tags["lmblocks.tune_trial_id"]: r.info.run_id
+                            for r in found if "lmblocks.tune_trial_id" in r.data.tags}
+        return self.earlier.get(trial_id)
 
     def _logged_params(self, run_id: str) -> set[str]:
         """Param keys the run has: known for runs created by this driver; read once from

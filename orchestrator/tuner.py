@@ -134,12 +134,14 @@ def run_sweep(
                 storage_path=storage,
                 callbacks=[logger] if quiet else [logger, ProgressLine(
                     total, task.metric, task.mode)],
-                # num_to_keep=1 makes Tune snapshot the whole experiment (O(trials)) after
-                # every trial checkpoint: O(trials^2) over a study (bench/scale.py), but the
-                # snapshot then never lags Optuna's journal, which --resume after a killed
-                # driver needs (at 2, a resumed trial reported to an Optuna trial the journal
-                # had already finished: UpdateFinishedTrialError).
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # Tune forces an experiment snapshot (O(trials)) whenever a trial has saved
+                # num_to_keep checkpoints since the last one. At 1 that is every epoch of
+                # every trial: O(trials^2) over a study (bench/scale.py). At 2 a trial must
+                # checkpoint twice within Tune's own snapshot period (>= 10 s, ~5% of the
+                # time) to force one. The snapshot may then lag Optuna's journal; the
+                # searcher and the logger tolerate that on --resume (JournalAheadOptunaSearch,
+                # MlflowTrialLogger.set_state).
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 verbose=0,  # our one-line progress view instead of Tune's tables
             ),
@@ -210,6 +212,11 @@ def _start_ray(address: str | None, quiet: bool, verbose: bool) -> None:
     level = console.configure(verbose)  # the libraries' INFO lines only with -v
     # Per-epoch checkpoints of a seconds-long epoch trip Tune's snapshot-frequency warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # MLflow is the record: Tune's own CSV, JSON and TensorBoard files per trial would be
+    # written by the driver and copied to storage with every experiment snapshot (a third of
+    # the driver's CPU a trial; bench/scale.py). --resume reads Tune's experiment state, not
+    # them. TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 brings them back.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     quiet_trial_failures()  # a failed trial: no traceback here, one line at the end
     ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
              configure_logging=not quiet, logging_level=level)

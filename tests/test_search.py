@@ -150,3 +150,47 @@ def test_resume_releases_cells_a_dead_driver_asked_for(tmp_path, seed, plan):
     seen.append(cells(last)["cell_key"])
     assert sorted(seen) == sorted(t.key for t in rows)
     assert stale_cell == seen[-1] or stale_cell == seen[1]
+
+
+def test_a_resumed_search_tolerates_a_journal_ahead_of_tune_s_snapshot(tmp_path, plan):
+    """Tune snapshots the searcher every so often; the journal is written at every ask and
+    tell. After a killed driver the restored searcher is behind the journal: a trial it holds
+    as running finished (Tune runs it again: its results must not be told twice, which
+    raised UpdateFinishedTrialError), a trial it never saw finished (its row must not be
+    handed out again: the search ends instead), a trial it never saw was running (released:
+    its row is handed out again)."""
+    from ray.tune.search import Searcher
+
+    from orchestrator.search import make_searcher, release_stale_trials
+
+    rows = plan[:4]
+    journal = tmp_path / "optuna.journal"
+
+    def searcher():
+        return make_searcher(rows, search="grid", sampler="tpe", metric="val_acc",
+                             mode="max", study_path=journal, study_name="s")
+
+    live = searcher()
+    keys = {tid: live.suggest(tid)["cell_key"] for tid in ("t0", "t1")}
+    live.on_trial_result("t0", {"val_acc": 0.5, "training_iteration": 1})
+    live.save(str(tmp_path / "snapshot.pkl"))  # Tune's last snapshot before the crash
+    for tid, value in (("t0", 0.6), ("t1", 0.7)):  # both finish after it
+        live.on_trial_result(tid, {"val_acc": value, "training_iteration": 2})
+        live.on_trial_complete(tid, {"val_acc": value, "training_iteration": 2})
+    keys["t2"] = live.suggest("t2")["cell_key"]  # never in a snapshot, finished
+    live.on_trial_complete("t2", {"val_acc": 0.8, "training_iteration": 1})
+    released_key = live.suggest("t3")["cell_key"]  # never in a snapshot, running at the crash
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "snapshot.pkl"))
+    assert release_stale_trials(journal, "s", live={0, 1}) == [3]
+    for tid in ("t0", "t1"):  # Tune reruns them from their checkpoints
+        resumed.on_trial_result(tid, {"val_acc": 0.1, "training_iteration": 2})
+        resumed.on_trial_complete(tid, {"val_acc": 0.1, "training_iteration": 2})
+    again = resumed.suggest("t4")
+    assert again["cell_key"] == released_key
+    assert resumed.suggest("t5") == Searcher.FINISHED  # every row is done or running
+    values = {t.number: t.value for t in resumed._ot_study.get_trials()
+              if t.state == optuna.trial.TrialState.COMPLETE}
+    assert values == {0: 0.6, 1: 0.7, 2: 0.8}  # the first runs' values, not the reruns'
+    assert sorted([*keys.values(), again["cell_key"]]) == sorted(t.key for t in rows)

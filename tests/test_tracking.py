@@ -146,6 +146,34 @@ def test_a_resumed_driver_does_not_log_a_run_s_params_twice(tmp_path):
     assert data.params["device_name"] == "cpu" and data.tags["cpus"] == "4"
 
 
+def test_a_trial_that_started_after_the_last_snapshot_keeps_its_one_run(tmp_path):
+    """Tune's snapshot may predate a trial's start: the resumed driver restores it as pending
+    and starts it again. Its run (the dead driver's) is found by the Tune trial id, not made
+    twice; a trial no earlier driver started gets a run of its own."""
+    import types
+
+    from orchestrator.tracking import MlflowTrialLogger
+
+    logger, trial, client, parent = _logger_and_trial(tmp_path, "lag")
+    state = logger.get_state()  # the snapshot: before the trial started
+    logger.log_trial_start(trial)
+    logger.log_trial_result(1, trial, _cost_result(1))
+    first = logger.runs["t0"]
+    resumed = MlflowTrialLogger(f"sqlite:///{tmp_path / 'mlflow.db'}", "lag", parent)
+    resumed.set_state(state)
+    resumed.log_trial_start(trial)
+    other = types.SimpleNamespace(trial_id="t1", config=trial.config, last_result=None,
+                                  error_file=None)
+    resumed.log_trial_start(other)
+    assert resumed.runs["t0"] == first and resumed.runs["t1"] != first
+    trial.last_result = _cost_result(int(trial.config["epochs"]))
+    resumed.log_trial_end(trial)
+    runs = client.search_runs([client.get_run(parent).info.experiment_id],
+                              "tags.`lmblocks.kind` = 'trial'")
+    assert sorted(r.data.tags["lmblocks.tune_trial_id"] for r in runs) == ["t0", "t1"]
+    assert client.get_run(first).info.status == "FINISHED"
+
+
 def test_no_finished_cells_in_a_database_that_does_not_exist_and_it_is_not_created(tmp_path):
     from orchestrator.store import finished_cells
 
