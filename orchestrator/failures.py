@@ -20,6 +20,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from experiments.trial import AXES
+from orchestrator.store import run_rows
 
 NO_LM = ("family", "size", "layers")  # logged "none" when a cell has no LM
 ERROR_ARTIFACT = "error.txt"  # a failed run's artifact: Tune's error file, every attempt
@@ -131,14 +132,16 @@ def failed_trials(tracking_uri: str, parent_run_id: str) -> list[FailedTrial]:
     FAILED run whose trial (same full config) has a FINISHED run in the sweep is not either."""
     client = MlflowClient(tracking_uri)
     exp_id = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+    # the finished cells from one narrow read; only the FAILED runs are read whole
+    finished = {r.trial_key for r in run_rows(client, exp_id, "mlflow.parentRunId",
+                                               parent_run_id) if r.status == "FINISHED"}
+    runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' AND "
+                              "attributes.status = 'FAILED'",
                               max_results=50_000, order_by=["attributes.start_time ASC"])
-    finished = {r.data.tags.get("lmblocks.trial_key") for r in runs
-                if r.info.status == "FINISHED"}
     failed = []
     for run in runs:
         tags = run.data.tags
-        if run.info.status != "FAILED" or tags.get("lmblocks.trial_key") in finished:
+        if tags.get("lmblocks.trial_key") in finished:
             continue
         params = run.data.params
         cell = " ".join(f"{axis}={params[axis]}" for axis in AXES  # no LM: no family/size/layers

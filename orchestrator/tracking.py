@@ -35,7 +35,7 @@ from orchestrator.failures import (
     trial_error_text,
 )
 from orchestrator.spec import SweepSpec
-from orchestrator.store import experiment_id
+from orchestrator.store import experiment_id, run_rows
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_METRICS = (
@@ -124,11 +124,9 @@ def log_sweep_summary(tracking_uri: str, parent_run_id: str, report, claims: lis
     in a tag), and the findings and control table as the run's note."""
     client = MlflowClient(tracking_uri)
     run = client.get_run(parent_run_id)
-    children = client.search_runs([run.info.experiment_id],
-                                  f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=50_000)
-    status = Counter(r.info.status for r in children)
-    hours = sum((r.info.end_time or r.info.start_time) - r.info.start_time
-                for r in children) / 3.6e6
+    children = run_rows(client, run.info.experiment_id, PARENT_TAG, parent_run_id)
+    status = Counter(r.status for r in children)
+    hours = sum((r.end_time or r.start_time) - r.start_time for r in children) / 3.6e6
     metrics = {"trials_finished": status["FINISHED"], "trials_failed": status["FAILED"],
                "trial_hours": hours}
     tags: dict[str, str] = {}

@@ -28,7 +28,7 @@ from orchestrator.progress import ProgressLine
 from orchestrator.resources import cpus_per_gpu, per_trial_resources
 from orchestrator.search import make_searcher, release_stale_trials, trial_count
 from orchestrator.spec import SweepSpec
-from orchestrator.store import open_client
+from orchestrator.store import open_client, run_rows
 from orchestrator.tracking import MlflowTrialLogger, start_parent_run
 from orchestrator.trainable import tune_trial
 
@@ -245,13 +245,12 @@ def close_orphans(client: MlflowClient, parent: str) -> tuple[int, int]:
     """Child runs still RUNNING after the sweep (their driver died before Tune saved them,
     and Tune ran the cell again) are ended KILLED; returns (finished, failed) counts."""
     exp_id = client.get_run(parent).info.experiment_id
-    runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'",
-                              max_results=50_000)
+    runs = run_rows(client, exp_id, "mlflow.parentRunId", parent)
     for run in runs:
-        if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "orphaned", "its driver died; the cell ran again")
-            client.set_terminated(run.info.run_id, "KILLED")
-    statuses = [r.info.status for r in runs]
+        if run.status == "RUNNING":
+            client.set_tag(run.run_id, "orphaned", "its driver died; the cell ran again")
+            client.set_terminated(run.run_id, "KILLED")
+    statuses = [r.status for r in runs]
     return statuses.count("FINISHED"), statuses.count("FAILED")
 
 

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from experiments.cost import COST_PARAMS
 from experiments.trial import AXES, HPARAMS
+from results.run_table import search_runs_frame
 from results.stores import ReportError
 
 NOT_APPLICABLE = "none"  # a param's value where it does not apply (orchestrator.tracking)
@@ -43,10 +44,9 @@ def _one_experiment(client: MlflowClient, experiment: str,
                     parent_run_id: str | None) -> pd.DataFrame:
     latest = latest_sweep_run(client, experiment)
     exp_id = client.get_run(latest).info.experiment_id
-    where = (f"tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id
-             else "tags.`lmblocks.kind` = 'trial'")
-    raw = mlflow.search_runs(experiment_ids=[exp_id], filter_string=where,
-                             output_format="pandas", max_results=100_000)
+    tag, value = (("mlflow.parentRunId", parent_run_id) if parent_run_id
+                  else ("lmblocks.kind", "trial"))
+    raw = search_runs_frame(client, exp_id, tag, value)
     if not raw.empty and not parent_run_id and "tags.lmblocks.trial_key" in raw:
         # a cell run again by a later invocation: its latest FINISHED run, else its latest
         raw = (

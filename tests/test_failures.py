@@ -189,11 +189,11 @@ def assert_failures_told_once(proc, uri: str, cells: list[str], kind: str, reaso
     client = MlflowClient(uri)
     for m in found.values():
         run = client.get_run(m["run"])
-        assert run.info.status == "FAILED"
-        assert (m["kind"], m["reason"]) == (kind, run.data.tags["failure.reason"])
-        assert run.data.tags["failure.kind"] == kind and reason in m["reason"]
         text = Path(client.download_artifacts(m["run"], ERROR_ARTIFACT, str(tmp_path / m["run"])))
-        text = text.read_text()
+        text = text.read_text()  # in every message below: a flake's cause is in it
+        assert run.info.status == "FAILED", text
+        assert (m["kind"], m["reason"]) == (kind, run.data.tags["failure.reason"]), text
+        assert run.data.tags["failure.kind"] == kind and reason in m["reason"], text
         assert m["reason"] in text, text
         if traceback:  # the whole traceback: the trainable's frames down to the raise
             assert 'File "' in text and "orchestrator/trainable.py" in text, text

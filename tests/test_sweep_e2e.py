@@ -280,6 +280,8 @@ def test_driver_killed_then_resume_completes_every_cell_once(tmp_path):
     assert (before["status"] == "FINISHED").sum() < len(plan)
 
     experiment_dir = next((tmp_path / "ray").iterdir())
+    # MLflow is the record: no Tune result files, and --resume does not need them
+    assert not [*experiment_dir.rglob("progress.csv"), *experiment_dir.rglob("result.json")]
     resumed = subprocess.run(
         [sys.executable, str(ROOT / "sweep.py"), "--resume", str(experiment_dir), "--quiet"],
         cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,

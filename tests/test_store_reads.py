@@ -1,0 +1,74 @@
+"""Which cells a store holds, read in one SQL query on a SQL store: the same answer as
+MLflow's ``search_runs``, in a fraction of the time (``orchestrator.store.trial_statuses``)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from orchestrator import store
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """A store with every case: finished, failed, failed then rerun and finished, killed, a
+    run known by its trial key only, a deleted run, a sweep run, another experiment's run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = store.open_client(uri)
+    exp = store.experiment_id(client, "e")
+    other = store.experiment_id(client, "other")
+    t0 = int(time.time() * 1000)
+
+    def run(key, status, *, at, kind="trial", experiment=exp, key_tag="lmblocks.cell_key"):
+        tags = {"lmblocks.kind": kind, key_tag: key} if key else {"lmblocks.kind": kind}
+        r = client.create_run(experiment, start_time=t0 + at, tags=tags)
+        client.set_terminated(r.info.run_id, status)
+        return r.info.run_id
+
+    run("done", "FINISHED", at=0)
+    run("broken", "FAILED", at=1)
+    run("rerun", "FAILED", at=2)
+    run("rerun", "FINISHED", at=3)
+    run("fixed-then-broken", "FINISHED", at=4)
+    run("fixed-then-broken", "FAILED", at=5)
+    run("killed", "KILLED", at=6)
+    run("by-trial-key", "FINISHED", at=7, key_tag="lmblocks.trial_key")
+    client.delete_run(run("deleted", "FINISHED", at=8))
+    run("sweep", "FINISHED", at=9, kind="sweep")
+    run("elsewhere", "FINISHED", at=10, experiment=other)
+    run(None, "FINISHED", at=11)  # a trial run with no key at all: not a cell
+    return uri, client
+
+
+def test_the_sql_read_answers_as_search_runs_does(runs, monkeypatch):
+    _, client = runs
+    fast = store.trial_statuses(client, "e")
+    exp = client.get_experiment_by_name("e").experiment_id
+    rows = store.run_rows(client, exp, "lmblocks.kind", "trial")
+
+    def not_sql(*a, **k):
+        raise store._NotSql
+
+    monkeypatch.setattr(store, "_sql_run_rows", not_sql)
+    assert fast == store.trial_statuses(client, "e")
+    assert rows == store.run_rows(client, exp, "lmblocks.kind", "trial")  # times too
+    assert len(rows) == 9 and rows[-1].end_time >= rows[-1].start_time
+    assert fast[0] == ("by-trial-key", "FINISHED")  # newest first
+    assert store.trial_statuses(client, "nowhere") == []
+
+
+def test_cell_status_and_finished_cells_from_the_sql_read(runs):
+    uri, _ = runs
+    assert store.cell_status(uri, "e") == {
+        "done": "finished", "broken": "failed", "rerun": "finished",
+        "fixed-then-broken": "finished", "by-trial-key": "finished"}
+    assert store.finished_cells(uri, "e") == {
+        "done": 1, "rerun": 1, "fixed-then-broken": 1, "by-trial-key": 1}
+
+
+def test_the_sql_read_is_used_on_a_sql_store(runs, monkeypatch):
+    """Not a silent fallback: on SQLite the per-run path is never taken."""
+    _, client = runs
+    monkeypatch.setattr(client, "search_runs", lambda *a, **k: pytest.fail("search_runs"))
+    assert len(store.trial_statuses(client, "e")) == 8
