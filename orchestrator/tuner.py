@@ -18,7 +18,6 @@ from pathlib import Path
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from experiments.tasks.registry import get_task
 from experiments.trial import AXES, TrialSpec
@@ -26,6 +25,7 @@ from orchestrator import console
 from orchestrator.failures import quiet_trial_failures
 from orchestrator.progress import ProgressLine
 from orchestrator.resources import cpus_per_gpu, per_trial_resources
+from orchestrator.schedulers import QueuedASHAScheduler, QueuedFIFOScheduler
 from orchestrator.search import make_searcher, release_stale_trials, trial_count
 from orchestrator.spec import SweepSpec
 from orchestrator.store import open_client, run_rows
@@ -59,10 +59,12 @@ def gpu_memory_bytes(override_gb: float | None = None) -> float:
 
 
 def make_scheduler(name: str, metric: str, mode: str, epochs: int):
+    """Tune's FIFO or ASHA, choosing the next trial without scanning every trial a step
+    (``orchestrator/schedulers.py``)."""
     if name == "asha":  # stops weak trials on the per-epoch validation metric
-        return ASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=epochs,
-                             grace_period=max(1, epochs // 4), reduction_factor=2)
-    return None
+        return QueuedASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=epochs,
+                                   grace_period=max(1, epochs // 4), reduction_factor=2)
+    return QueuedFIFOScheduler()
 
 
 def run_sweep(

@@ -43,9 +43,9 @@ import math
 
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
 
 from experiments.trial import AXES, parse_label
+from results.run_table import metric_histories
 from results.runs import last_layer
 from results.stats import CELL, MIN_PAIRS, best_hparams, bootstrap_ci, interval_label
 
@@ -60,16 +60,8 @@ WINDOW_SHARE = 0.25  # the last quarter of the epochs (at least 2)
 
 def load_histories(client, df: pd.DataFrame, metric: str) -> dict[str, list[float]]:
     """Per FINISHED run, the metric's per-epoch values in step order (the last value logged
-    at a step wins: a retried epoch). One MLflow call per run."""
-    out: dict[str, list[float]] = {}
-    for run_id in df.loc[df["status"] == "FINISHED", "run_id"]:
-        try:
-            points = client.get_metric_history(run_id, metric)
-        except MlflowException:
-            continue
-        by_step = {p.step: p.value for p in sorted(points, key=lambda p: (p.step, p.timestamp))}
-        out[run_id] = [by_step[s] for s in sorted(by_step)]
-    return out
+    at a step wins: a retried epoch); on a SQL store in one query per 500 runs."""
+    return metric_histories(client, list(df.loc[df["status"] == "FINISHED", "run_id"]), metric)
 
 
 def still_improving(history: list[float] | None, higher: bool = True) -> bool | None:

@@ -1,5 +1,5 @@
 """An experiment's runs as the frame ``mlflow.search_runs`` returns, read from a SQL store in
-four queries.
+four queries; and a metric's history of many runs at once.
 
 ``mlflow.search_runs`` builds every run whole (ORM objects, then entities, then a frame row
 by row, converting each run's times one at a time): about 2 ms a run, 40 s for a study of
@@ -98,3 +98,59 @@ def _sql_frame(client: MlflowClient, experiment_id: str, tag: str, value: str) -
         for key in wide.columns:
             data[f"{name}.{key}"] = [missing if pd.isna(v) else v for v in wide[key]]
     return pd.DataFrame(data)
+
+
+def metric_histories(client: MlflowClient, run_ids: list[str],
+                     metric: str) -> dict[str, list[float]]:
+    """Per run, the metric's values in step order, the last one logged at a step winning (a
+    retried epoch), as ``get_metric_history`` gives them run by run. That is one call per
+    run: 5-10 ms each, minutes at 20,000 runs; on a SQL store it is one query per 500 runs.
+    A run with no such metric has an empty history; a run MLflow cannot read, none."""
+    try:
+        points = _sql_metric_points(client, run_ids, metric)
+    except _NotSql:
+        from mlflow.exceptions import MlflowException
+
+        points = {}
+        for run_id in run_ids:
+            try:
+                history = client.get_metric_history(run_id, metric)
+            except MlflowException:
+                continue
+            points[run_id] = [(m.step, m.timestamp, m.value) for m in history]
+    out: dict[str, list[float]] = {}
+    for run_id, logged in points.items():
+        by_step = {step: value for step, _, value in sorted(logged, key=lambda p: p[:2])}
+        out[run_id] = [by_step[s] for s in sorted(by_step)]
+    return out
+
+
+CHUNK = 500  # run ids per query: well under any SQL engine's limit on bound parameters
+
+
+def _sql_metric_points(client: MlflowClient, run_ids: list[str],
+                       metric: str) -> dict[str, list[tuple[int, int, float]]]:
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlMetric
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        from sqlalchemy import select
+    except ImportError as e:
+        raise _NotSql from e
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if not isinstance(store, SqlAlchemyStore):
+        raise _NotSql
+    out: dict[str, list[tuple[int, int, float]]] = {run_id: [] for run_id in run_ids}
+    try:
+        with store.ManagedSessionMaker() as session:
+            connection = session.connection()
+            for i in range(0, len(run_ids), CHUNK):
+                query = (select(SqlMetric.run_uuid, SqlMetric.step, SqlMetric.timestamp,
+                                SqlMetric.value, SqlMetric.is_nan)
+                         .where(SqlMetric.key == metric,
+                                SqlMetric.run_uuid.in_(run_ids[i:i + CHUNK])))
+                for run_id, step, ts, value, is_nan in connection.execute(query):
+                    out.setdefault(run_id, []).append(
+                        (step, ts, float("nan") if is_nan else value))
+    except AttributeError as e:  # MLflow's models changed: the slow, public way
+        raise _NotSql from e
+    return out

@@ -4,6 +4,7 @@ sooner (``results.run_table``; figures in ``bench/scale.py``)."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import mlflow
@@ -76,3 +77,31 @@ def test_a_sql_store_is_read_with_sql_and_any_other_with_search_runs(store, monk
     monkeypatch.setattr(run_table, "_sql_frame", not_sql)
     slow = run_table.search_runs_frame(client, exp, "lmblocks.kind", "trial")
     pd.testing.assert_frame_equal(fast[sorted(fast.columns)], slow[sorted(slow.columns)])
+
+
+def test_metric_histories_in_bulk_are_get_metric_history_run_by_run(store, monkeypatch):
+    """Step order, the last value logged at a step winning (a retried epoch), NaN kept, an
+    empty history for a run without the metric; the same as one call per run."""
+    client, exp, _ = store
+    runs = client.search_runs([exp], "tags.`lmblocks.kind` = 'trial'")
+    retried = runs[-1].info.run_id  # the first run: val_acc at steps 1 and 2
+    client.log_metric(retried, "val_acc", 0.65, step=2, timestamp=int(time.time() * 1000) + 10**6)
+    client.log_metric(retried, "val_acc", 0.3, step=0)
+    ids = [r.info.run_id for r in runs]
+    monkeypatch.setattr(run_table, "CHUNK", 2)  # several queries
+    fast = run_table.metric_histories(client, ids, "val_acc")
+    assert fast[retried] == [0.3, 0.5, 0.65]
+    assert sum(h == [] for h in fast.values()) == 1  # the run with no val_acc
+    assert any(len(h) == 1 and h[0] != h[0] for h in fast.values())  # the NaN
+
+    def not_sql(*a, **k):
+        raise run_table._NotSql
+
+    monkeypatch.setattr(run_table, "_sql_metric_points", not_sql)
+    slow = run_table.metric_histories(client, ids, "val_acc")
+
+    def same(a, b):  # NaN equal to NaN
+        return len(a) == len(b) and all(
+            x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
+
+    assert fast.keys() == slow.keys() and all(same(fast[k], slow[k]) for k in fast)
