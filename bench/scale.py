@@ -18,6 +18,8 @@ Per study, each in its own process (peak memory is per process):
 
     python bench/scale.py                 # 1k, 5k, 20k cells: about an hour on 2 cores
     python bench/scale.py --studies 1k    # one study, a few minutes
+    python bench/scale.py --pace DB       # the pace by tenth of a study's store (one stopped
+                                          # part-way included)
 
 The trials run on a simulated ``--cpus`` CPUs (Ray's logical CPUs: trials that return at
 once need none), so that many trials are in flight at once, as on a cluster.
@@ -119,6 +121,21 @@ def timed_run(cmd: list[str], cwd: Path) -> float:
     return time.perf_counter() - t
 
 
+def per_block_ms(db: Path, blocks: int = 10) -> list[tuple[int, float]]:
+    """The driver's pace as the study goes: ms a trial over each tenth of its trials, from
+    the trial runs' end times in the store (flat: no cost that grows with the trials done;
+    also readable from a study stopped part-way)."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        ends = [row[0] for row in con.execute(
+            "SELECT r.end_time FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+            "AND t.key = 'lmblocks.kind' AND t.value = 'trial' "
+            "WHERE r.end_time IS NOT NULL ORDER BY r.end_time")]
+    step = max(1, len(ends) // blocks)
+    return [(i, (ends[i] - ends[i - step]) / step) for i in range(step, len(ends), step)]
+
+
 def bench_study(name: str, cpus: int, keep: Path | None) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"lmblocks-scale-{name}-", dir=keep))
     uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -138,6 +155,7 @@ def bench_study(name: str, cpus: int, keep: Path | None) -> dict:
     out["report_cli"] = timed_run([sys.executable, "-m", "results.report", f"scale-{name}",
                                    "--tracking-uri", uri, "--out", str(work / "report2")], work)
     out["store_bytes"] = (work / "mlflow.db").stat().st_size
+    out["per_block"] = per_block_ms(work / "mlflow.db")
     out["journal_bytes"] = sum(p.stat().st_size for p in (work / "ray").rglob("optuna.journal"))
     out["work"] = str(work)
     return out
@@ -149,7 +167,11 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=8, help="Ray's logical CPUs (default 8)")
     ap.add_argument("--keep", type=Path, help="folder for the studies' stores (default: tmp)")
     ap.add_argument("--drive", help=argparse.SUPPRESS)
+    ap.add_argument("--pace", type=Path, help="print the pace by tenth of this store's study")
     args = ap.parse_args()
+    if args.pace:
+        print(" ".join(f"{i}:{ms:.0f}" for i, ms in per_block_ms(args.pace)))
+        return
     if args.drive:
         print(json.dumps(drive(json.loads(args.drive), args.cpus)))
         return
@@ -169,7 +191,9 @@ def main() -> None:
               f"{r['dry_run_store']:16.2f} {1000 * r['wall'] / n:16.1f} "
               f"{1000 * r['cpu'] / n:20.1f} {1000 * r['phases']['Ray Tune fit'] / n:13.1f} "
               f"{r['peak_rss'] / 1e6:12.0f} {r['report_cli']:9.1f} "
-              f"{r['store_bytes'] / 1e6:9.1f} {r['journal_bytes'] / 1e6:11.1f}", flush=True)
+              f"{r['store_bytes'] / 1e6:9.1f} {r['journal_bytes'] / 1e6:11.1f}\n"
+              "ms a trial by tenth of the study (trials done: ms): "
+              + " ".join(f"{i}:{ms:.0f}" for i, ms in r["per_block"]), flush=True)
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         k = b["trials"] / a["trials"]

@@ -184,7 +184,7 @@ def assert_failures_told_once(proc, uri: str, cells: list[str], kind: str, reaso
     # the paper's claims (one line each, issue 15) are the report's, not the failure's
     assert len([ln for ln in out.splitlines() if not ln.startswith("claim: ")]) <= max_lines, out
     found = {m["cell"]: m for m in map(FAILED_LINE.match, proc.stdout.splitlines()) if m}
-    assert sorted(found) == sorted(cells), proc.stdout
+    assert sorted(found) == sorted(cells), proc.stdout + proc.stderr[-4000:]
     assert sum(line.startswith("failed: ") for line in out.splitlines()) == len(cells)
     client = MlflowClient(uri)
     for m in found.values():
