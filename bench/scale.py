@@ -16,7 +16,7 @@ Per study, each in its own process (peak memory is per process):
   its phases (finished-cell lookup, Ray Tune's fit, report, summary), peak RSS of the driver;
 - report: ``lmblocks-report`` over the study's runs (a fresh process).
 
-    python bench/scale.py                 # 1k, 5k, 20k cells: about an hour on 2 cores
+    python bench/scale.py                 # 1k, 5k, 20k cells: ~1.8 h on 2 cores (~0.2 s a trial)
     python bench/scale.py --studies 1k    # one study, a few minutes
     python bench/scale.py --pace DB       # the pace by tenth of a study's store (one stopped
                                           # part-way included)
