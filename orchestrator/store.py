@@ -127,9 +127,11 @@ def run_rows(client: MlflowClient, experiment_id: str, tag: str, value: str) -> 
     store and table models (~0.1 s at 20,000). Any other store (a tracking server), or a
     store whose models differ from the ones this was written for, is read with
     ``search_runs`` (``tests/test_store_reads.py`` checks both give the same)."""
+    from results.run_table import NotSql
+
     try:
         return _sql_run_rows(client, experiment_id, tag, value)
-    except _NotSql:
+    except NotSql:
         pass
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
                               order_by=["attributes.start_time DESC"], max_results=50_000)
@@ -147,23 +149,18 @@ def trial_statuses(client: MlflowClient, experiment: str) -> list[tuple[str, str
                                                  "trial") if r.key]
 
 
-class _NotSql(Exception):
-    """The store cannot be read with one SQL query: read it with ``search_runs``."""
-
-
 def _sql_run_rows(client: MlflowClient, experiment_id: str, tag: str,
                   value: str) -> list[RunRow]:
+    from results.run_table import NotSql, sql_store
+
     try:
         from mlflow.entities import LifecycleStage
         from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
         from sqlalchemy import and_, select
         from sqlalchemy.orm import aliased
     except ImportError as e:
-        raise _NotSql from e
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    if not isinstance(store, SqlAlchemyStore):
-        raise _NotSql
+        raise NotSql from e
+    store = sql_store(client)
     chosen, cell, trial = aliased(SqlTag), aliased(SqlTag), aliased(SqlTag)
     try:
         query = (
@@ -182,7 +179,7 @@ def _sql_run_rows(client: MlflowClient, experiment_id: str, tag: str,
         with store.ManagedSessionMaker() as session:  # Core rows: no ORM object per run
             rows = session.connection().execute(query).all()
     except AttributeError as e:  # MLflow's models changed: the slow, public way
-        raise _NotSql from e
+        raise NotSql from e
     return [RunRow(*row) for row in rows]
 
 

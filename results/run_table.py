@@ -24,7 +24,7 @@ def search_runs_frame(client: MlflowClient, experiment_id: str, tag: str,
     ``mlflow.search_runs(output_format="pandas")`` frames them."""
     try:
         return _sql_frame(client, experiment_id, tag, value)
-    except _NotSql:
+    except NotSql:
         pass
     mlflow.set_tracking_uri(client.tracking_uri)
     return mlflow.search_runs(experiment_ids=[experiment_id],
@@ -32,8 +32,21 @@ def search_runs_frame(client: MlflowClient, experiment_id: str, tag: str,
                               output_format="pandas", max_results=100_000)
 
 
-class _NotSql(Exception):
-    """The store cannot be read with SQL queries: read it with ``mlflow.search_runs``."""
+class NotSql(Exception):
+    """The store cannot be read with SQL queries: read it with MLflow's public calls."""
+
+
+def sql_store(client: MlflowClient):
+    """MLflow's SQL store behind the client, whose session and table models the SQL reads
+    use; ``NotSql`` for any other store (a tracking server) or another MLflow layout."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError as e:
+        raise NotSql from e
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if not isinstance(store, SqlAlchemyStore):
+        raise NotSql
+    return store
 
 
 def _sql_frame(client: MlflowClient, experiment_id: str, tag: str, value: str) -> pd.DataFrame:
@@ -45,13 +58,10 @@ def _sql_frame(client: MlflowClient, experiment_id: str, tag: str, value: str) -
             SqlRun,
             SqlTag,
         )
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
         from sqlalchemy import select
     except ImportError as e:
-        raise _NotSql from e
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    if not isinstance(store, SqlAlchemyStore):
-        raise _NotSql
+        raise NotSql from e
+    store = sql_store(client)
     try:
         chosen = (select(SqlTag.run_uuid).join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
                   .where(SqlTag.key == tag, SqlTag.value == value,
@@ -76,7 +86,7 @@ def _sql_frame(client: MlflowClient, experiment_id: str, tag: str, value: str) -
                                        columns=[c.name for c in q.selected_columns])
                     for name, q in queries.items()}
     except AttributeError as e:  # MLflow's models changed: the slow, public way
-        raise _NotSql from e
+        raise NotSql from e
     runs = read["runs"]
     # built as search_runs builds it (a dict of lists, pandas inferring each column's type),
     # so that the two frames are equal, dtypes included
@@ -108,7 +118,7 @@ def metric_histories(client: MlflowClient, run_ids: list[str],
     A run with no such metric has an empty history; a run MLflow cannot read, none."""
     try:
         points = _sql_metric_points(client, run_ids, metric)
-    except _NotSql:
+    except NotSql:
         from mlflow.exceptions import MlflowException
 
         points = {}
@@ -132,13 +142,10 @@ def _sql_metric_points(client: MlflowClient, run_ids: list[str],
                        metric: str) -> dict[str, list[tuple[int, int, float]]]:
     try:
         from mlflow.store.tracking.dbmodels.models import SqlMetric
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
         from sqlalchemy import select
     except ImportError as e:
-        raise _NotSql from e
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
-    if not isinstance(store, SqlAlchemyStore):
-        raise _NotSql
+        raise NotSql from e
+    store = sql_store(client)
     out: dict[str, list[tuple[int, int, float]]] = {run_id: [] for run_id in run_ids}
     try:
         with store.ManagedSessionMaker() as session:
@@ -152,5 +159,5 @@ def _sql_metric_points(client: MlflowClient, run_ids: list[str],
                     out.setdefault(run_id, []).append(
                         (step, ts, float("nan") if is_nan else value))
     except AttributeError as e:  # MLflow's models changed: the slow, public way
-        raise _NotSql from e
+        raise NotSql from e
     return out

@@ -71,7 +71,7 @@ def test_a_sql_store_is_read_with_sql_and_any_other_with_search_runs(store, monk
     fast = run_table.search_runs_frame(client, exp, "lmblocks.kind", "trial")
 
     def not_sql(*a, **k):
-        raise run_table._NotSql
+        raise run_table.NotSql
 
     monkeypatch.setattr(mlflow, "search_runs", real)
     monkeypatch.setattr(run_table, "_sql_frame", not_sql)
@@ -95,7 +95,7 @@ def test_metric_histories_in_bulk_are_get_metric_history_run_by_run(store, monke
     assert any(len(h) == 1 and h[0] != h[0] for h in fast.values())  # the NaN
 
     def not_sql(*a, **k):
-        raise run_table._NotSql
+        raise run_table.NotSql
 
     monkeypatch.setattr(run_table, "_sql_metric_points", not_sql)
     slow = run_table.metric_histories(client, ids, "val_acc")

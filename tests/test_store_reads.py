@@ -8,6 +8,7 @@ import time
 import pytest
 
 from orchestrator import store
+from results import run_table
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_the_sql_read_answers_as_search_runs_does(runs, monkeypatch):
     rows = store.run_rows(client, exp, "lmblocks.kind", "trial")
 
     def not_sql(*a, **k):
-        raise store._NotSql
+        raise run_table.NotSql
 
     monkeypatch.setattr(store, "_sql_run_rows", not_sql)
     assert fast == store.trial_statuses(client, "e")
