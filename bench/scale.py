@@ -14,12 +14,17 @@ Per study, each in its own process (peak memory is per process):
   against the store once it holds the study's runs (every cell's status is read);
 - driver: seconds per trial of the whole sweep (wall; and the driver's CPU seconds), and of
   its phases (finished-cell lookup, Ray Tune's fit, report, summary), peak RSS of the driver;
-- report: ``lmblocks-report`` over the study's runs (a fresh process).
+- report: ``lmblocks-report`` over the study's runs (a fresh process);
+- Ray Tune alone (``tune_floor``): the same instant trial and Tune settings with no Optuna,
+  no MLflow and no lmblocks, over the study's first 2,000 trials at most: the floor under the
+  driver's cost a trial on this machine, and the driver's cost as a multiple of it.
 
     python bench/scale.py                 # 1k, 5k, 20k cells: ~1.8 h on 2 cores (~0.2 s a trial)
     python bench/scale.py --studies 1k    # one study, a few minutes
     python bench/scale.py --pace DB       # the pace by tenth of a study's store (one stopped
                                           # part-way included)
+    python bench/scale.py --ab 3          # MLflow writer process vs writes in the driver's
+                                          # loop, 3 alternated pairs (~15 min)
 
 The trials run on a simulated ``--cpus`` CPUs (Ray's logical CPUs: trials that return at
 once need none), so that many trials are in flight at once, as on a cluster.
@@ -67,9 +72,10 @@ def instant_trial(config: dict, **_) -> None:
                     checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def drive(argv: list[str], cpus: int) -> dict:
+def drive(argv: list[str], cpus: int, writer: str = "process") -> dict:
     """In this process: the sweep through ``orchestrator.cli.main`` with the instant trial;
-    wall seconds of its phases, the driver's CPU seconds and peak RSS."""
+    wall seconds of its phases, the driver's CPU seconds and peak RSS. ``writer="inline"``:
+    the trial logger's MLflow writes made in the driver's loop, not by its writer process."""
     import ray
 
     from orchestrator import cli, store, tracking, tuner
@@ -96,6 +102,12 @@ def drive(argv: list[str], cpus: int) -> dict:
     plan = build_plan(spec_from_args(build_parser().parse_args(argv)))
     seconds["plan"] = time.perf_counter() - t
     tuner.tune_trial = instant_trial
+    if writer == "inline":
+        from mlflow.tracking import MlflowClient
+
+        from orchestrator.run_writer import InlineWriter
+
+        tracking.ProcessWriter = lambda uri: InlineWriter(MlflowClient(uri))
     cli.preflight_weights = lambda *a, **k: None
     init = ray.init
     ray.init = lambda *a, **k: init(*a, **{**k, "num_cpus": cpus})
@@ -111,6 +123,33 @@ def drive(argv: list[str], cpus: int) -> dict:
     return {"trials": len(plan), "rc": rc, "wall": wall, "cpu": time.process_time() - cpu0,
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "phases": dict(seconds)}
+
+
+FLOOR_TRIALS = 2000
+
+
+def tune_floor(n: int, cpus: int) -> dict:
+    """In this process: Ray Tune alone over ``n`` instant trials, with the sweep's Tune
+    settings (reused actors, a checkpoint a trial, num_to_keep=2, no Tune log files, as many
+    pending trials as CPUs) and none of lmblocks (no Optuna, no MLflow, no plan): the floor
+    under the driver's cost a trial on this machine."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(cpus))
+    import ray
+    from ray import tune
+
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    cpu0 = time.process_time()
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as storage:
+        tune.Tuner(tune.with_resources(instant_trial, {"cpu": 1}),
+                   param_space={"cell_key": tune.grid_search([str(i) for i in range(n)])},
+                   tune_config=tune.TuneConfig(reuse_actors=True),
+                   run_config=tune.RunConfig(storage_path=storage, verbose=0,
+                                             checkpoint_config=tune.CheckpointConfig(
+                                                 num_to_keep=2))).fit()
+    wall = time.perf_counter() - t
+    return {"trials": n, "wall": wall, "cpu": time.process_time() - cpu0}
 
 
 def timed_run(cmd: list[str], cwd: Path) -> float:
@@ -158,7 +197,49 @@ def bench_study(name: str, cpus: int, keep: Path | None) -> dict:
     out["per_block"] = per_block_ms(work / "mlflow.db")
     out["journal_bytes"] = sum(p.stat().st_size for p in (work / "ray").rglob("optuna.journal"))
     out["work"] = str(work)
+    n = min(out["trials"], FLOOR_TRIALS)
+    proc = subprocess.run([sys.executable, __file__, "--floor", str(n), "--cpus", str(cpus)],
+                          cwd=work, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise SystemExit(f"Tune alone failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    out["floor"] = json.loads(lines[-1])
     return out
+
+
+AB_STUDY = ["--family", "opt", "--sizes", "all", "--layers", "all", "--tasks", "digits",
+            "--controls", "pretrained", "random", "adapters", "none", "--seeds", "0", "1",
+            "--epochs", "1"]
+
+
+def writer_ab(pairs: int, cpus: int) -> None:
+    """The trial logger's MLflow writes in the driver's loop (inline) against its writer
+    process, on one small study (586 trials), alternated so that both see the same machine."""
+    rows = []
+    for i in range(pairs):
+        pair = {}
+        for writer in ("inline", "process"):
+            work = Path(tempfile.mkdtemp(prefix=f"lmblocks-ab-{writer}-"))
+            argv = [*AB_STUDY, "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}",
+                    "--storage", str(work / "ray"), "--experiment", "ab",
+                    "--report-dir", str(work / "report"), "--quiet"]
+            proc = subprocess.run([sys.executable, __file__, "--drive", json.dumps(argv),
+                                   "--cpus", str(cpus), "--writer", writer], cwd=work,
+                                  capture_output=True, text=True, check=False)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if not lines:
+                raise SystemExit(f"the driver failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(lines[-1])
+            pair[writer] = (1000 * r["phases"]["Ray Tune fit"] / r["trials"],
+                            1000 * r["cpu"] / r["trials"])
+        rows.append(pair)
+        print(f"pair {i + 1}: fit ms a trial inline {pair['inline'][0]:.1f}, process "
+              f"{pair['process'][0]:.1f} (x{pair['process'][0] / pair['inline'][0]:.2f}); "
+              f"driver CPU ms a trial inline {pair['inline'][1]:.1f}, process "
+              f"{pair['process'][1]:.1f} (x{pair['process'][1] / pair['inline'][1]:.2f})",
+              flush=True)
+    ratios = sorted(p["process"][0] / p["inline"][0] for p in rows)
+    print(f"median fit ratio process/inline over {pairs} pairs: x{ratios[len(ratios) // 2]:.2f}")
 
 
 def main() -> None:
@@ -168,12 +249,24 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="folder for the studies' stores (default: tmp)")
     ap.add_argument("--drive", help=argparse.SUPPRESS)
     ap.add_argument("--pace", type=Path, help="print the pace by tenth of this store's study")
+    ap.add_argument("--floor", type=int, help="only Ray Tune alone over this many trials")
+    ap.add_argument("--writer", choices=["process", "inline"], default="process",
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--ab", type=int, metavar="PAIRS",
+                    help="only the MLflow writer process against writes in the driver's "
+                         "loop, this many alternated pairs on a 586-trial study")
     args = ap.parse_args()
     if args.pace:
         print(" ".join(f"{i}:{ms:.0f}" for i, ms in per_block_ms(args.pace)))
         return
     if args.drive:
-        print(json.dumps(drive(json.loads(args.drive), args.cpus)))
+        print(json.dumps(drive(json.loads(args.drive), args.cpus, args.writer)))
+        return
+    if args.ab:
+        writer_ab(args.ab, args.cpus)
+        return
+    if args.floor:
+        print(json.dumps(tune_floor(args.floor, args.cpus)))
         return
     print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}; "
           f"Ray logical CPUs {args.cpus}")
@@ -193,7 +286,13 @@ def main() -> None:
               f"{r['peak_rss'] / 1e6:12.0f} {r['report_cli']:9.1f} "
               f"{r['store_bytes'] / 1e6:9.1f} {r['journal_bytes'] / 1e6:11.1f}\n"
               "ms a trial by tenth of the study (trials done: ms): "
-              + " ".join(f"{i}:{ms:.0f}" for i, ms in r["per_block"]), flush=True)
+              + " ".join(f"{i}:{ms:.0f}" for i, ms in r["per_block"]) + "\n"
+              f"Ray Tune alone (no Optuna, no MLflow; {r['floor']['trials']} trials): "
+              f"{1000 * r['floor']['wall'] / r['floor']['trials']:.1f} ms a trial, "
+              f"{1000 * r['floor']['cpu'] / r['floor']['trials']:.1f} ms of driver CPU; "
+              f"the sweep's driver costs x{(r['wall'] / n) / (r['floor']['wall'] / r['floor']['trials']):.2f} "
+              f"its wall, x{(r['cpu'] / n) / (r['floor']['cpu'] / r['floor']['trials']):.2f} its CPU",
+              flush=True)
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         k = b["trials"] / a["trials"]

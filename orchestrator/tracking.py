@@ -8,8 +8,11 @@ tags on every trial (ours differ: weights' source, checkpoint identity) and logs
 bookkeeping number as a metric.
 
 Each Tune callback is one MLflow write (``log_batch``: metrics, params and tags together),
-not one per tag: with a SQLite store every write is its own transaction (journal and fsync),
-and Tune's driver loop waits for it.
+not one per tag: with a SQLite store every write is its own transaction (journal and fsync).
+In a sweep, every write but the run's creation is made by a process beside the driver
+(``orchestrator.run_writer``), in order, so Tune's driver loop does not wait for them; the
+writes are flushed whenever Tune snapshots the experiment, so a snapshot never names a
+run whose writes before it are still queued.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from orchestrator.failures import (
     failure_reason,
     trial_error_text,
 )
+from orchestrator.run_writer import InlineWriter, ProcessWriter, RunWriter
 from orchestrator.spec import SweepSpec
 from orchestrator.store import experiment_id, run_rows
 
@@ -153,8 +157,14 @@ def log_sweep_summary(tracking_uri: str, parent_run_id: str, report, claims: lis
 class MlflowTrialLogger(LoggerCallback):
     """Creates each trial's child run on start, logs per-epoch metrics, ends it FINISHED/FAILED."""
 
-    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str,
+                 background: bool = False) -> None:
+        """``background``: writes made by a process beside the driver (a sweep); otherwise
+        each at once (a logger driven by hand, as in the tests)."""
         self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.background = background
+        self._writer: RunWriter | None = None
         self.experiment_id = experiment_id(self.client, experiment)
         self.parent_run_id = parent_run_id
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
@@ -167,8 +177,37 @@ class MlflowTrialLogger(LoggerCallback):
         self.earlier: dict[str, str] | None = None  # resumed: Tune trial id -> run, in MLflow
 
     def get_state(self) -> dict:
-        """Saved with Tune's experiment state, so a resumed sweep keeps trial -> run."""
+        """Saved with Tune's experiment state, so a resumed sweep keeps trial -> run. Tune
+        calls it at every snapshot: the queued writes are made first."""
+        self.flush()
         return {"runs": dict(self.runs), "tagged": sorted(self.tagged)}
+
+    @property
+    def writer(self) -> RunWriter:
+        """Started at the first write: Tune pickles its callbacks with the experiment
+        (``--resume`` unpickles them), and a process and its queues do not pickle."""
+        if self._writer is None:
+            self._writer = (ProcessWriter(self.tracking_uri) if self.background
+                            else InlineWriter(self.client))
+        return self._writer
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_writer": None}
+
+    def flush(self) -> None:
+        """Every write made so far is in MLflow (raises the first that failed)."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and stop the writer (a later write starts another)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def on_experiment_end(self, trials: list[Trial], **info) -> None:
+        """Every write in MLflow before the sweep reads its runs back (orphans, summary)."""
+        self.close()
 
     def set_state(self, state: dict) -> None:
         """A resumed sweep. Tune's snapshot may predate the dead driver's last runs: a trial it
@@ -202,7 +241,8 @@ class MlflowTrialLogger(LoggerCallback):
         run = self.client.create_run(self.experiment_id, run_name=spec.run_name, tags=tags)
         self.runs[trial.trial_id] = run_id = run.info.run_id
         config = spec.to_config()
-        self.client.log_batch(run_id, params=[Param(k, param_text(v)) for k, v in config.items()])
+        self.writer.submit("log_batch", run_id,
+                           params=[Param(k, param_text(v)) for k, v in config.items()])
         self.params[run_id] = set(config)
         return run_id
 
@@ -212,6 +252,7 @@ class MlflowTrialLogger(LoggerCallback):
         if not self.resumed:  # every run of this sweep is in self.runs
             return None
         if self.earlier is None:
+            self.flush()
             found = self.client.search_runs(
                 [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
                 max_results=50_000)
@@ -224,6 +265,7 @@ class MlflowTrialLogger(LoggerCallback):
         MLflow for a run of an earlier driver (a resumed sweep), whose state may predate
         its last writes. MLflow refuses to change a param, so none is logged twice."""
         if run_id not in self.params:
+            self.flush()
             self.params[run_id] = set(self.client.get_run(run_id).data.params)
         return self.params[run_id]
 
@@ -231,10 +273,11 @@ class MlflowTrialLogger(LoggerCallback):
         """A failed trial restarts from its last checkpoint: its run records the retry."""
         run_id = self.runs.get(trial.trial_id)
         if run_id is not None:
+            self.flush()
             retries = self.client.get_run(run_id).data.tags.get("retries", "0")
-            self.client.log_batch(run_id, tags=[RunTag("retries", str(int(retries) + 1)),
-                                                RunTag("last_failure", failure_reason(
-                                                    trial_error_text(trial)))])
+            self.writer.submit("log_batch", run_id, tags=[
+                RunTag("retries", str(int(retries) + 1)),
+                RunTag("last_failure", failure_reason(trial_error_text(trial)))])
 
     def log_trial_result(self, iteration: int, trial: Trial, result: dict) -> None:
         """One ``log_batch``: the epoch's metrics, the trial's cost constants (params, once
@@ -260,10 +303,12 @@ class MlflowTrialLogger(LoggerCallback):
                    if _applies(result.get(key))
                    and self.where.get((run_id, tag)) != str(result[key])}
         tags.update(changed)
-        self.client.log_batch(run_id, metrics=metrics,
-                              params=[Param(k, v) for k, v in params.items()],
-                              tags=[RunTag(k, v) for k, v in tags.items()])
-        # recorded only once written: a failed write is tried again with the next result
+        self.writer.submit("log_batch", run_id, metrics=metrics,
+                           params=[Param(k, v) for k, v in params.items()],
+                           tags=[RunTag(k, v) for k, v in tags.items()])
+        # recorded once submitted: made at once (InlineWriter: a failed write raises here and
+        # is tried again with the next result), or queued (a failed write fails the sweep at
+        # the next flush)
         logged.update(params)
         self.tagged.add(run_id)
         self.where.update({(run_id, tag): value for tag, value in changed.items()})
@@ -272,7 +317,7 @@ class MlflowTrialLogger(LoggerCallback):
         run_id = self._run_of(trial)
         maps = (trial.last_result or {}).get("probe_maps")
         if maps:  # the probe batch's per-token maps at the trial's last epoch
-            self.client.log_text(run_id, maps, "analysis/probe_maps.json")
+            self.writer.submit("log_text", run_id, maps, "analysis/probe_maps.json")
         tags: dict[str, str] = {}
         error = ""
         if failed:
@@ -287,7 +332,7 @@ class MlflowTrialLogger(LoggerCallback):
             if done < planned:  # an early-stopping scheduler (ASHA) ended it
                 tags = {"stopped_early": f"after epoch {done} of {planned}"}
         if tags:
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            self.writer.submit("log_batch", run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         if error:  # the terminal shows none of it: the whole text stays in the run
-            self.client.log_text(run_id, error, ERROR_ARTIFACT)
-        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+            self.writer.submit("log_text", run_id, error, ERROR_ARTIFACT)
+        self.writer.submit("set_terminated", run_id, "FAILED" if failed else "FINISHED")

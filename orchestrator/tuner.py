@@ -108,7 +108,7 @@ def run_sweep(
                 opened_client.set_terminated(opened_parent, "FAILED")
             raise
     try:
-        logger = MlflowTrialLogger(tracking_uri, experiment, parent)
+        logger = MlflowTrialLogger(tracking_uri, experiment, parent, background=True)
         gpu_bytes = gpu_memory_bytes(gpu_memory_gb)
         trainable = _trainable(weights_dir, data_dir, gpus_per_trial, gpu_bytes,
                                cpus_per_trial, peak_tflops)
