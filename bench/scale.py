@@ -25,6 +25,9 @@ Per study, each in its own process (peak memory is per process):
                                           # part-way included)
     python bench/scale.py --ab 3          # MLflow writer process vs writes in the driver's
                                           # loop, 3 alternated pairs (~15 min)
+    python bench/scale.py --report DIR... [--against CHECKOUT --repeats 2]
+                                          # the report alone over kept studies (--keep),
+                                          # beside an older checkout's
 
 The trials run on a simulated ``--cpus`` CPUs (Ray's logical CPUs: trials that return at
 once need none), so that many trials are in flight at once, as on a cluster.
@@ -207,6 +210,41 @@ def bench_study(name: str, cpus: int, keep: Path | None) -> dict:
     return out
 
 
+def report_times(stores: list[Path], against: Path | None, repeats: int) -> None:
+    """``lmblocks-report`` over kept studies' stores (``--keep``), each a fresh process: this
+    checkout, and where ``against`` names another checkout (an older commit) that one too,
+    alternated ``repeats`` times so that both see the same machine."""
+    import sqlite3
+
+    codes = {"this": ROOT, **({"against": against.resolve()} if against else {})}
+    for store in stores:
+        db = store / "mlflow.db"
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            name = con.execute("SELECT name FROM experiments WHERE name LIKE 'scale-%'"
+                               ).fetchone()[0]
+            runs = con.execute("SELECT count(*) FROM tags WHERE key = 'lmblocks.kind' "
+                               "AND value = 'trial'").fetchone()[0]
+        times: dict[str, list[float]] = {k: [] for k in codes}
+        for _ in range(repeats):
+            for label, code in codes.items():
+                out = Path(tempfile.mkdtemp(prefix="lmblocks-report-"))
+                t = time.perf_counter()
+                proc = subprocess.run(
+                    [sys.executable, "-m", "results.report", name, "--tracking-uri",
+                     f"sqlite:///{db}", "--out", str(out)], cwd=out, capture_output=True,
+                    text=True, check=False, env={**os.environ, "PYTHONPATH": str(code)})
+                if proc.returncode:
+                    raise SystemExit(f"report ({code}) failed:\n{proc.stderr[-2000:]}")
+                times[label].append(time.perf_counter() - t)
+        line = f"{name}: {runs} trial runs; report s, this checkout: " + " ".join(
+            f"{v:.1f}" for v in times["this"])
+        if against:
+            ratio = min(times["this"]) / min(times["against"])
+            line += (f"; {against}: " + " ".join(f"{v:.1f}" for v in times["against"])
+                     + f"; best of each: x{ratio:.2f}")
+        print(line, flush=True)
+
+
 AB_STUDY = ["--family", "opt", "--sizes", "all", "--layers", "all", "--tasks", "digits",
             "--controls", "pretrained", "random", "adapters", "none", "--seeds", "0", "1",
             "--epochs", "1"]
@@ -255,7 +293,15 @@ def main() -> None:
     ap.add_argument("--ab", type=int, metavar="PAIRS",
                     help="only the MLflow writer process against writes in the driver's "
                          "loop, this many alternated pairs on a 586-trial study")
+    ap.add_argument("--report", type=Path, nargs="+", metavar="STORE",
+                    help="only time the report over these kept studies' folders")
+    ap.add_argument("--against", type=Path, metavar="CHECKOUT",
+                    help="with --report: time another checkout's report beside this one's")
+    ap.add_argument("--repeats", type=int, default=1, help="with --report (default 1)")
     args = ap.parse_args()
+    if args.report:
+        report_times(args.report, args.against, args.repeats)
+        return
     if args.pace:
         print(" ".join(f"{i}:{ms:.0f}" for i, ms in per_block_ms(args.pace)))
         return

@@ -81,16 +81,23 @@ def convergence(runs: pd.DataFrame, histories: dict[str, list[float]] | None,
                 higher: bool = True) -> pd.DataFrame:
     """Per cell: seeds, judged seeds, still-improving seeds and its status (converged, not
     converged, unknown)."""
-    rows = []
-    for cell, grp in runs.groupby(CELL, sort=False):
-        flags = [still_improving((histories or {}).get(r), higher) for r in grp["run_id"]]
-        judged = [f for f in flags if f is not None]
-        improving = sum(judged)
-        status = ("unknown" if not judged else
-                  "not converged" if improving > len(judged) / 2 else "converged")
-        rows.append({**dict(zip(CELL, cell, strict=True)), "seeds": len(grp),
-                     "judged": len(judged), "improving": improving, "status": status})
-    return pd.DataFrame(rows, columns=[*CELL, "seeds", "judged", "improving", "status"])
+    columns = [*CELL, "seeds", "judged", "improving", "status"]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    # One flag a run (None: too short to judge), then counted per cell by grouped sums: a
+    # study has thousands of cells, and a DataFrame slice a cell cost seconds.
+    flags = [still_improving((histories or {}).get(r), higher) for r in runs["run_id"]]
+    per_run = pd.DataFrame({"judged": [f is not None for f in flags],
+                            "improving": [bool(f) for f in flags]}, index=runs.index)
+    cells = runs.groupby(CELL, sort=False)
+    counts = per_run.groupby([runs[c] for c in CELL], sort=False).sum()
+    out = cells.size().rename("seeds").to_frame().join(counts).reset_index()
+    out["judged"] = out["judged"].astype(int)
+    out["improving"] = out["improving"].astype(int)
+    out["status"] = np.where(out["judged"] == 0, "unknown",
+                             np.where(out["improving"] > out["judged"] / 2, "not converged",
+                                      "converged"))
+    return out[columns]
 
 
 def cell_name(task: str, family: str, size: str, layers: str, control: str) -> str:
@@ -113,9 +120,10 @@ def _direction(lo: float, hi: float, higher: bool) -> int:
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> tuple[float, float, float, int]:
     """Mean of a - b over the seeds both have, its bootstrap interval and n."""
-    both = a.drop_duplicates("seed")[["seed", metric]].merge(
-        b.drop_duplicates("seed")[["seed", metric]], on="seed", suffixes=("_a", "_b"))
-    diffs = (both[f"{metric}_a"] - both[f"{metric}_b"]).to_numpy(dtype=float)
+    sa = a[["seed", metric]].drop_duplicates("seed").set_index("seed")[metric]
+    sb = b[["seed", metric]].drop_duplicates("seed").set_index("seed")[metric]
+    both = sa.index[sa.index.isin(sb.index)]  # the seeds both have, in a's order
+    diffs = (sa.loc[both].to_numpy(dtype=float) - sb.loc[both].to_numpy(dtype=float))
     lo, hi = bootstrap_ci(diffs)
     return (float(diffs.mean()) if len(diffs) else float("nan")), lo, hi, len(diffs)
 
@@ -156,7 +164,7 @@ def not_measured(claim: str, comparison: str, reason: str) -> dict:
 
 
 def _key(rows: pd.DataFrame) -> tuple:
-    return tuple(rows.iloc[0][c] for c in CELL)
+    return tuple(rows[c].iloc[0] for c in CELL)  # not rows.iloc[0]: a row of every column
 
 
 def _last_label(labels: set[str], family: str, size: str) -> str | None:
@@ -187,13 +195,14 @@ def _vs_controls(runs: pd.DataFrame, metric: str, higher: bool, status: dict) ->
     for control in PRE_CONTROLS:
         claim = f"pretrained > {control}"
         base = runs[runs["control"] == control]
+        by_task = dict(tuple(base.groupby("task", sort=False)))  # one pass, not one per LM
         if base.empty or not lms:
             rows.append(not_measured(claim, "", f"needs control {control}" if base.empty
                                      else "needs control pretrained"))
             continue
         for task, family, size, grp, last in lms:
             where = f"{task}, {family}/{size}"
-            b = base[base["task"] == task]
+            b = by_task.get(task, base.iloc[:0])
             if (b["family"] != "").any():  # a control sized like the LM: the same LM
                 b = b[(b["family"] == family) & (b["size"] == size)]
             if b.empty:

@@ -43,6 +43,7 @@ scales and schedules; the paper's values are percent, a sweep's metric may be a 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,8 +208,10 @@ def layer_matches(paper_layers: str, family: str, size: str, layers: str) -> boo
     return str(layers) == want
 
 
-def matches(cell: pd.Series, paper: pd.DataFrame) -> pd.DataFrame:
-    """The paper rows one summary cell matches (see the module docstring)."""
+def matches(cell: pd.Series | dict, paper: pd.DataFrame,
+            test_layers: bool = True) -> pd.DataFrame:
+    """The paper rows one summary cell matches (see the module docstring); without
+    ``test_layers``, those it matches on everything but the layer."""
     ident = TASKS.get(cell["task"])
     if ident is None:
         return paper.iloc[:0]
@@ -218,6 +221,8 @@ def matches(cell: pd.Series, paper: pd.DataFrame) -> pd.DataFrame:
               & paper["size"].isin(["", cell["size"]])]
     if ident.model:
         p = p[p["model"] == ident.model]
+    if not test_layers:
+        return p
     keep = [layer_matches(pl, cell["family"], cell["size"], cell["layers"]) for pl in p["layers"]]
     return p[keep]
 
@@ -278,17 +283,31 @@ def beside(summary: pd.DataFrame, metric: str | None = None,
     rows, unmatched = [], []
     if summary.empty or "task" not in summary:
         return pd.DataFrame(columns=BESIDE)
-    for _, cell in summary.iterrows():
-        hits = matches(cell, paper)
-        rows += [_row("match", cell.to_dict(), p, metric) for _, p in hits.iterrows()]
-        if hits.empty:
-            unmatched.append(tuple(cell[c] for c in ("task", "control", "family", "size")))
+    # ``matches`` a cell at a time, with the paper filtered once per (task, control, family,
+    # size) and each filtered row's layer test done once per layer label: a study's cells
+    # share a few of those and differ in the layer (thousands of cells, a few paper rows).
+    candidates: dict[tuple, list[tuple[str, dict]]] = {}
+    for cell in summary[[*CELL, "mean", "n"]].to_dict("records"):
+        group = tuple(cell[c] for c in ("task", "control", "family", "size"))
+        if group not in candidates:
+            p = matches({**cell, "layers": None}, paper, test_layers=False)
+            candidates[group] = [(r["layers"], r) for r in p.to_dict("records")]
+        hits = [r for pl, r in candidates[group]
+                if _layer_matches(pl, cell["family"], cell["size"], str(cell["layers"]))]
+        rows += [_row("match", cell, p, metric) for p in hits]
+        if not hits:
+            unmatched.append(group)
     for task, control, family, size in dict.fromkeys(unmatched):
         group = {"task": task, "control": control, "family": family, "size": size,
                  "layers": "", "mean": float("nan"), "n": pd.NA}
         rows += [_row("reference", group, p, metric) for _, p in
                  references(task, control, family, size, paper).iterrows()]
     return pd.DataFrame(rows, columns=BESIDE)
+
+
+@functools.lru_cache(maxsize=4096)
+def _layer_matches(paper_layers: str, family: str, size: str, layers: str) -> bool:
+    return layer_matches(paper_layers, family, size, layers)
 
 
 def markdown_section(rows: pd.DataFrame, summary: pd.DataFrame) -> list[str]:

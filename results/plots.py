@@ -44,6 +44,24 @@ def text_colour(rgba) -> str:
     return "white" if luminance < 0.179 else "black"
 
 
+# Past these, a figure's legend or its cells' printed values cannot be read (a study of
+# thousands of cells), and drawing them was most of the report's time: the legend is
+# replaced by a line naming the table that holds the same numbers.
+LEGEND_MAX = 24
+ANNOTATE_MAX = 300
+
+
+def _legend(ax, table: str) -> None:
+    """The legend, or where there are too many entries to read, a note saying so."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries <= LEGEND_MAX:
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.01, 0.01, f"{entries} lines, too many to name here: see {table}",
+                transform=ax.transAxes, fontsize=8, va="bottom",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -74,7 +92,7 @@ def metric_vs_layer(summary: pd.DataFrame, path: Path) -> Path:
                   fontsize=9)
     ax.set_title("Which layer helps: validation metric by layer, against the controls")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _legend(ax, "by_layer.csv")
     return _save(fig, path)
 
 
@@ -102,7 +120,7 @@ def metric_vs_size(summary: pd.DataFrame, path: Path, layer: str = "last") -> Pa
                   fontsize=9)
     ax.set_title(f"Do larger LMs help? Pretrained block at layer '{layer}' of each size")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="best")
+    _legend(ax, "by_size.csv")
     return _save(fig, path)
 
 
@@ -116,17 +134,19 @@ def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
     labels = [f"{f}-{s}" for f, s in zip(cols["family"], cols["size"], strict=True)]
     layers = sorted(pre["layer_index"].dropna().unique())
     grid = np.full((len(layers), len(labels)), np.nan)
-    for _, r in pre.iterrows():
-        if pd.notna(r["layer_index"]):
-            grid[layers.index(r["layer_index"]), labels.index(f"{r['family']}-{r['size']}")] = (
-                r[value])
+    row_of = {v: i for i, v in enumerate(layers)}
+    col_of = {lab: j for j, lab in enumerate(labels)}
+    for layer, family, size, v in zip(pre["layer_index"], pre["family"], pre["size"],
+                                      pre[value], strict=True):
+        if pd.notna(layer):
+            grid[row_of[layer], col_of[f"{family}-{size}"]] = v
     fig, ax = plt.subplots(figsize=(max(6.5, 2.5 + 1.2 * len(labels)), 2 + 0.4 * max(1, len(layers))))
     bound = np.nanmax(np.abs(grid)) if use_delta and np.isfinite(grid).any() else None
     cmap = matplotlib.colormaps["RdBu" if use_delta else "viridis"].with_extremes(
         bad="#d9d9d9")  # grey: no such cell (white would read as a gain of 0)
     im = ax.imshow(grid, aspect="auto", cmap=cmap,
                    vmin=-bound if bound else None, vmax=bound if bound else None)
-    for i in range(grid.shape[0]):
+    for i in range(grid.shape[0] if grid.size <= ANNOTATE_MAX else 0):
         for j in range(grid.shape[1]):
             if np.isfinite(grid[i, j]):  # black on light cells, white on dark ones
                 ax.text(j, i, f"{grid[i, j]:+.3f}" if use_delta else f"{grid[i, j]:.3f}",
