@@ -108,21 +108,22 @@ def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
     df = best_hparams(df, metric, higher)
     expected = df.groupby("task")["seed"].agg(lambda s: len(set(s)))  # seeds run for a task
     # A cell's id in order of first appearance; rows with a missing key are in no cell.
-    df = df.assign(_cell=df.groupby(CELL, sort=False).ngroup()) if len(df) else df
-    df = df[df["_cell"] >= 0] if len(df) else df
+    if not df.empty:
+        df = df.assign(_cell=df.groupby(CELL, sort=False).ngroup())
+        df = df[df["_cell"] >= 0]
     if df.empty:
         out = pd.DataFrame()
         out.attrs.update(metric=metric, control=control, higher=higher)
         return out
     cells = np.arange(df["_cell"].max() + 1)
     done = df[df["status"] == "FINISHED"]
-    ok = done.groupby("_cell")
 
-    def per_cell(series: pd.Series, how: str, fill=np.nan) -> np.ndarray:
-        return series.groupby(done["_cell"]).agg(how).reindex(cells, fill_value=fill).to_numpy()
+    def per_cell(series: pd.Series, how: str) -> np.ndarray:
+        """``how`` over each cell's finished runs (NaN for a cell with none)."""
+        return series.groupby(done["_cell"]).agg(how).reindex(cells).to_numpy()
 
     first = df.drop_duplicates("_cell").set_index("_cell").sort_index()
-    n = ok.size().reindex(cells, fill_value=0).to_numpy()
+    n = done.groupby("_cell").size().reindex(cells, fill_value=0).to_numpy()
     seed_done = pd.MultiIndex.from_frame(df[["_cell", "seed"]]).isin(
         pd.MultiIndex.from_frame(done[["_cell", "seed"]]))
     failed = pd.Series(~seed_done, index=df.index).groupby(df["_cell"]).sum()
