@@ -196,6 +196,7 @@ def write_paper(df: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
+@functools.lru_cache(maxsize=4096)  # a report asks it once a cell: thousands, few distinct
 def layer_matches(paper_layers: str, family: str, size: str, layers: str) -> bool:
     """A cell's layer label (``'31'``, ``'30:32'``) is the paper row's ``last``/``last2``
     of that family and size; an empty paper ``layers`` matches any."""
@@ -284,16 +285,16 @@ def beside(summary: pd.DataFrame, metric: str | None = None,
     if summary.empty or "task" not in summary:
         return pd.DataFrame(columns=BESIDE)
     # ``matches`` a cell at a time, with the paper filtered once per (task, control, family,
-    # size) and each filtered row's layer test done once per layer label: a study's cells
+    # size) and each layer test cached (``layer_matches``): a study's cells
     # share a few of those and differ in the layer (thousands of cells, a few paper rows).
-    candidates: dict[tuple, list[tuple[str, dict]]] = {}
+    candidates: dict[tuple, list[dict]] = {}
     for cell in summary[[*CELL, "mean", "n"]].to_dict("records"):
         group = tuple(cell[c] for c in ("task", "control", "family", "size"))
         if group not in candidates:
             p = matches({**cell, "layers": None}, paper, test_layers=False)
-            candidates[group] = [(r["layers"], r) for r in p.to_dict("records")]
-        hits = [r for pl, r in candidates[group]
-                if _layer_matches(pl, cell["family"], cell["size"], str(cell["layers"]))]
+            candidates[group] = p.to_dict("records")
+        hits = [r for r in candidates[group]
+                if layer_matches(r["layers"], cell["family"], cell["size"], str(cell["layers"]))]
         rows += [_row("match", cell, p, metric) for p in hits]
         if not hits:
             unmatched.append(group)
@@ -303,11 +304,6 @@ def beside(summary: pd.DataFrame, metric: str | None = None,
         rows += [_row("reference", group, p, metric) for _, p in
                  references(task, control, family, size, paper).iterrows()]
     return pd.DataFrame(rows, columns=BESIDE)
-
-
-@functools.lru_cache(maxsize=4096)
-def _layer_matches(paper_layers: str, family: str, size: str, layers: str) -> bool:
-    return layer_matches(paper_layers, family, size, layers)
 
 
 def markdown_section(rows: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
