@@ -194,3 +194,93 @@ def test_a_resumed_search_tolerates_a_journal_ahead_of_tune_s_snapshot(tmp_path,
               if t.state == optuna.trial.TrialState.COMPLETE}
     assert values == {0: 0.6, 1: 0.7, 2: 0.8}  # the first runs' values, not the reruns'
     assert sorted([*keys.values(), again["cell_key"]]) == sorted(t.key for t in rows)
+
+
+def _journal_answers(storage, study_id: int) -> tuple[int, list[int]]:
+    return (storage.get_n_trials(study_id),
+            [t.number for t in storage.get_all_trials(
+                study_id, deepcopy=False, states=(optuna.trial.TrialState.WAITING,))])
+
+
+def test_the_sweep_s_journal_answers_the_ask_s_questions_as_optuna_s_does(tmp_path):
+    """``SweepJournalStorage`` keeps the study's trial count and its waiting trials instead
+    of walking every trial at every ask: it must give the answers a plain ``JournalStorage``
+    reading the same journal gives, through enqueued trials popped by asks, trials told,
+    a trial set back to WAITING, and a pickling (Tune's snapshot of the searcher)."""
+    import pickle
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from orchestrator.search import SweepJournalStorage
+
+    journal = str(tmp_path / "optuna.journal")
+    storage = SweepJournalStorage(JournalFileBackend(journal))
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    sid = study._study_id
+
+    def check(where: str, store=storage) -> tuple[int, list[int]]:
+        plain = JournalStorage(JournalFileBackend(journal))
+        got, want = _journal_answers(store, sid), _journal_answers(plain, sid)
+        assert got == want, where
+        return got
+
+    assert check("empty") == (0, [])
+    for i in range(3):
+        study.tell(study.ask(), float(i))
+    study.enqueue_trial({"x": 1.0})
+    study.enqueue_trial({"x": 2.0})
+    assert check("two enqueued") == (5, [3, 4])
+    popped = study.ask()  # takes the first waiting trial
+    assert popped.number == 3
+    assert check("one popped") == (5, [4])
+    study.tell(popped, 1.0)
+    running = study.ask()
+    assert running.number == 4
+    fresh = study.ask()  # none waiting: a new trial
+    assert check("none waiting") == (6, [])
+    storage.set_trial_state_values(fresh._trial_id, optuna.trial.TrialState.WAITING)
+    assert check("set back to WAITING") == (6, [5])
+    study.enqueue_trial({"x": 3.0})
+    restored = pickle.loads(pickle.dumps(storage))  # Tune's snapshot, --resume
+    assert check("unpickled", restored) == (7, [5, 6])
+    study.tell(running, 2.0)
+    assert check("after a tell") == (7, [5, 6])
+
+
+def test_an_ask_does_not_walk_every_trial_of_the_study(tmp_path, monkeypatch):
+    """The grid search's ask (``make_searcher``'s study, on the sweep's journal) must not
+    walk the study's trials: Optuna's ``JournalStorage`` did, twice an ask (the waiting
+    trials, the trial count), so the driver's cost a trial grew with the study. Counted by
+    the journal's own walk, which a plain ``JournalStorage`` makes at every ask."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal._storage import JournalStorageReplayResult
+
+    from orchestrator.search import make_searcher
+
+    plan = build_plan(load_spec("smoke").replace(seeds=tuple(range(4))))  # 16 rows
+    walks = []
+    walk = JournalStorageReplayResult.get_all_trials
+    monkeypatch.setattr(JournalStorageReplayResult, "get_all_trials",
+                        lambda self, *a, **k: walks.append(1) or walk(self, *a, **k))
+    searcher = make_searcher(plan, search="grid", sampler="tpe", metric="val_acc",
+                             mode="max", study_path=tmp_path / "optuna.journal",
+                             study_name="s")
+    for i in range(5):  # the first ask builds the index: one walk
+        searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {"val_acc": 0.5})
+    walks.clear()
+    keys = [searcher.suggest(f"t{i}")["cell_key"] for i in range(5, 12)]
+    for i in range(5, 12):
+        searcher.on_trial_complete(f"t{i}", {"val_acc": 0.5})
+    assert walks == []
+    assert keys == [t.key for t in plan[5:12]]
+
+    plain = optuna.create_study(study_name="p", direction="maximize",
+                                storage=JournalStorage(JournalFileBackend(
+                                    str(tmp_path / "plain.journal"))))
+    plain.ask()
+    walks.clear()
+    plain.ask()
+    assert walks  # what the count above would see on Optuna's own storage
