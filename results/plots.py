@@ -124,12 +124,9 @@ def metric_vs_size(summary: pd.DataFrame, path: Path, layer: str = "last") -> Pa
     return _save(fig, path)
 
 
-def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
-    """Rows: layer index; columns: sizes of each family (by parameters); colour: the paired
-    gain over the control (the mean where there is no pair)."""
-    pre = summary[summary["control"].isin(layer_controls())]
-    use_delta = pre["delta"].notna().any()
-    value = "delta" if use_delta else "mean"
+def heatmap_grid(pre: pd.DataFrame, value: str) -> tuple[np.ndarray, list, list[str]]:
+    """One task's grid: rows the layer indices, columns the LMs (``family-size``, each
+    family's sizes by parameters), values ``value`` (NaN: no such cell)."""
     cols = pre.sort_values(["family", "lm_params"])[["family", "size"]].drop_duplicates()
     labels = [f"{f}-{s}" for f, s in zip(cols["family"], cols["size"], strict=True)]
     layers = sorted(pre["layer_index"].dropna().unique())
@@ -140,26 +137,45 @@ def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
                                       pre[value], strict=True):
         if pd.notna(layer):
             grid[row_of[layer], col_of[f"{family}-{size}"]] = v
-    fig, ax = plt.subplots(figsize=(max(6.5, 2.5 + 1.2 * len(labels)), 2 + 0.4 * max(1, len(layers))))
-    bound = np.nanmax(np.abs(grid)) if use_delta and np.isfinite(grid).any() else None
-    cmap = matplotlib.colormaps["RdBu" if use_delta else "viridis"].with_extremes(
-        bad="#d9d9d9")  # grey: no such cell (white would read as a gain of 0)
-    im = ax.imshow(grid, aspect="auto", cmap=cmap,
-                   vmin=-bound if bound else None, vmax=bound if bound else None)
-    for i in range(grid.shape[0] if grid.size <= ANNOTATE_MAX else 0):
-        for j in range(grid.shape[1]):
-            if np.isfinite(grid[i, j]):  # black on light cells, white on dark ones
-                ax.text(j, i, f"{grid[i, j]:+.3f}" if use_delta else f"{grid[i, j]:.3f}",
-                        ha="center", va="center", fontsize=8,
-                        color=text_colour(im.cmap(im.norm(grid[i, j]))))
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(layers)), [str(int(v)) for v in layers], fontsize=8)
-    ax.set_xlabel("language model (family-size, by parameters)")
-    ax.set_ylabel("frozen layer index")
+    return grid, layers, labels
+
+
+def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
+    """One heat map a task (a task's cells would otherwise overwrite another's at one layer
+    and LM), each with its own colour scale (tasks differ in metric and range). Rows: layer
+    index; columns: sizes of each family (by parameters); colour: the paired gain over the
+    control (the mean where no cell has a pair)."""
+    pre = summary[summary["control"].isin(layer_controls())]
+    use_delta = pre["delta"].notna().any()
+    value = "delta" if use_delta else "mean"
     control = summary.attrs.get("control", "none")
     what = f"gain over '{_label(control)}'" if use_delta else "mean metric"
-    ax.set_title(f"Layer x model size: {what}")
-    fig.colorbar(im, ax=ax, label=what)
+    panels = [(task, *heatmap_grid(grp, value))
+              for task, grp in pre.groupby("task", sort=True)]
+    width = max(6.5, 2.5 + 1.2 * max(len(labels) for *_, labels in panels))
+    # 0.4 in a layer, at most 16 in a panel (a 64-layer LM): a study of many tasks stays
+    # a figure that can be drawn and scrolled
+    heights = [2 + min(16, 0.4 * max(1, len(layers))) for _, _, layers, _ in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (task, grid, layers, labels) in zip(axes[:, 0], panels, strict=True):
+        bound = np.nanmax(np.abs(grid)) if use_delta and np.isfinite(grid).any() else None
+        cmap = matplotlib.colormaps["RdBu" if use_delta else "viridis"].with_extremes(
+            bad="#d9d9d9")  # grey: no such cell (white would read as a gain of 0)
+        im = ax.imshow(grid, aspect="auto", cmap=cmap,
+                       vmin=-bound if bound else None, vmax=bound if bound else None)
+        for i in range(grid.shape[0] if grid.size <= ANNOTATE_MAX else 0):
+            for j in range(grid.shape[1]):
+                if np.isfinite(grid[i, j]):  # black on light cells, white on dark ones
+                    ax.text(j, i, f"{grid[i, j]:+.3f}" if use_delta else f"{grid[i, j]:.3f}",
+                            ha="center", va="center", fontsize=8,
+                            color=text_colour(im.cmap(im.norm(grid[i, j]))))
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(layers)), [str(int(v)) for v in layers], fontsize=8)
+        ax.set_xlabel("language model (family-size, by parameters)")
+        ax.set_ylabel("frozen layer index")
+        ax.set_title(f"Layer x model size: {what} (task {task})")
+        fig.colorbar(im, ax=ax, label=what)
     return _save(fig, path)
 
 

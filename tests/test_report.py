@@ -351,3 +351,38 @@ def test_report_version_and_help(capsys, monkeypatch):
     assert description.rstrip().endswith(".")  # a whole sentence, not a cut line
     assert "0 the report was written" in text and "2 bad input" in text
     assert "MLFLOW_TRACKING_URI" in text and "lmblocks-default" in text
+
+
+def test_the_heat_map_draws_each_task_apart(tmp_path, monkeypatch):
+    """Two tasks with cells at the same layers and LMs: each task's gains in a heat map of
+    its own (one shared map let the last task's cells overwrite the first's)."""
+    import numpy as np
+    import pandas as pd
+
+    from results import plots
+
+    rows = []
+    for task, base in (("digits", 0.1), ("shapes3d", -0.2)):
+        for size, params in (("125m", 1.25e8), ("1.3b", 1.3e9)):
+            for layer in (0, 5, 11):
+                rows.append({"task": task, "family": "opt", "size": size, "lm_params": params,
+                             "control": "pretrained", "layer_index": float(layer),
+                             "mean": 0.5, "delta": base + layer / 100 + params / 1e11})
+    rows.append({"task": "digits", "family": "opt", "size": "125m", "lm_params": 1.25e8,
+                 "control": "none", "layer_index": np.nan, "mean": 0.4, "delta": np.nan})
+    summary = pd.DataFrame(rows)
+    summary.attrs["control"] = "none"
+    drawn = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig)
+                        and save(fig, path))
+    path = plots.layer_size_heatmap(summary, tmp_path / "heat.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    panels = [ax for ax in drawn["fig"].axes if ax.images]
+    assert [ax.get_title() for ax in panels] == [
+        "Layer x model size: gain over 'no block' (task digits)",
+        "Layer x model size: gain over 'no block' (task shapes3d)"]
+    for ax, task in zip(panels, ("digits", "shapes3d"), strict=True):
+        want = (summary[(summary["task"] == task) & (summary["control"] == "pretrained")]
+                .pivot(index="layer_index", columns="size", values="delta")[["125m", "1.3b"]])
+        assert np.allclose(ax.images[0].get_array(), want.to_numpy())
