@@ -19,7 +19,7 @@ Per study, each in its own process (peak memory is per process):
   too) with no Optuna, no MLflow and nothing else of lmblocks, over the study's first 2,000 trials at most: the floor under the
   driver's cost a trial on this machine, and the driver's cost as a multiple of it.
 
-    python bench/scale.py                 # 1k, 5k, 20k cells: ~1.8 h on 2 cores (~0.2 s a trial)
+    python bench/scale.py                 # 1k, 5k, 20k cells: ~1 h on 2 cores (0.06-0.2 s a trial)
     python bench/scale.py --studies 1k    # one study, a few minutes
     python bench/scale.py --pace DB       # the pace by tenth of a study's store (one stopped
                                           # part-way included)
