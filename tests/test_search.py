@@ -212,7 +212,7 @@ def test_the_sweep_s_journal_answers_the_ask_s_questions_as_optuna_s_does(tmp_pa
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from orchestrator.search import SweepJournalStorage
+    from orchestrator.study_journal import SweepJournalStorage
 
     journal = str(tmp_path / "optuna.journal")
     storage = SweepJournalStorage(JournalFileBackend(journal))
