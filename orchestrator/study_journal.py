@@ -26,7 +26,7 @@ class SweepJournalStorage(JournalStorage):
     and ``CellGridSampler.plan_done`` counts the study's trials (``get_n_trials``);
     ``JournalStorage`` answers both by walking the study's trials, so the driver's cost a
     trial grew with the study: py-spy over a 5,400-trial study put that walk at ~3 ms a
-    trial near its start and ~17 ms near its end (``bench/scale.py``), ~60 ms at 20,000.
+    trial near its start and ~17 ms near its end (``bench/scale.py``), growing on.
     Here each study's trial count and the ids of its trials that may be waiting are kept:
     built by one walk at first use (a resumed sweep's driver walks its journal once), then
     kept up by this storage's own writes (a trial created, or enqueued as WAITING, by this

@@ -158,10 +158,10 @@ def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
     heights = [2 + min(16, 0.4 * max(1, len(layers))) for _, _, layers, _ in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
+    cmap = matplotlib.colormaps["RdBu" if use_delta else "viridis"].with_extremes(
+        bad="#d9d9d9")  # grey: no such cell (white would read as a gain of 0)
     for ax, (task, grid, layers, labels) in zip(axes[:, 0], panels, strict=True):
         bound = np.nanmax(np.abs(grid)) if use_delta and np.isfinite(grid).any() else None
-        cmap = matplotlib.colormaps["RdBu" if use_delta else "viridis"].with_extremes(
-            bad="#d9d9d9")  # grey: no such cell (white would read as a gain of 0)
         im = ax.imshow(grid, aspect="auto", cmap=cmap,
                        vmin=-bound if bound else None, vmax=bound if bound else None)
         for i in range(grid.shape[0] if grid.size <= ANNOTATE_MAX else 0):
