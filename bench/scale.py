@@ -16,8 +16,9 @@ Per study, each in its own process (peak memory is per process):
   its phases (finished-cell lookup, Ray Tune's fit, report, summary), peak RSS of the driver;
 - report: ``lmblocks-report`` over the study's runs (a fresh process);
 - Ray Tune alone (``tune_floor``): the same instant trial and Tune settings (its scheduler
-  too) with no Optuna, no MLflow and nothing else of lmblocks, over the study's first 2,000 trials at most: the floor under the
-  driver's cost a trial on this machine, and the driver's cost as a multiple of it.
+  too) with no Optuna, no MLflow and nothing else of lmblocks, over the study's first 2,000
+  trials at most: the floor under the driver's cost a trial on this machine, and the
+  driver's cost as a multiple of it.
 
     python bench/scale.py                 # 1k, 5k, 20k cells: ~1 h on 2 cores (0.06-0.2 s a trial)
     python bench/scale.py --studies 1k    # one study, a few minutes
