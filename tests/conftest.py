@@ -14,6 +14,9 @@ from transformers import OPTConfig, OPTForCausalLM
 import encoders.lm.families  # noqa: F401
 from encoders.weights.checkpoint_dir import CheckpointDir
 
+# Memory ceiling, per-test peaks and the Ray-group check; xdist's scheduler mended after a crash.
+pytest_plugins = ("tests.suite_guard", "tests.xdist_crash_safe")
+
 # Slow tests in these modules start Ray (a local cluster, sweeps, killed drivers and workers):
 # under pytest-xdist they share one worker, so two Ray clusters never compete for the two
 # cores at once while the other worker runs everything else.
@@ -21,7 +24,8 @@ RAY_MODULES = {"test_sweep_e2e", "test_cluster_e2e", "test_failures", "test_cli"
                "test_capacity_controls", "test_images", "test_pointcloud", "test_retrieval",
                "test_video", "test_vqa", "test_vqa3d", "test_preflight", "test_resources",
                "test_dry_run", "test_search", "test_objectives", "test_filtering_paper",
-               "test_mlflow_server", "test_ray_start_cluster"}
+               "test_mlflow_server", "test_ray_start_cluster",
+               "test_suite_guard"}  # its runaway run starts a process named like Ray's raylet
 
 # Ray runs its workers at nice 15 (Ray's ``worker_niceness``). Beside the other xdist worker's
 # tests at nice 0 they got a few percent of a core: a new actor took ~95 s to start and

@@ -8,9 +8,12 @@ reference loader (``safetensors.torch.load_file``, ``torch.load(weights_only=Tru
 from the mutated file. Any other exception, or tensors that are neither, fails. An audit
 hook records every file opened during a read: none may lie outside the checkpoint folder.
 
-Examples per test: ``LMBLOCKS_FUZZ_EXAMPLES`` (default 300); run with
-``--hypothesis-show-statistics`` to see how many cases were refused, loaded identical, or
-loaded as a different valid file.
+The default run tests the same cases every time (Hypothesis derandomized, its example
+database off): 300 examples per test. Random exploration is asked for:
+``LMBLOCKS_FUZZ_EXAMPLES`` sets the examples per test, and ``LMBLOCKS_FUZZ_SEED`` draws new
+cases (``random``, or an integer to repeat an exploration); with a seed the database is on, so
+a failure found is replayed first next time. Run with ``--hypothesis-show-statistics`` to see
+how many cases were refused, loaded identical, or loaded as a different valid file.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import os
 import pickletools
 import struct
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
@@ -34,18 +38,28 @@ from encoders.weights.safetensors_reader import SafetensorsReader
 from encoders.weights.tensors import SAFETENSORS_DTYPES, CheckpointFormatError
 from tests.conftest import save_tiny_opt
 from tests.crafted import data_pkl, rezip, split_safetensors, write_safetensors
+from tests.suite_guard import read_peak_rss, reset_peak_rss
 
 EXAMPLES = int(os.environ.get("LMBLOCKS_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow, HealthCheck.data_too_large])
+SEED = os.environ.get("LMBLOCKS_FUZZ_SEED")  # unset: the same cases every run
+_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=SEED is None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                            HealthCheck.too_slow, HealthCheck.data_too_large],
+                     **({"database": None} if SEED is None else {}))
+
+
+def FUZZ(test):  # a decorator, named like Hypothesis' own ``settings`` objects
+    """The fuzz tests' settings, and the exploration's seed when one is given."""
+    test = _SETTINGS(test)
+    return seed(int(SEED))(test) if SEED not in (None, "random") else test
 
 _OPENED: list[str] | None = None
+_READER: int | None = None  # the thread the read runs on (the suite's memory watchdog reads /proc)
 
 
 def _audit(event_name: str, args: tuple) -> None:
-    if _OPENED is not None and event_name == "open" and args and isinstance(
-            args[0], str | bytes | os.PathLike):
+    if _OPENED is not None and event_name == "open" and threading.get_ident() == _READER and (
+            args and isinstance(args[0], str | bytes | os.PathLike)):
         _OPENED.append(os.fsdecode(args[0]))
 
 
@@ -55,8 +69,8 @@ sys.addaudithook(_audit)  # hooks cannot be removed: this one records only while
 def _read(reader_call, folder: Path):
     """Run a read with the audit hook armed; every file it opened must be inside ``folder``
     (imports a lazy read triggers are Python's, not the checkpoint's: .py/.pyc skipped)."""
-    global _OPENED
-    _OPENED = []
+    global _OPENED, _READER
+    _OPENED, _READER = [], threading.get_ident()
     try:
         return reader_call()
     finally:
@@ -67,11 +81,24 @@ def _read(reader_call, folder: Path):
         assert outside == [], f"opened outside the checkpoint: {outside}"
 
 
+# A same-width integer type for every width a checkpoint's dtypes have: ``view`` to it is
+# allowed at any strides (a view to another width needs a last stride of 1), and integers
+# compare bit for bit (NaN payloads, -0.0).
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Every tensor of ``a`` is in ``b`` with the same dtype, shape and elements, bit for bit.
+
+    The reference loaders return views (stride 0 over one stored element, size-1 dimensions
+    with any stride, zero-size tensors): compared in place by ``torch.equal``, which walks
+    both and allocates nothing, where a contiguous copy of a stride-0 view of a fuzzed size
+    would be as large as that size. Equal shapes bound the walk by ``a``'s own elements."""
     return a.keys() <= b.keys() and all(
         a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-        and bytes(a[k].contiguous().view(torch.uint8).reshape(-1).numpy())
-        == bytes(b[k].contiguous().view(torch.uint8).reshape(-1).numpy()) for k in a)
+        and (a[k].numel() == 0 or torch.equal(a[k].view(_BITS[a[k].element_size()]),
+                                              b[k].view(_BITS[b[k].element_size()])))
+        for k in a)
 
 
 def _judge(path: Path, names: list[str], original: dict[str, torch.Tensor], reference) -> None:
@@ -94,6 +121,32 @@ def _judge(path: Path, names: list[str], original: dict[str, torch.Tensor], refe
     event("loaded: a different valid file, same as the reference loader")
 
 
+def test_the_oracle_compares_views_bit_for_bit_in_place():
+    """What the reference loaders return (stride 0 over one stored element, size-1 and
+    zero-size dimensions with any stride) is compared bit for bit, and in place: a stride-0
+    view of 2**28 floats against the same values in another storage raises this process's
+    peak memory by less than 64 MiB, where a contiguous copy would take 1 GiB."""
+    one = torch.ones(1)
+    assert _same({"a": one}, {"a": torch.ones(1).as_strided((1,), (0,))})  # the issue's case
+    assert not _same({"a": one}, {"a": torch.zeros(1).as_strided((1,), (0,))})
+    assert not _same({"a": torch.zeros(1)}, {"a": -torch.zeros(1)})  # -0.0 == 0.0, not its bits
+    nans = torch.tensor([0x7FC00000, 0x7FC00001], dtype=torch.int32).view(torch.float32)
+    assert not _same({"a": nans[:1]}, {"a": nans[1:]}) and _same({"a": nans}, {"a": nans.clone()})
+    assert _same({"a": torch.empty(0, 3)}, {"a": torch.empty(0, 3).as_strided((0, 3), (0, 0))})
+    assert not _same({"a": torch.empty(0, 3)}, {"a": torch.empty(3, 0)})
+    flags = torch.tensor([True, False])
+    assert _same({"b": flags}, {"b": flags.clone(), "extra": one})
+    assert not _same({"b": flags}, {"c": flags})  # a tensor the other lacks
+    assert not _same({"h": one.half()}, {"h": one.bfloat16()})
+    big = torch.zeros(1).expand(2**28)
+    reset_peak_rss()
+    before = read_peak_rss()
+    assert _same({"v": big}, {"v": torch.zeros(1).as_strided((2**28,), (0,))})
+    if before is not None:  # Linux: the kernel's peak, reset above
+        assert read_peak_rss() - before < 64 << 20
+    assert not _same({"v": big}, {"v": torch.ones(1).expand(2**28)})
+
+
 # ---- JSON values a mutation writes ---------------------------------------------------------
 
 SMALL_INTS = st.integers(-64, 128)
@@ -113,6 +166,7 @@ DTYPES = st.sampled_from([*SAFETENSORS_DTYPES, "F128", "f32", ""]) | ANY_JSON
 @pytest.fixture(scope="module")
 def st_base(tmp_path_factory):
     folder = tmp_path_factory.mktemp("st")
+    torch.manual_seed(0)  # the same files every run
     tensors = {"a": torch.randn(2, 3), "b": torch.arange(4, dtype=torch.int64),
                "c": torch.randn(3).to(torch.bfloat16), "d": torch.zeros(0)}
     save_file(tensors, str(folder / "base.safetensors"), metadata={"format": "pt"})
@@ -190,6 +244,7 @@ def test_mutated_safetensors_headers(st_base, data):
 @pytest.fixture(scope="module")
 def zip_base(tmp_path_factory):
     folder = tmp_path_factory.mktemp("zip")
+    torch.manual_seed(0)
     state = {"a": torch.randn(2, 3), "b": torch.arange(4, dtype=torch.int64),
              "c": torch.randn(3).to(torch.bfloat16),
              "nested": {"d": torch.randn(2).half()}}
@@ -270,7 +325,9 @@ def _torch_reference(path: Path) -> dict[str, torch.Tensor]:
                 out.update(flat(v, f"{prefix}{k}."))
         return out
 
-    return flat(torch.load(path, weights_only=True))
+    # lmblocks reads every storage to the CPU whatever device it was saved from; so does
+    # the reference (a storage's location tag, "cuda:0" or a fuzzed "0", is not the data)
+    return flat(torch.load(path, weights_only=True, map_location="cpu"))
 
 
 @FUZZ
