@@ -32,6 +32,7 @@ import json
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 GB = 1 << 30
 SAMPLE_S = 0.2
@@ -112,8 +114,8 @@ class Watchdog(threading.Thread):
 
     RSS counts the pages a forked child shares with its parent (a DataLoader worker) in both,
     so where the sum of RSS passes half the ceiling the proportional share (PSS, which counts
-    each page once) is read instead, at most every PSS_EVERY_S: it costs ~50 ms a 3 GB
-    process."""
+    each page once) is read instead: at most every PSS_EVERY_S (it costs ~50 ms a 3 GB
+    process), and at every sample whose RSS passes the ceiling."""
 
     PSS_EVERY_S = 2.0
 
@@ -155,9 +157,9 @@ class Watchdog(threading.Thread):
         total = sum(rss for rss, _ in sizes)
         held = total  # the tree's memory as far as this sample knows it
         if self.ceiling and len(sizes) > 1 and total > self.ceiling / 2:
-            if time.monotonic() - self.last_pss < self.PSS_EVERY_S:
-                held = 0  # between two readings of PSS: no figure
-            else:
+            if total <= self.ceiling and time.monotonic() - self.last_pss < self.PSS_EVERY_S:
+                held = 0  # between two readings of PSS, under the ceiling: no figure
+            else:  # due, or over the ceiling by RSS: a kill is decided on PSS alone
                 self.last_pss = time.monotonic()
                 held = _pss(p for _, p in sizes) or total
         ray = any(_name(p) in RAY_DAEMONS for _, p in sizes[1:])
@@ -219,25 +221,48 @@ def _in_ray_group(item: pytest.Item) -> bool:
 
 
 class SuiteGuard:
-    """The per-process half: limits, watchdog, and what each test's reports carry."""
+    """The per-process half: limits, watchdog, and what each test's reports carry.
+
+    The process ceiling holds while a test's own code runs; its setup, teardown and the
+    writing of its report get HEADROOM more, so that a test that failed at the ceiling (its
+    memory still held by the traceback) can still be reported, not crash its worker. Python's
+    ``sys.last_*`` (pytest keeps the last failure there for post-mortem debugging) is cleared
+    after each test, so a runaway's memory does not stay held into the next one."""
+
+    HEADROOM = GB
 
     def __init__(self, config: pytest.Config) -> None:
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
         self.parallel = workers > 1
         self.ceilings = memory_ceilings(psutil.virtual_memory().total, workers)
-        if self.ceilings.process:
-            _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-            limit = self.ceilings.process if hard == resource.RLIM_INFINITY else min(
-                self.ceilings.process, hard)
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+        # torch's OpenMP threads, started now: libgomp ends the whole process (exit 1, no
+        # traceback) when it cannot start a thread, as at the ceiling (a thread's stack is
+        # private memory); started once, its threads are reused by every later test.
+        torch.ones(1 << 22).add_(1).sum()
+        self._limit(self.HEADROOM)
         self.watchdog = Watchdog(self.ceilings.tree)
         self.watchdog.start()
-        self.memory = TestMemory()
+
+    def _limit(self, extra: int) -> None:
+        if not self.ceilings.process:
+            return
+        _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        limit = self.ceilings.process + extra
+        resource.setrlimit(resource.RLIMIT_DATA,
+                           (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         reset_peak_rss()
         self.watchdog.begin()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item):
+        self._limit(0)
+        try:
+            return (yield)
+        finally:
+            self._limit(self.HEADROOM)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
@@ -263,6 +288,9 @@ class SuiteGuard:
                 rep.longrepr = f"{rep.longrepr}\n{text}"
         if rep.when == "teardown":
             rep.user_properties += [(PEAK_KEY, peak), (TREE_KEY, memory.tree_peak)]
+            for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+                if hasattr(sys, name):
+                    delattr(sys, name)
         return rep
 
 
@@ -298,6 +326,8 @@ class PeakReport:
         for row in sorted(self.rows, key=lambda r: -r["tree_peak_rss"])[:5]:
             tr.write_line(f"{_gb(row['tree_peak_rss']):>9} with its processes, "
                           f"{_gb(row['peak_rss']):>9} its worker  {row['test']}")
+        top = max(self.rows, key=lambda r: r["peak_rss"])
+        tr.write_line(f"largest in a worker itself: {_gb(top['peak_rss'])}  {top['test']}")
 
 
 def _workers(config: pytest.Config) -> int:

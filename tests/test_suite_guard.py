@@ -44,12 +44,12 @@ def test_runaway_allocation():
 @runaway("child-memory")
 def test_runaway_child_allocation():
     """A child that lifts its own RLIMIT_DATA and allocates: the watchdog must end it (it
-    stops by itself at 12 GiB, so without the guard this test passes and is caught)."""
+    stops by itself at 8 GiB, so without the guard this test passes and is caught)."""
     code = ("import resource, time\n"
             "resource.setrlimit(resource.RLIMIT_DATA, (resource.RLIM_INFINITY,) * 2)\n"
             "held = []\n"
-            "for _ in range(48):\n"
-            "    held.append(bytearray(b'x' * (256 << 20))); time.sleep(0.05)\n")
+            "for _ in range(64):\n"
+            "    held.append(bytearray(b'x' * (128 << 20))); time.sleep(0.1)\n")
     subprocess.run([sys.executable, "-c", code], check=False, timeout=120)
 
 
