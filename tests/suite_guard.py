@@ -103,7 +103,7 @@ class TestMemory:
     """What the watchdog saw during one test."""
 
     tree_peak: int = 0
-    largest: tuple[int, int, str] = (0, 0, "")  # (rss, pid, command) of the largest process
+    largest: int = 0  # RSS of its largest process (the peak where VmHWM cannot be read)
     killed: list[str] = field(default_factory=list)
     started_ray: bool = False
 
@@ -167,9 +167,7 @@ class Watchdog(threading.Thread):
             t = self.test
             t.tree_peak = max(t.tree_peak, held)
             t.started_ray |= ray
-            top = max(sizes, key=lambda s: s[0])
-            if top[0] > t.largest[0]:
-                t.largest = (top[0], top[1].pid, _command(top[1]))
+            t.largest = max(t.largest, max(rss for rss, _ in sizes))
         if self.ceiling and held > self.ceiling:
             self._kill_largest_child(sizes[1:], held)
 
@@ -268,7 +266,7 @@ class SuiteGuard:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         rep = yield
         memory = self.watchdog.end()
-        peak = read_peak_rss() or memory.largest[0]
+        peak = read_peak_rss() or memory.largest
         if memory.killed:
             rep.outcome = "failed"
             rep.longrepr = f"memory ceiling: {'; '.join(memory.killed)}"
