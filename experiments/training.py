@@ -43,13 +43,14 @@ from experiments.cost import (
     peak_memory_bytes,
     reset_peak_memory,
 )
+from experiments.encoder_choice import apply_encoder_choice
 from experiments.loading import epoch_seed, loader_settings, resolve_num_workers, train_loader
 from experiments.objectives.classification import CLASSIFICATION
 from experiments.param_groups import param_groups
 from experiments.probe import probe_batch, probe_filtering
 from experiments.recipe import effective_lr, lr_at, make_loss, make_mixer
 from experiments.regularisation import apply_drop_path, clipper, ema_scores, make_ema
-from experiments.tasks.registry import get_task
+from experiments.tasks.registry import task_for
 from experiments.trial import TrialSpec
 
 VAL_BATCH_SIZE = 256
@@ -235,7 +236,7 @@ def run_trial(
     (sizes ``num_workers=auto``; default: this process's), ``peak_tflops``: the device's bf16
     peak for MFU when the known-GPU table lacks it."""
     hp = trial.hparams
-    task = get_task(trial.task)
+    task = task_for(trial.task, trial.encoder, data_dir)
     device = torch.device(device)
     compute = configure(hp, device)
     torch.manual_seed(trial.seed)
@@ -253,6 +254,7 @@ def run_trial(
     if isinstance(block, FrozenLMBlock | MLPBlock):  # the adapters, or the MLP's linears
         block.init_adapters(hp.adapter_init)
     model = task.build_model(block)
+    encoder = apply_encoder_choice(model, block, task, trial.encoder)  # weights, frozen
     drop_path_blocks = apply_drop_path(model, hp.drop_path, f"task {task.name!r}")
     model = model.to(device)
     optimizer = compute.optimizer(param_groups(model, hp), hp)
@@ -309,6 +311,7 @@ def run_trial(
         "checkpoint_path": info.checkpoint_path,
         "layers_sha256": info.layers_sha256,
         "compute_dtype": str(compute.dtype).removeprefix("torch.") if block is not None else "none",
+        **encoder,
     }
     run_settings = {"num_workers": workers, "cpus": cpus, **compute.settings()}
     recipe = {"effective_lr": effective_lr(hp), "drop_path_blocks": drop_path_blocks}

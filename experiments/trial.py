@@ -121,6 +121,49 @@ NEUTRAL_HPARAMS: dict[str, object] = {
 KEY_FINAL_NORM = {"none": False, "lm": True}
 
 
+ENCODER_TRAIN = ("full", "frozen")  # encoder_train: the encoder's own weights train, or not
+
+
+@dataclass(frozen=True)
+class EncoderChoice:
+    """The visual encoder's own settings, for the tasks whose encoder is a timm model: which
+    model (the ``images`` task: any timm model with a ``blocks`` sequence), its starting
+    weights (a file; its sha256 is the identity, not its path) and whether they train.
+    Every default is how a trial ran before these existed, and is left out of the key."""
+
+    name: str = ""  # a timm model name (the ``images`` task); "": the task's own encoder
+    weights: str = ""  # the file or fsspec URL its weights are read from; "": from scratch
+    checkpoint: str = ""  # that file's sha256 (``encoder.checkpoint``)
+    train: str = "full"  # full: the encoder trains; frozen: only adapters, head, control
+    image_size: int = 0  # input size; 0: the model's pretrained_cfg (the task's own)
+
+    @property
+    def label(self) -> str:
+        """What sets the encoder apart from the task's own, in words ("" when nothing):
+        the report names such a task ``images[deit_small_patch16_224 64px 3f2a91c0 frozen]``."""
+        parts = [self.name, f"{self.image_size}px" if self.image_size else "",
+                 self.checkpoint[:8], "frozen" if self.train == "frozen" else ""]
+        return " ".join(p for p in parts if p)
+
+
+# config key -> EncoderChoice field; what a trial's key leaves out: the file's location (its
+# sha256 is the identity), and every field at its default (cells from before keep their key)
+ENCODER_CONFIG = {"encoder": "name", "encoder_weights": "weights",
+                  "encoder_checkpoint": "checkpoint", "encoder_train": "train",
+                  "image_size": "image_size"}
+ENCODER_DEFAULTS = {k: getattr(EncoderChoice(), f) for k, f in ENCODER_CONFIG.items()}
+
+
+def task_label(task: str, encoder: EncoderChoice) -> str:
+    """The report's name for a task run with ``encoder`` (``task`` alone with its own)."""
+    return f"{task}[{encoder.label}]" if encoder.label else task
+
+
+def task_of_label(label: str) -> str:
+    """The registered task a report's task label names (``images[...]`` -> ``images``)."""
+    return label.split("[", 1)[0]
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """One trial, fully resolved; a dict only at the Ray/MLflow boundary."""
@@ -132,6 +175,7 @@ class TrialSpec:
     control: str
     seed: int
     hparams: Hyperparameters = field(default_factory=Hyperparameters)
+    encoder: EncoderChoice = field(default_factory=EncoderChoice)
 
     @property
     def layer_label(self) -> str:
@@ -156,6 +200,7 @@ class TrialSpec:
             "seed": self.seed,
         }
         cfg.update(dataclasses.asdict(self.hparams))
+        cfg.update({k: getattr(self.encoder, f) for k, f in ENCODER_CONFIG.items()})
         return cfg
 
     @classmethod
@@ -172,14 +217,21 @@ class TrialSpec:
             control=str(cfg["control"]),
             seed=int(cfg["seed"]),
             hparams=Hyperparameters(**hp),
+            encoder=EncoderChoice(**{
+                f: (int(cfg[k]) if f == "image_size" else str(cfg[k]))
+                for k, f in ENCODER_CONFIG.items()
+                if k in cfg and cfg[k] not in (None, "none")}),
         )
 
     @property
     def key(self) -> str:
-        """Stable identity of the full config but its runtime settings (``RUNTIME_HPARAMS``):
-        a finished cell is not run again."""
+        """Stable identity of the full config but its runtime settings (``RUNTIME_HPARAMS``)
+        and where the encoder's weights file lies (its sha256 is in): a finished cell is not
+        run again."""
         cfg = {k: v for k, v in self.to_config().items() if k not in RUNTIME_HPARAMS
-               and not (k in NEUTRAL_HPARAMS and v == NEUTRAL_HPARAMS[k])}
+               and not (k in NEUTRAL_HPARAMS and v == NEUTRAL_HPARAMS[k])
+               and not (k in ENCODER_DEFAULTS and v == ENCODER_DEFAULTS[k])
+               and k != "encoder_weights"}
         cfg["final_norm"] = KEY_FINAL_NORM.get(cfg["final_norm"], cfg["final_norm"])
         blob = json.dumps(cfg, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -189,7 +241,9 @@ class TrialSpec:
         """How the trial's run and folder are named: ``minilm-l6-L5-pretrained-digits-s0``."""
         from encoders.lm.controls import get_control
 
+        task = self.task + (f"-{self.encoder.name}" if self.encoder.name else "") + (
+            "-frozen" if self.encoder.train == "frozen" else "")
         if not get_control(self.control).per_lm:
-            return f"{self.control}-{self.task}-s{self.seed}"
+            return f"{self.control}-{task}-s{self.seed}"
         layer = f"-L{self.layer_label}" if self.layers else ""
-        return f"{self.family}-{self.size}{layer}-{self.control}-{self.task}-s{self.seed}"
+        return f"{self.family}-{self.size}{layer}-{self.control}-{task}-s{self.seed}"

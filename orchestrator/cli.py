@@ -21,10 +21,12 @@ from orchestrator.options import (
     build_parser,
     default_experiment,
 )
+from orchestrator.plugins import LoadedPlugin, check_plugin_tasks, load_plugins
 from orchestrator.preflight import (
     check_storage,
     check_tracking_uri,
     preflight_data,
+    preflight_encoder,
     preflight_weights,
 )
 from orchestrator.spec import SpecError, SweepSpec, load_spec
@@ -64,9 +66,15 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
                  "num_workers", "compile", "lm_lr_scale"):
         if (v := getattr(args, name)) is not None:
             changes[name] = v
-    for name in ("adapter_lr_scale", "clip_grad", "drop_path", "ema_decay", "repeated_aug"):
+    for name in ("adapter_lr_scale", "clip_grad", "drop_path", "ema_decay", "repeated_aug",
+                 "encoder", "encoder_weights", "image_size"):
         if (v := getattr(args, name)) is not None:
             changes[name] = v
+    if (train := _csv(args.encoder_train)) is not None:
+        if not train:
+            raise SpecError("empty --encoder-train; valid: full, frozen")
+        changes["encoder_train"] = train
+    changes["plugins"] = tuple(dict.fromkeys((*spec.plugins, *(args.plugin or ()))))  # both
     return spec.replace(**changes)
 
 
@@ -228,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is not None:
             return _resume(args)
         spec = spec_from_args(args)
+        plugins = load_plugins(spec.plugins)  # installed ones, then the sweep's own
+        check_plugin_tasks(plugins, spec.tasks)
         from orchestrator.plan import build_plan
 
         plan = build_plan(spec)
@@ -260,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"(got --search {args.search})")
         if args.samples_per_cell < 1:
             raise SpecError(f"--samples-per-cell must be positive (got {args.samples_per_cell})")
+        if (checked := preflight_encoder(spec, args.data_dir)) is not spec:
+            spec, plan = checked, build_plan(checked)  # the weights' sha256 in every key
         if not args.dry_run or args.data_dir is not None:
             preflight_data(plan, args.data_dir)
         from results.stores import tracking_uri_and_source
@@ -276,13 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.store import TrackingStoreError
 
     try:
-        return _run(args, spec, plan)
+        return _run(args, spec, plan, plugins)
     except TrackingStoreError as e:  # the store cannot be opened: one line, nothing lost
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
-def _run(args: argparse.Namespace, spec: SweepSpec, plan) -> int:
+def _run(args: argparse.Namespace, spec: SweepSpec, plan, plugins: list[LoadedPlugin]) -> int:
     """The validated sweep: skip finished cells, run the rest, report."""
     from orchestrator.store import finished_cells
     from orchestrator.tuner import run_sweep
@@ -329,6 +341,7 @@ def _run(args: argparse.Namespace, spec: SweepSpec, plan) -> int:
         gpu_memory_gb=args.gpu_memory_gb,
         cpus_per_trial=args.cpus_per_trial,
         peak_tflops=args.peak_tflops,
+        plugins=plugins,
     )
     return _finish(outcome, args)
 

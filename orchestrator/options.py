@@ -17,7 +17,7 @@ from encoders.lm.block_options import FINAL_NORMS
 from encoders.lm.controls import list_controls
 from encoders.lm.registry import list_families
 from experiments.tasks.catalog import CATALOG
-from experiments.trial import DTYPES, SCHEDULES, Hyperparameters
+from experiments.trial import DTYPES, ENCODER_TRAIN, SCHEDULES, Hyperparameters
 from orchestrator.spec import SpecError, list_presets
 
 PROG = "lmblocks-sweep"
@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default",
                    help=f"preset name ({_one_of(tuple(list_presets()))}) or a YAML file with "
                         "the same fields (default: default)")
+    p.add_argument("--plugin", action="append", metavar="MODULE_OR_PATH",
+                   help="a plugin registering tasks, LM families or controls, besides the "
+                        "installed ones (entry points of lmblocks.plugins): a dotted module "
+                        "importable from here, or a .py file or package folder (Ray ships it "
+                        "to the workers); repeatable; added to the preset's plugins")
     g = p.add_argument_group(
         "sweep axes", "each overrides the preset's value (default: the preset's); values "
         "comma or space separated")
@@ -90,10 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "3 and 4 as one span)")
     g.add_argument("--tasks", nargs="+",
                    help=f"embedded: {_one_of(_tasks(embedded=True))}; real data under "
-                        f"--data-dir: {_one_of(_tasks(embedded=False))}; one sweep's tasks "
-                        "share one metric")
+                        f"--data-dir: {_one_of(_tasks(embedded=False))}; and the plugins' "
+                        "(see --plugin); one sweep's tasks share one metric")
     g.add_argument("--controls", nargs="+", help=_one_of(tuple(list_controls())))
     g.add_argument("--seeds", nargs="+", help="integers 0..2147483647, one trial each")
+    e = p.add_argument_group(
+        "your own encoder", "the visual encoder's model, starting weights and training (each "
+        "overrides the preset's value; default: the task's own encoder, from scratch, trained)")
+    e.add_argument("--encoder", metavar="TIMM_MODEL",
+                   help="task images: any timm model with a blocks sequence (vit_*, deit_*, "
+                        "eva02_*, beit_*, cait_*, ...), e.g. deit_small_patch16_224")
+    e.add_argument("--encoder-weights", metavar="FILE",
+                   help="the encoder's starting weights: a safetensors file or a torch.save "
+                        "state dict, local or an fsspec URL (never the hub); tasks whose "
+                        "encoder is a timm model")
+    e.add_argument("--encoder-train", nargs="+", metavar="|".join(ENCODER_TRAIN),
+                   help="full (the encoder trains) or frozen (only the adapters, the head and "
+                        "what the control trains learn); both: one trial each")
+    e.add_argument("--image-size", type=int,
+                   help="task images: input size in pixels, an integer >= 1 (default: the "
+                        "model's pretrained_cfg)")
     h = p.add_argument_group("hyperparameters", "each overrides the preset's value")
     h.add_argument("--epochs", type=int, help=f"an integer >= 1 ({_preset('epochs')})")
     h.add_argument("--lr", type=float,

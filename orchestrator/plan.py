@@ -23,8 +23,17 @@ import encoders.lm.families  # noqa: F401  (registers the families)
 from encoders.lm.block_options import ADAPTER_INITS, FINAL_NORMS
 from encoders.lm.controls import get_control, list_controls
 from encoders.lm.registry import get_family, list_families
+from experiments.tasks.catalog import BUILTIN_TASKS
 from experiments.tasks.registry import list_tasks, task_entry
-from experiments.trial import DTYPES, SCHEDULES, TrialSpec, check_num_workers
+from experiments.trial import (
+    DTYPES,
+    ENCODER_TRAIN,
+    SCHEDULES,
+    EncoderChoice,
+    TrialSpec,
+    check_num_workers,
+    task_label,
+)
 from orchestrator.layers import LayerSpecError, resolve_layers
 from orchestrator.spec import SpecError, SweepSpec
 
@@ -57,6 +66,16 @@ def _choose(kind: str, values: tuple[str, ...], valid: list[str]) -> None:
     for v in values:
         if v not in valid:
             raise SpecError(f"unknown {kind} {v!r}; valid: {', '.join(valid)}")
+
+
+def _choose_tasks(values: tuple[str, ...]) -> None:
+    """As ``_choose``, the plugins' tasks named apart, and where a task of a plugin comes from."""
+    for v in values:
+        if v not in list_tasks():
+            theirs = [n for n in list_tasks() if n not in BUILTIN_TASKS]
+            raise SpecError(f"unknown task {v!r}; valid: {', '.join(sorted(BUILTIN_TASKS))}"
+                            + (f"; from plugins: {', '.join(theirs)}" if theirs else "")
+                            + " (a plugin's task: install its package or name it with --plugin)")
 
 
 def resolve_sizes(spec: SweepSpec, family: str) -> list[str]:
@@ -96,6 +115,46 @@ def _check_tasks_agree(spec: SweepSpec) -> None:
                         f"{', '.join(other)}; valid: 0 for these tasks")
 
 
+def _tasks_that(flag: str, names: list[str], valid: list[str], what: str) -> None:
+    if names:
+        raise SpecError(f"{flag} applies to tasks {what} ({', '.join(valid) or 'none here'}); "
+                        f"not to {', '.join(names)}")
+
+
+def encoder_choices(spec: SweepSpec) -> list[EncoderChoice]:
+    """The sweep's encoder settings, checked against its tasks' catalog rows (no torch: what
+    timm says of a name, a size or a file is the pre-flight's, ``orchestrator.preflight``);
+    one per ``encoder_train`` value."""
+    for train in spec.encoder_train:
+        if train not in ENCODER_TRAIN:
+            raise SpecError(f"unknown --encoder-train {train!r}; valid: {', '.join(ENCODER_TRAIN)}")
+    if len(set(spec.encoder_train)) != len(spec.encoder_train) or not spec.encoder_train:
+        raise SpecError(f"bad --encoder-train {list(spec.encoder_train)}; valid: full, frozen "
+                        "or both, each once")
+    if spec.image_size < 0 or spec.image_size > 8192:
+        raise SpecError(f"bad --image-size {spec.image_size}; valid: an integer 1..8192")
+    rows = {name: task_entry(name) for name in spec.tasks}
+    choosing = sorted(n for n in list_tasks() if task_entry(n).chooses_encoder)
+    timm = sorted(n for n in list_tasks() if task_entry(n).timm_encoder)
+    if spec.encoder:
+        _tasks_that("--encoder", [n for n, r in rows.items() if not r.chooses_encoder],
+                    choosing, "that choose their encoder")
+    else:
+        needs = [n for n, r in rows.items() if r.chooses_encoder]
+        if needs:
+            raise SpecError(f"task {needs[0]} needs --encoder: a timm model with a blocks "
+                            "sequence; valid: e.g. vit_tiny_patch16_224, deit_small_patch16_224")
+    if spec.image_size:
+        _tasks_that("--image-size", [n for n, r in rows.items() if not r.chooses_encoder],
+                    choosing, "that choose their encoder")
+    if spec.encoder_weights or "frozen" in spec.encoder_train:
+        flag = "--encoder-weights" if spec.encoder_weights else "--encoder-train frozen"
+        _tasks_that(flag, [n for n, r in rows.items() if not r.timm_encoder], timm,
+                    "whose encoder is a timm model")
+    return [EncoderChoice(spec.encoder, spec.encoder_weights, spec.encoder_checkpoint, train,
+                          spec.image_size) for train in spec.encoder_train]
+
+
 def _size_lr_scales(spec: SweepSpec) -> dict[tuple[str, str], float]:
     """A preset's ``lr_scale_by_size`` ({"opt/125m": 0.2}), checked: known family/size keys,
     finite scales > 0."""
@@ -128,7 +187,7 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
             "empty sweep: families, tasks, controls and seeds each need at least one value"
         )
     _choose("family", spec.families, list_families())
-    _choose("task", spec.tasks, list_tasks())
+    _choose_tasks(spec.tasks)
     _choose("control", spec.controls, list_controls())
     if spec.hparams.compute_dtype not in DTYPES:
         raise SpecError(
@@ -170,13 +229,15 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
                 )
 
     scales = _size_lr_scales(spec)
+    encoders = encoder_choices(spec)
     trials: list[TrialSpec] = []
     hp = spec.hparams
     for task in spec.tasks:
         for seed in spec.seeds:
             for control in controls:
                 if not control.per_lm:
-                    trials.append(TrialSpec("", "", (), task, control.name, seed, hp))
+                    trials.extend(TrialSpec("", "", (), task, control.name, seed, hp, enc)
+                                  for enc in encoders)
     for family in spec.families:
         fam = get_family(family)
         for size in resolve_sizes(spec, family):
@@ -191,8 +252,9 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
                         control.layers]
                     for sel in sels:
                         for seed in spec.seeds:
-                            trials.append(TrialSpec(family, size, sel, task, control.name,
-                                                    seed, _scaled(hp, scales, family, size)))
+                            trials.extend(TrialSpec(family, size, sel, task, control.name,
+                                                    seed, _scaled(hp, scales, family, size),
+                                                    enc) for enc in encoders)
     if not trials:
         raise SpecError("empty sweep: the spec expands to no trial")
     return trials
@@ -215,7 +277,7 @@ def plan_table(trials: list[TrialSpec]) -> pd.DataFrame:
                 "family": t.family or "-",
                 "size": t.size or "-",
                 "layers": t.layer_label or "-",
-                "task": t.task,
+                "task": task_label(t.task, t.encoder),
                 "control": t.control,
                 "seed": t.seed,
                 "block_params": params,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from orchestrator.spec import SpecError
+from orchestrator.spec import SpecError, SweepSpec
 
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql",
                     "databricks", "databricks-uc")
@@ -90,6 +90,41 @@ def preflight_data(plan, data_dir: str | None) -> None:
             get_task(name).check_data(data_dir)
         except DataError as e:
             raise SpecError(str(e)) from None
+
+
+def preflight_encoder(spec: SweepSpec, data_dir: str | None) -> SweepSpec:
+    """``--encoder``, ``--image-size`` and ``--encoder-weights`` as timm and the file say, for
+    every task of the sweep: the model built on the meta device, the file's header (not its
+    data) unwrapped and fitted to it as a trial will. Returns ``spec`` with the file's path
+    made absolute (trials run elsewhere) and its sha256 filled in: the identity every cell's
+    key holds. Without those flags nothing is checked, and nothing imported."""
+    if not (spec.encoder or spec.encoder_weights or spec.image_size):
+        return spec
+    from encoders.visual.timm_encoder import EncoderChoiceError
+    from encoders.visual.timm_weights import file_sha256
+    from encoders.weights.checkpoint_dir import is_url
+    from experiments.datasets.base import DataError
+    from experiments.encoder_choice import check_encoder_choice
+    from experiments.trial import EncoderChoice
+
+    weights = spec.encoder_weights
+    if weights and not is_url(weights):
+        if not Path(weights).is_file():
+            raise SpecError(f"--encoder-weights {weights!r}: no such file; valid: a "
+                            "safetensors file or a torch.save state dict, or an fsspec URL")
+        weights = str(Path(weights).resolve())
+    choice = EncoderChoice(spec.encoder, weights, "", "full", spec.image_size)
+    try:
+        for task in dict.fromkeys(spec.tasks):
+            check_encoder_choice(task, choice, data_dir)
+        sha = file_sha256(weights) if weights else ""
+    except (EncoderChoiceError, DataError) as e:
+        raise SpecError(_one_line(e)) from None
+    if spec.encoder_checkpoint and spec.encoder_checkpoint != sha:
+        raise SpecError(f"--encoder-weights {weights!r}: sha256 {sha[:12]}..., but the preset "
+                        f"names encoder_checkpoint {spec.encoder_checkpoint[:12]}...; valid: "
+                        "the file the preset was written for, or no encoder_checkpoint")
+    return spec.replace(encoder_weights=weights, encoder_checkpoint=sha)
 
 
 def planned_weights(plan) -> dict[tuple[str, str], tuple[list[int], bool]]:

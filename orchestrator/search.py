@@ -32,7 +32,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from encoders.lm.block_options import ADAPTER_INITS
-from experiments.trial import AXES, TrialSpec
+from experiments.trial import AXES, ENCODER_CONFIG, TrialSpec
 from orchestrator.study_journal import SweepJournalStorage
 
 SAMPLERS = {"tpe": TPESampler, "random": RandomSampler, "cmaes": CmaEsSampler,
@@ -67,9 +67,11 @@ class GridCells:
 
 
 def cell_config(t: TrialSpec) -> dict[str, object]:
-    """A plan row's structural axes plus ``cell_key``, the row's identity in MLflow (its
-    trial key), kept when a hyperparameter search changes the run's own key."""
-    return {**{k: v for k, v in t.to_config().items() if k in AXES}, "cell_key": t.key}
+    """A plan row's structural axes and encoder choice (``--encoder-train full frozen`` is
+    one row each) plus ``cell_key``, the row's identity in MLflow (its trial key), kept when a
+    hyperparameter search changes the run's own key."""
+    return {**{k: v for k, v in t.to_config().items() if k in AXES or k in ENCODER_CONFIG},
+            "cell_key": t.key}
 
 
 class PerCellHparams:

@@ -31,6 +31,17 @@ class SweepSpec:
     # "family/size" -> lr multiplier for that size's trials (the paper's Table C: OPT-125M
     # and -350M at lr/5); recorded on each run as ``size_lr_scale`` and ``effective_lr``
     lr_scale_by_size: dict[str, float] = field(default_factory=dict)
+    # The visual encoder's own settings (experiments.trial.EncoderChoice): a timm model name
+    # for the tasks that take one (``images``), its weights file and that file's sha256 (the
+    # pre-flight fills it in), whether its weights train (one trial each), its input size.
+    encoder: str = ""
+    encoder_weights: str = ""
+    encoder_checkpoint: str = ""
+    encoder_train: tuple[str, ...] = ("full",)
+    image_size: int = 0
+    # Plugins the sweep needs besides the installed ones (orchestrator/plugins.py): dotted
+    # modules or paths to a .py file or package folder, as --plugin takes them
+    plugins: tuple[str, ...] = ()
 
     def replace(self, **changes: object) -> SweepSpec:
         hp = {k: changes.pop(k) for k in list(changes) if k in _HPARAM_FIELDS}
@@ -42,7 +53,10 @@ class SweepSpec:
 
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(SweepSpec)} - {"hparams"}
 _HPARAM_FIELDS = set(HPARAMS)
-_TUPLE_FIELDS = {"families", "sizes", "layers", "tasks", "controls", "seeds"}
+_TUPLE_FIELDS = {"families", "sizes", "layers", "tasks", "controls", "seeds", "encoder_train",
+                 "plugins"}
+_SPEC_TYPES = {"encoder": "str", "encoder_weights": "str", "encoder_checkpoint": "str",
+               "image_size": "int"}
 
 
 def presets_dir() -> Path:
@@ -99,6 +113,8 @@ def spec_from_dict(raw: dict, where: str = "spec") -> SweepSpec:
                                 "of family/size to a number, e.g. {opt/125m: 0.2}")
             value = {str(k): _typed(where, f"lr_scale_by_size[{k}]", v, "float")
                      for k, v in value.items()}
+        elif key in _SPEC_TYPES:
+            value = _typed(where, key, value, _SPEC_TYPES[key])
         elif key == "name" and not isinstance(value, str):
             raise SpecError(f"{where}: bad name {value!r}; valid: a string")
         changes[key] = value

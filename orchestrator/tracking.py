@@ -50,7 +50,11 @@ TRIAL_METRICS = (
 # What the worker reports it built the block from -> the run's tags (the identity of the
 # weights the trial actually loaded, not one the driver guessed).
 BUILT_TAGS = {"checkpoint_identity": "checkpoint.identity", "checkpoint_path": "checkpoint.path",
-              "layers_sha256": "checkpoint.layers_sha256", "compute_dtype": "compute_dtype"}
+              "layers_sha256": "checkpoint.layers_sha256", "compute_dtype": "compute_dtype",
+              # the visual encoder's own starting weights (--encoder-weights): the file's
+              # sha256, what became of its classifier, the encoder parameters frozen
+              "encoder_checkpoint": "encoder.checkpoint", "encoder_head": "encoder.head",
+              "encoder_frozen_params": "encoder.frozen_params"}
 
 # Whatever a task's objective reports (val_minADE, val_recall_i2t_at_5, ...) and its best so far.
 # The EMA's (ema_val_acc, ...) as well: the weights' moving average evaluated alongside.
@@ -112,14 +116,18 @@ def _spec_dict(spec: SweepSpec) -> dict:
 def cell_description(spec: TrialSpec) -> str:
     """The run's note: what the trial inserts where, in words."""
     from encoders.lm.controls import get_control
-    from experiments.tasks.registry import get_task
+    from experiments.tasks.registry import task_for
 
     what = get_control(spec.control).label
     if spec.family:
         layers = f", layer {spec.layer_label}" if spec.layers else ""
         what += f" ({spec.family}/{spec.size}{layers})"
-    return (f"{what} on {spec.task}: {get_task(spec.task).description}. Seed {spec.seed}; "
-            f"LM weights: {spec.weights_source}.")
+    enc = spec.encoder
+    encoder = "" if not (enc.weights or enc.train == "frozen") else (
+        f" Encoder: {'weights from ' + enc.weights if enc.weights else 'from scratch'}"
+        f"{', frozen' if enc.train == 'frozen' else ''}.")
+    return (f"{what} on {spec.task}: {task_for(spec.task, enc).description}. Seed {spec.seed}; "
+            f"LM weights: {spec.weights_source}.{encoder}")
 
 
 def log_sweep_summary(tracking_uri: str, parent_run_id: str, report, claims: list[str]) -> None:

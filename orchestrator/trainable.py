@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 
 import ray
 import torch
@@ -12,10 +13,15 @@ from ray import tune
 from experiments.checkpointing import load_state, save_state
 from experiments.training import TrainState, run_trial
 from experiments.trial import TrialSpec
+from orchestrator.plugins import LoadedPlugin, import_on_worker
 
 
 def tune_trial(config: dict, *, weights_dir: str | None = None,
-               data_dir: str | None = None, peak_tflops: float | None = None) -> None:
+               data_dir: str | None = None, peak_tflops: float | None = None,
+               plugins: Sequence[LoadedPlugin] = ()) -> None:
+    # First the plugins the driver loaded: the trial's task, LM family or control may be theirs.
+    context = ray.get_runtime_context()
+    import_on_worker(plugins, f"{ray.util.get_node_ip_address()} ({context.get_node_id()})")
     trial = TrialSpec.from_config(config)
     # one "Checkpoint successfully created" INFO line per epoch per trial drowns the progress line
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,10 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from experiments.tasks.registry import get_task
-from experiments.trial import AXES, TrialSpec
+from experiments.trial import AXES, ENCODER_CONFIG, TrialSpec
 from orchestrator import console
 from orchestrator.failures import quiet_trial_failures
+from orchestrator.plugins import LoadedPlugin, load_plugins, runtime_env
 from orchestrator.progress import ProgressLine
 from orchestrator.resources import cpus_per_gpu, per_trial_resources
 from orchestrator.schedulers import QueuedASHAScheduler, QueuedFIFOScheduler
@@ -91,6 +93,7 @@ def run_sweep(
     gpu_memory_gb: float | None = None,
     cpus_per_trial: int | None = None,
     peak_tflops: float | None = None,
+    plugins: Sequence[LoadedPlugin] = (),
 ) -> SweepOutcome:
     start = time.time()
     task = get_task(plan[0].task)
@@ -99,7 +102,7 @@ def run_sweep(
     with ThreadPoolExecutor(1) as pool:
         opening = pool.submit(_open_tracking, tracking_uri, experiment, spec, len(plan))
         try:
-            _start_ray(address, quiet, verbose)
+            _start_ray(address, quiet, verbose, plugins)
             client, parent = opening.result()
         except BaseException:
             ray.shutdown()  # a no-op when Ray did not start
@@ -111,7 +114,7 @@ def run_sweep(
         logger = MlflowTrialLogger(tracking_uri, experiment, parent, background=True)
         gpu_bytes = gpu_memory_bytes(gpu_memory_gb)
         trainable = _trainable(weights_dir, data_dir, gpus_per_trial, gpu_bytes,
-                               cpus_per_trial, peak_tflops)
+                               cpus_per_trial, peak_tflops, plugins)
         name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         local = "://" not in storage
         searcher = make_searcher(
@@ -158,8 +161,12 @@ def run_sweep(
                 "gpu_memory_bytes": gpu_bytes,
                 "cpus_per_trial": cpus_per_trial,
                 "peak_tflops": peak_tflops,
+                "plugins": [p.ref for p in plugins if p.ref],  # installed ones: found again
             }))
         client.set_tag(parent, "ray.experiment_path", str(path))
+        if plugins:
+            client.set_tag(parent, "lmblocks.plugins", "; ".join(
+                f"{p.name}: {p.registered.describe()}" for p in plugins))
         return _fit(tuner, tracking_uri, experiment, parent, str(path), start)
     finally:
         ray.shutdown()
@@ -172,11 +179,12 @@ def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = 
     their MLflow runs are the same runs (the logger's trial -> run map is Tune callback state)."""
     start = time.time()
     meta = json.loads((Path(path) / SWEEP_FILE).read_text())
-    _start_ray(address, quiet, verbose)
+    plugins = load_plugins(meta.get("plugins", []))  # as the sweep had them (SpecError first)
+    _start_ray(address, quiet, verbose, plugins)
     try:
         trainable = _trainable(meta["weights_dir"], meta.get("data_dir"),
                                meta["gpus_per_trial"], meta["gpu_memory_bytes"],
-                               meta.get("cpus_per_trial"), meta.get("peak_tflops"))
+                               meta.get("cpus_per_trial"), meta.get("peak_tflops"), plugins)
         journal = Path(path) / "optuna.journal"
         if journal.is_file():
             live = {int(t.config["optuna_trial"]) for t in
@@ -199,18 +207,21 @@ def _open_tracking(tracking_uri: str, experiment: str, spec: SweepSpec,
 
 
 def _trainable(weights_dir: str | None, data_dir: str | None, gpus_per_trial: float | None,
-               gpu_bytes: float, cpus_per_trial: int | None, peak_tflops: float | None):
-    """The trial function with its fixed arguments and its per-trial resources, sized from the
-    cluster Ray is connected to (its GPUs, and the CPUs per GPU of its GPU nodes)."""
+               gpu_bytes: float, cpus_per_trial: int | None, peak_tflops: float | None,
+               plugins: Sequence[LoadedPlugin] = ()):
+    """The trial function with its fixed arguments (the plugins its worker imports first) and
+    its per-trial resources, sized from the cluster Ray is connected to (its GPUs, and the
+    CPUs per GPU of its GPU nodes)."""
     return tune.with_resources(
         tune.with_parameters(tune_trial, weights_dir=weights_dir, data_dir=data_dir,
-                             peak_tflops=peak_tflops),
+                             peak_tflops=peak_tflops, plugins=tuple(plugins)),
         per_trial_resources(ray.cluster_resources().get("GPU", 0), gpus_per_trial, gpu_bytes,
                             cpus_per_trial, cpus_per_gpu(ray.nodes())),
     )
 
 
-def _start_ray(address: str | None, quiet: bool, verbose: bool) -> None:
+def _start_ray(address: str | None, quiet: bool, verbose: bool,
+               plugins: Sequence[LoadedPlugin] = ()) -> None:
     level = console.configure(verbose)  # the libraries' INFO lines only with -v
     # Per-epoch checkpoints of a seconds-long epoch trip Tune's snapshot-frequency warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -220,8 +231,10 @@ def _start_ray(address: str | None, quiet: bool, verbose: bool) -> None:
     # them. TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 brings them back.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     quiet_trial_failures()  # a failed trial: no traceback here, one line at the end
+    # The plugins that are not installed (named by path, or importable only from here) go to
+    # every worker of this job, on this machine or a cluster: Ray's py_modules.
     ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
-             configure_logging=not quiet, logging_level=level)
+             configure_logging=not quiet, logging_level=level, runtime_env=runtime_env(plugins))
     # Tune lets a searcher keep ONE trial pending by default: on a cluster the trials would
     # start one actor start-up (~10 s) after another. Let as many wait as there are CPUs.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG",
@@ -257,4 +270,7 @@ def close_orphans(client: MlflowClient, parent: str) -> tuple[int, int]:
 
 
 def _hparams(trial: TrialSpec) -> dict[str, object]:
-    return {k: v for k, v in trial.to_config().items() if k not in AXES}
+    """What every trial of the sweep shares (the searcher gives each its row's axes and
+    encoder choice: ``orchestrator.search.cell_config``)."""
+    return {k: v for k, v in trial.to_config().items()
+            if k not in AXES and k not in ENCODER_CONFIG}

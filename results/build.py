@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from encoders.lm.controls import get_control, list_controls, reference_controls
 from experiments.tasks.registry import task_entry
+from experiments.trial import task_of_label
 from results import claims, findings, paper, plots, tables
 from results.runs import load_runs
 from results.stats import MIN_PAIRS, best_hparams, summarize
@@ -73,7 +74,7 @@ def _higher_is_better(df: pd.DataFrame) -> bool:
     modes = set()
     for task in df["task"].unique():
         try:
-            modes.add(task_entry(task).mode)
+            modes.add(task_entry(task_of_label(task)).mode)
         except KeyError:
             modes.add("max")
     return modes != {"min"}
@@ -259,7 +260,7 @@ def build_report(
 
 def _task_metric(df: pd.DataFrame) -> str:
     try:
-        return task_entry(df["task"].iloc[0]).metric
+        return task_entry(task_of_label(df["task"].iloc[0])).metric
     except KeyError:
         return "val_acc"
 

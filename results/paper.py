@@ -108,6 +108,8 @@ TASKS = {
     "coco-retrieval": TaskIdentity(RETRIEVAL, ("COCO",)),
     "shape-scenes-3d": TaskIdentity(VQA3D, ("shape-scenes-3d",)),
     "scanqa": TaskIdentity(VQA3D, ("SQA3D",)),  # SQA3D questions in ScanQA's layout
+    # your own images and timm model (--encoder): no dataset or model of the paper's
+    "images": TaskIdentity(IMAGE, ()),
 }
 # A sweep's metric -> the paper's metric of the same definition, per kind of task.
 SAME_METRIC = {

@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from experiments.cost import COST_PARAMS
-from experiments.trial import AXES, HPARAMS
+from experiments.trial import AXES, ENCODER_CONFIG, HPARAMS, EncoderChoice, task_label
 from results.run_table import search_runs_frame
 from results.stores import ReportError
 
@@ -66,6 +66,7 @@ def tidy(raw: pd.DataFrame, experiment: str) -> pd.DataFrame:
     df = pd.DataFrame({axis: raw[f"params.{axis}"].fillna("") for axis in AXES})
     for axis in NO_LM_AXES:  # logged as "none" where no LM applies (older runs: empty)
         df[axis] = df[axis].replace(NOT_APPLICABLE, "")
+    df["task"] = encoder_tasks(raw, df["task"])
     df.insert(0, "experiment", experiment)
     df["seed"] = df["seed"].astype(int)
     for hp in HPARAMS:
@@ -97,6 +98,23 @@ def tidy(raw: pd.DataFrame, experiment: str) -> pd.DataFrame:
     df["layer_index"] = df["layers"].map(layer_index)
     df["lm_params"] = [lm_params(f, s) for f, s in zip(df["family"], df["size"], strict=True)]
     return df.reset_index(drop=True)
+
+
+def encoder_tasks(raw: pd.DataFrame, tasks: pd.Series) -> pd.Series:
+    """Each run's task as the report names it: with its encoder choice where that is not the
+    task's own (``images[deit_small_patch16_224 frozen]``), so that runs of one task with a
+    frozen and a trained encoder, or two weight files, are different cells, never averaged."""
+    cols = {f: raw[f"params.{k}"] for k, f in ENCODER_CONFIG.items() if f"params.{k}" in raw}
+    if not cols:  # runs from before the encoder choice existed
+        return tasks
+    out = []
+    for i, task in enumerate(tasks):
+        given = {f: col.iloc[i] for f, col in cols.items()}
+        choice = EncoderChoice(**{f: int(v) if f == "image_size" else str(v)
+                                  for f, v in given.items()
+                                  if isinstance(v, str) and v not in ("", NOT_APPLICABLE)})
+        out.append(task_label(task, choice))
+    return pd.Series(out, index=tasks.index, dtype=object)
 
 
 def load_runs(tracking_uri: str, experiments: str | list[str],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ from transformers import OPTConfig, OPTForCausalLM
 
 import encoders.lm.families  # noqa: F401
 from encoders.weights.checkpoint_dir import CheckpointDir
+
+# The registry checks are plain asserts in a package module (plugin authors call them too):
+# pytest explains their failures as it does the tests' own.
+pytest.register_assert_rewrite("experiments.registry_checks")
 
 # Memory ceiling, per-test peaks and the Ray-group check; xdist's scheduler mended after a crash.
 pytest_plugins = ("tests.suite_guard", "tests.xdist_crash_safe")
@@ -24,7 +29,8 @@ RAY_MODULES = {"test_sweep_e2e", "test_cluster_e2e", "test_failures", "test_cli"
                "test_capacity_controls", "test_images", "test_pointcloud", "test_retrieval",
                "test_video", "test_vqa", "test_vqa3d", "test_preflight", "test_resources",
                "test_dry_run", "test_search", "test_objectives", "test_filtering_paper",
-               "test_mlflow_server", "test_ray_start_cluster",
+               "test_mlflow_server", "test_ray_start_cluster", "test_encoder_choice",
+               "test_plugins",
                "test_suite_guard"}  # its runaway run starts a process named like Ray's raylet
 
 # Ray runs its workers at nice 15 (Ray's ``worker_niceness``). Beside the other xdist worker's
@@ -40,6 +46,46 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") and item.module.__name__.split(".")[-1] in RAY_MODULES:
             item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def forget_plugins() -> None:
+    """Every plugin this process loaded, gone: its registrations, its modules, the loader's
+    record (``orchestrator/plugins.py`` keeps them for the process's life, as a sweep's driver
+    needs). ``cli.main`` loads the installed plugins (the example's, in CI) on every call."""
+    from encoders.lm import controls
+    from encoders.lm import registry as families
+    from experiments import registrations
+    from experiments.tasks import catalog
+    from experiments.tasks import registry as tasks
+    from orchestrator import plugins
+
+    for plugin in plugins._LOADED.values():
+        for name in plugin.registered.tasks:
+            tasks._TASKS.pop(name, None)
+            if name not in catalog.BUILTIN_TASKS:
+                catalog.CATALOG.pop(name, None)
+        for name in plugin.registered.families:
+            families._FAMILIES.pop(name, None)
+        for name in plugin.registered.controls:
+            controls._CONTROLS.pop(name, None)
+        top = plugin.module.split(".")[0]
+        if top not in ("encoders", "experiments", "orchestrator", "results", "tests"):
+            for module in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+                del sys.modules[module]
+        registrations._RECORDED.pop(plugin.module, None)
+    plugins._LOADED.clear()
+    plugins._ON_WORKER.clear()
+
+
+@pytest.fixture(autouse=True)
+def plugins_forgotten():
+    """Each test starts with lmblocks' own registries, as a fresh process would."""
+    yield
+    if "orchestrator.plugins" in sys.modules:
+        from orchestrator import plugins
+
+        if plugins._LOADED:
+            forget_plugins()
 
 
 @pytest.fixture(autouse=True)

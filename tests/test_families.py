@@ -8,66 +8,25 @@ has it; the block adds no positional encoding (permutation equivariance).
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from encoders.lm.frozen_block import FrozenLMBlock, bidirectional_mask
 from encoders.lm.layer_loading import load_layers
 from encoders.lm.registry import get_family, list_families
-from encoders.weights.checkpoint_dir import CheckpointDir
-from encoders.weights.safetensors_reader import SafetensorsReader
+from experiments.registry_checks import check_loaded_layer_is_the_models_own, tiny_checkpoint
 
 FAMILIES = list_families()
 
 
-def tiny_size(family: str):
-    fam = get_family(family)
-    real = fam.size(fam.default_size)
-    extra = dict(real.extra)
-    if "num_key_value_heads" in extra:
-        extra["num_key_value_heads"] = 2  # 4 query heads share 2 kv heads: GQA
-    if "word_embed_proj_dim" in extra:
-        extra["word_embed_proj_dim"] = 32
-    return dataclasses.replace(
-        real, name="tiny", repo_id=f"tiny/{family}", hidden_size=32, num_layers=3,
-        num_heads=4, ffn_dim=64, extra=extra,
-    )
-
-
 @pytest.fixture(params=FAMILIES)
 def family_checkpoint(request, tmp_path):
-    fam = get_family(request.param)
-    config = fam.make_config(tiny_size(request.param))
-    config.vocab_size = 64
-    torch.manual_seed(0)
-    model = fam.model_class(config).eval()
-    model.save_pretrained(tmp_path, max_shard_size="30KB")
-    layers = [m for m in model.modules() if isinstance(m, fam.layer_class)]
-    assert len(layers) == 3
-    return fam, model, layers, CheckpointDir(tmp_path, "weights-dir", f"tiny/{fam.name}")
+    return tiny_checkpoint(request.param, tmp_path)  # experiments/registry_checks.py
 
 
 def test_layer_matches_own_model_layer(family_checkpoint):
     fam, _, own_layers, ckpt = family_checkpoint
-    reader = SafetensorsReader()
-    loaded = load_layers(fam, ckpt, [1], reader=reader)
-    layer = loaded.layers[0].eval()
-    assert type(layer) is fam.layer_class
-    x = torch.randn(2, 6, 32)
-    mask = bidirectional_mask(None, 2, 6, x.dtype, x.device)
-    extra = fam.layer_kwargs(loaded.config)(x)
-    with torch.no_grad():
-        expected = own_layers[1](x, attention_mask=mask, **extra)
-        got = layer(x, attention_mask=mask, **extra)
-        other = own_layers[2](x, attention_mask=mask, **extra)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(got, other, atol=1e-4), "must be layer 1, not another layer"
-    # only layer 1's tensors were read (plus headers)
-    assert loaded.tensor_bytes == sum(p.numel() * 4 for p in layer.parameters())
-    if hasattr(loaded.config, "num_key_value_heads") and fam.rotary:
-        assert loaded.config.num_key_value_heads == 2
+    check_loaded_layer_is_the_models_own(fam, own_layers, ckpt)
 
 
 def test_block_is_bidirectional_and_position_free(family_checkpoint):

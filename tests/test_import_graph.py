@@ -28,6 +28,8 @@ def imported(args: list[str], cwd: Path, expect: int) -> set[str]:
     (["--family", "gpt9"], 2),
     (["--tasks", "digits,nope"], 2),
     (["--epochs", "0"], 2),
+    (["--tasks", "images"], 2),  # needs --encoder: said before timm is imported
+    (["--encoder-train", "frozen", "--tasks", "shapes3d"], 2),
     (["--dry-run", "--family", "opt", "--sizes", "all"], 0),
     (["--dry-run", "--preset", "paper_claims"], 0),
     (["--help"], 0),
@@ -46,3 +48,24 @@ def test_the_report_help_and_a_missing_store_import_no_heavy_library(tmp_path):
         assert "results" in mods and not mods & {*HEAVY, "pandas"}, sorted(mods & set(HEAVY))
     assert not (tmp_path / "mlflow.db").exists()
 
+
+
+
+@pytest.mark.parametrize(("args", "expect"), [(["--dry-run", "--tasks", "plugin-shapes"], 0),
+                                              (["--tasks", "nope"], 2)])
+def test_with_the_example_plugin_installed_the_plan_path_stays_light(tmp_path, args, expect):
+    """Every installed plugin is imported to plan a sweep (examples/plugin_task's, installed
+    as .ci/run does): it registers plain data, as the built-ins do, for their tasks and its.
+    (The plugin's own module is not in ``-X importtime``'s list: entry points are imported
+    with importlib; the other dry runs above had it loaded too.)"""
+    from importlib.metadata import entry_points
+
+    assert "shapes" in {ep.name for ep in entry_points(group="lmblocks.plugins")}, (
+        "the example plugin is not installed: pip install --no-build-isolation --no-deps -e "
+        "examples/plugin_task (as .ci/run does)")
+    mods = imported([str(ROOT / "sweep.py"), *args], tmp_path, expect)
+    assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
+    if expect:  # the unknown task's line names the plugin's task: it was loaded
+        proc = subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert "from plugins: plugin-shapes" in proc.stderr

@@ -21,11 +21,11 @@ from encoders.lm.lookup import check_checkpoint, locate
 from encoders.lm.registry import architecture_numbers, get_family, list_families
 from encoders.weights.safetensors_reader import SafetensorsReader
 from encoders.weights.tensors import CheckpointFormatError
+from experiments.registry_checks import tiny_size
 from orchestrator import cli, tuner
 from orchestrator.plan import build_plan
 from orchestrator.preflight import planned_weights, preflight_weights
 from orchestrator.spec import SpecError, load_spec
-from tests.test_families import tiny_size
 from tests.test_meta_llama import PARAMS, save_meta_checkpoint
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from encoders.lm.registry import LMFamily, get_family, list_families, register_family
+from experiments.registry_checks import check_family_builds_its_layer
 
 OPT_PUBLISHED = {  # hidden, layers, heads, ffn: from each facebook/opt-* config.json
     "125m": (768, 12, 12, 3072),
@@ -40,14 +40,7 @@ def test_layer_params_match_the_transformer_formula():
 
 @pytest.mark.parametrize("family", list_families())
 def test_every_family_builds_its_transformers_layer(family):
-    fam = get_family(family)
-    size = fam.size(fam.default_size)
-    config = fam.make_config(size)
-    with torch.device("meta"):
-        layer = fam.build_layer(config, 0)
-    assert isinstance(layer, fam.layer_class)
-    widths = {p.shape[-1] for p in layer.parameters() if p.ndim == 2}
-    assert size.hidden_size in widths and size.ffn_dim in widths
+    check_family_builds_its_layer(family)  # experiments/registry_checks.py
 
 
 def test_unknown_names_list_the_valid_ones_and_duplicates_raise():

@@ -10,7 +10,14 @@ import json
 
 import pytest
 
-from experiments.trial import NEUTRAL_HPARAMS, RUNTIME_HPARAMS, Hyperparameters, TrialSpec
+from experiments.trial import (
+    ENCODER_CONFIG,
+    NEUTRAL_HPARAMS,
+    RUNTIME_HPARAMS,
+    EncoderChoice,
+    Hyperparameters,
+    TrialSpec,
+)
 
 # The hyperparameters a trial had before issue 15 (final_norm a bool then).
 OLD_FIELDS = ("epochs", "lr", "weight_decay", "batch_size", "compute_dtype", "final_norm",
@@ -20,7 +27,7 @@ OLD_FIELDS = ("epochs", "lr", "weight_decay", "batch_size", "compute_dtype", "fi
 def old_key(trial: TrialSpec, final_norm: bool) -> str:
     """The key exactly as it was computed before: the flat config minus runtime settings."""
     cfg = {k: v for k, v in trial.to_config().items()
-           if k not in RUNTIME_HPARAMS and (k not in NEUTRAL_HPARAMS)}
+           if k not in RUNTIME_HPARAMS and k not in NEUTRAL_HPARAMS and k not in ENCODER_CONFIG}
     cfg["final_norm"] = final_norm
     assert set(cfg) == {"family", "size", "layers", "task", "control", "seed", *OLD_FIELDS}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
@@ -49,3 +56,27 @@ def test_unit_rms_is_a_new_cell():
     keys = {dataclasses.replace(base, hparams=Hyperparameters(final_norm=f)).key
             for f in ("none", "unit-rms", "lm")}
     assert len(keys) == 3
+
+
+def test_an_imagenet_vit_cell_keeps_its_key_now_that_it_is_a_preset_of_images():
+    """imagenet-vit-tiny runs the ``images`` task's code with the task's own encoder: the
+    encoder fields sit at their defaults and its cell key is the one it had."""
+    trial = TrialSpec("opt", "125m", (11,), "imagenet-vit-tiny", "pretrained", 0,
+                      Hyperparameters(epochs=300, lr=5e-4, label_smoothing=0.1))
+    assert trial.key == old_key(trial, False)
+
+
+@pytest.mark.parametrize("change", [{"name": "deit_small_patch16_224"}, {"train": "frozen"},
+                                    {"image_size": 64}, {"checkpoint": "ab" * 32}])
+def test_each_encoder_choice_is_a_new_cell_but_where_the_file_lies_is_not(change):
+    base = TrialSpec("minilm", "l6", (5,), "images", "pretrained", 0,
+                     encoder=EncoderChoice(name="vit_tiny_patch16_224"))
+    changed = dataclasses.replace(base, encoder=dataclasses.replace(base.encoder, **change))
+    assert changed.key != base.key
+    moved = dataclasses.replace(changed, encoder=dataclasses.replace(
+        changed.encoder, weights="/elsewhere/vit.safetensors"))
+    assert moved.key == changed.key
+    assert TrialSpec.from_config(changed.to_config()) == changed
+    # MLflow gives every param back as text, "none" where it did not apply
+    text = {k: ("none" if v == "" else str(v)) for k, v in changed.to_config().items()}
+    assert TrialSpec.from_config(text).encoder == changed.encoder

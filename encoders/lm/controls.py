@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from encoders.lm.block_options import FINAL_NORMS
-from encoders.lm.registry import resolve
+from encoders.lm.registry import DuplicateNameError, resolve
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +57,7 @@ _CONTROLS: dict[str, Control] = {}
 
 def register_control(control: Control) -> Control:
     if control.name in _CONTROLS:
-        raise ValueError(f"control {control.name!r} is already registered")
+        raise DuplicateNameError("control", control.name)
     if control.layers not in LAYER_CHOICES:
         raise ValueError(f"control {control.name!r}: layers {control.layers!r}; "
                          f"valid: {', '.join(LAYER_CHOICES)}")

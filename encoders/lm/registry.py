@@ -234,12 +234,21 @@ def architecture_numbers(config: PretrainedConfig) -> dict[str, int]:
     }
 
 
+class DuplicateNameError(ValueError):
+    """A registry (LM families, controls, tasks, the task catalog) refusing a name it already
+    has: a plugin's clash, told apart from its other errors (``orchestrator/plugins.py``)."""
+
+    def __init__(self, kind: str, name: str, message: str = "") -> None:
+        self.kind, self.name = kind, name
+        super().__init__(message or f"{kind} {name!r} is already registered")
+
+
 _FAMILIES: dict[str, LMFamily] = {}
 
 
 def register_family(family: LMFamily) -> LMFamily:
     if family.name in _FAMILIES:
-        raise ValueError(f"LM family {family.name!r} is already registered")
+        raise DuplicateNameError("LM family", family.name)
     if not family.formats:
         raise ValueError(f"family {family.name!r} declares no weight formats")
     if family.default_size not in family.sizes:

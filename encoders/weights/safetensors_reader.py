@@ -80,8 +80,11 @@ class SafetensorsReader:
         return self._headers[path]
 
     def _any_header(self, f: BinaryIO, path: str) -> TensorTable:
-        """safetensors, or a torch.save zip (``.bin``/``.pth``/``.pt``) read weights-only."""
-        if path.endswith((".bin", ".pth", ".pt")):
+        """safetensors, or a torch.save zip (``.bin``/``.pth``/``.pt``, or any name whose
+        bytes start as a zip does) read weights-only."""
+        magic = f.read(4)
+        f.seek(0)
+        if path.endswith((".bin", ".pth", ".pt")) or magic == b"PK\x03\x04":
             return parse_torch_zip(f, path, lambda fh, n, what: self._read_exact(fh, n, path, what))
         return self._parse_header(f, path, _file_size(f))
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from encoders.lm.registry import DuplicateNameError
+
 
 @dataclass(frozen=True)
 class TaskCost:
@@ -47,6 +49,10 @@ class TaskEntry:
     mode: str = "max"
     classification: bool = True  # the classification objective (label smoothing, Mixup apply)
     embedded: bool = True  # its data ships with lmblocks (no --data-dir)
+    # its encoder is a timm model: --encoder-weights and --encoder-train apply to it
+    timm_encoder: bool = False
+    # the sweep chooses its encoder: --encoder (a timm model name) and --image-size
+    chooses_encoder: bool = False
     # Not part of what ``register_task`` compares with the module's ``Task`` (which does not
     # know it); None: the dry run has no estimate for the task.
     cost: TaskCost | None = field(default=None, compare=False, repr=False)
@@ -62,8 +68,10 @@ class TaskEntry:
 _T = "experiments.tasks."
 CATALOG: dict[str, TaskEntry] = {e.name: e for e in (
     # scikit-learn digits: 1,797 images, 80/20 stratified split; ViT 64 wide, 16 patches + cls
-    TaskEntry("digits", _T + "digits", cost=TaskCost(0.00239, (17,), 64, 1437, 360)),
-    TaskEntry("digits-convstem", _T + "digits", cost=TaskCost(0.00277, (17,), 64, 1437, 360)),
+    TaskEntry("digits", _T + "digits", timm_encoder=True,
+              cost=TaskCost(0.00239, (17,), 64, 1437, 360)),
+    TaskEntry("digits-convstem", _T + "digits", timm_encoder=True,
+              cost=TaskCost(0.00277, (17,), 64, 1437, 360)),
     # 150 / 40 clouds per class, 6 classes; 16 point patches + cls
     TaskEntry("shapes3d", _T + "pointcloud", cost=TaskCost(0.0489, (17,), 64, 900, 240)),
     # ModelNet40's h5 split: 9,843 train / 2,468 test clouds at 1024 points; 64 patches + cls
@@ -114,13 +122,31 @@ CATALOG: dict[str, TaskEntry] = {e.name: e for e in (
     TaskEntry("scanqa", _T + "vqa3d", classification=False, embedded=False,
               cost=TaskCost(0.213, (113,), 64, 25563, 4675)),
     # CIFAR-10/100: 50,000 / 10,000 images at 32x32, 4x4 patches: 64 + cls, ViT-Ti width
-    TaskEntry("cifar10", _T + "images", embedded=False,
+    TaskEntry("cifar10", _T + "images", embedded=False, timm_encoder=True,
               cost=TaskCost(0.730, (65,), 192, 50000, 10000)),
-    TaskEntry("cifar100", _T + "images", embedded=False,
+    TaskEntry("cifar100", _T + "images", embedded=False, timm_encoder=True,
               cost=TaskCost(0.730, (65,), 192, 50000, 10000)),
     # ImageNet-1k: 1,281,167 train / 50,000 val images at 224: 196 patches + cls
-    TaskEntry("imagenet-vit-tiny", _T + "images", embedded=False,
+    TaskEntry("imagenet-vit-tiny", _T + "images", embedded=False, timm_encoder=True,
               cost=TaskCost(2.51, (197,), 192, 1281167, 50000)),
-    TaskEntry("imagenet-vit-small", _T + "images", embedded=False,
+    TaskEntry("imagenet-vit-small", _T + "images", embedded=False, timm_encoder=True,
               cost=TaskCost(9.20, (197,), 384, 1281167, 50000)),
+    # Any timm ViT-like model (--encoder) on any ImageFolder tree: sizes known only then
+    TaskEntry("images", _T + "images", embedded=False, timm_encoder=True,
+              chooses_encoder=True),
 )}
+
+# lmblocks' own rows: a plugin's row may not take one of these names (nor another plugin's).
+BUILTIN_TASKS = frozenset(CATALOG)
+
+
+def register_catalog_row(entry: TaskEntry) -> TaskEntry:
+    """Add a plugin's task row, plain data as the built-ins' above: the plan reads it without
+    importing ``entry.module``, which ``get_task`` imports when a trial (or the plugin check
+    before a sweep) needs the task. A name already in the catalog is refused."""
+    if entry.name in CATALOG:
+        owner = "lmblocks" if entry.name in BUILTIN_TASKS else CATALOG[entry.name].module
+        raise DuplicateNameError("task", entry.name,
+                                 f"task {entry.name!r} is already in the catalog ({owner})")
+    CATALOG[entry.name] = entry
+    return entry

@@ -49,6 +49,7 @@ def _register(name: str, description: str, build) -> Task:
         chance=1 / CLASSES,
         num_classes=CLASSES,
         example=validation_examples(build_digits),
+        timm_encoder=True,  # timm's VisionTransformer: --encoder-weights, --encoder-train
     ))
 
 

@@ -10,12 +10,14 @@ registered: that is what ``example`` is for.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from experiments.tasks.catalog import CATALOG, TaskEntry
+from encoders.lm.registry import DuplicateNameError
+from experiments.tasks.catalog import BUILTIN_TASKS, CATALOG, TaskEntry
 
 if TYPE_CHECKING:  # the plan reads the catalog; a task's module imports these when a trial runs
     import torch
@@ -24,6 +26,7 @@ if TYPE_CHECKING:  # the plan reads the catalog; a task's module imports these w
 
     from experiments.batches import Batch
     from experiments.objectives import Objective
+    from experiments.trial import EncoderChoice
 
 
 def _data_ok(data_dir: str | Path | None) -> None:  # embedded data: nothing to check
@@ -65,6 +68,12 @@ class Task:
     # validation set's first samples, or random inputs of a real dataset's shapes. The
     # registry test runs every task with every control on it.
     example: Callable[[int], tuple[Batch, Batch]] | None = None
+    # Its encoder is a timm model (``build_model`` returns it, the block in its ``blocks``):
+    # ``--encoder-weights`` and ``--encoder-train`` apply (encoders/visual/timm_weights.py).
+    timm_encoder: bool = False
+    # A task whose encoder the sweep chooses (``--encoder``, ``--image-size``): (the trial's
+    # EncoderChoice, data_dir) -> the task built for it, its width and classes known then.
+    configure: Callable[[EncoderChoice, str | Path | None], Task] | None = None
 
     @property
     def embedded(self) -> bool:
@@ -77,15 +86,21 @@ _TASKS: dict[str, Task] = {}
 
 def _entry_of(task: Task, module: str) -> TaskEntry:
     return TaskEntry(task.name, module, task.metric, task.mode,
-                     classification=task.objective is None, embedded=task.embedded)
+                     classification=task.objective is None, embedded=task.embedded,
+                     timm_encoder=task.timm_encoder,
+                     chooses_encoder=task.configure is not None)
 
 
 def register_task(task: Task) -> Task:
     """Register ``task``; a catalogued task must agree with its catalog row (the plan checks a
     sweep against the row before the task's module is imported)."""
     if task.name in _TASKS:
-        raise ValueError(f"task {task.name!r} is already registered")
+        raise DuplicateNameError("task", task.name)
     row = CATALOG.get(task.name)
+    if row is not None and row.module not in sys.modules:  # its row's module registers it
+        owner = "lmblocks'" if row.name in BUILTIN_TASKS else f"module {row.module}'s"
+        raise DuplicateNameError("task", task.name, f"task {task.name!r} is {owner} (its "
+                                 f"catalog row names module {row.module}, not yet imported)")
     if row is not None and (have := _entry_of(task, row.module)) != row:
         raise ValueError(f"task {task.name!r} disagrees with its catalog row: {have} "
                              f"(catalog: {row})")
@@ -116,6 +131,12 @@ def get_task(name: str) -> Task:
     if name not in _TASKS:
         raise KeyError(f"unknown task {name!r}; valid: {', '.join(list_tasks())}")
     return _TASKS[name]
+
+
+def task_for(name: str, encoder: EncoderChoice, data_dir: str | Path | None = None) -> Task:
+    """The task a trial runs: ``name``'s, built for ``encoder`` where the sweep chooses it."""
+    task = get_task(name)
+    return task.configure(encoder, data_dir) if task.configure is not None else task
 
 
 def validation_examples(build_data: Callable[..., tuple[Dataset, Dataset]], step: int = 1
