@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir",
                    help="dataset folder of tasks with real data (modelnet40, ...; default: "
                         "none, embedded tasks only)")
-    r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    r.add_argument("--address",
+                   help="Ray cluster address, or auto (the cluster ray start runs here) "
+                        "(default: $RAY_ADDRESS, else a local Ray of the sweep's own)")
     r.add_argument("--storage",
                    help="Ray results/checkpoints: a folder or a URL (default: ./lmblocks-runs)")
     r.add_argument("--tracking-uri",

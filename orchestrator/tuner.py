@@ -220,6 +220,15 @@ def _trainable(weights_dir: str | None, data_dir: str | None, gpus_per_trial: fl
     )
 
 
+def ray_address(address: str | None) -> str:
+    """What ``ray.init`` is given: ``--address``, else ``$RAY_ADDRESS`` (how Ray's job
+    submission names the cluster), else ``local``: a Ray of the sweep's own. Not Ray's own
+    default, which joins whatever cluster was last started on this machine (its address in
+    /tmp/ray/ray_current_cluster): a sweep that meant to run alone would join another user's
+    or test's ``ray start`` cluster and die with it, silently, when it is stopped."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def _start_ray(address: str | None, quiet: bool, verbose: bool,
                plugins: Sequence[LoadedPlugin] = ()) -> None:
     level = console.configure(verbose)  # the libraries' INFO lines only with -v
@@ -233,7 +242,7 @@ def _start_ray(address: str | None, quiet: bool, verbose: bool,
     quiet_trial_failures()  # a failed trial: no traceback here, one line at the end
     # The plugins that are not installed (named by path, or importable only from here) go to
     # every worker of this job, on this machine or a cluster: Ray's py_modules.
-    ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
+    ray.init(address=ray_address(address), include_dashboard=False, log_to_driver=not quiet,
              configure_logging=not quiet, logging_level=level, runtime_env=runtime_env(plugins))
     # Tune lets a searcher keep ONE trial pending by default: on a cluster the trials would
     # start one actor start-up (~10 s) after another. Let as many wait as there are CPUs.

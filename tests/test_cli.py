@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -387,3 +388,25 @@ def test_sweep_script_and_console_script_are_one_program(tmp_path):
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"lmblocks-sweep": "orchestrator.cli:main",
                        "lmblocks-report": "results.report:main"}
+
+
+@pytest.mark.parametrize(("flag", "env", "expected"), [
+    (None, None, "local"),  # a Ray of the sweep's own, never the last `ray start` cluster
+    (None, "10.0.0.5:6379", "10.0.0.5:6379"),  # Ray's job submission names it so
+    ("auto", "10.0.0.5:6379", "auto"),
+    ("10.0.0.7:6379", None, "10.0.0.7:6379"),
+])
+def test_without_an_address_a_sweep_starts_its_own_ray(monkeypatch, flag, env, expected):
+    """Ray's own default joins the cluster last started on the machine (read from
+    /tmp/ray/ray_current_cluster): a sweep that meant to run alone died with another test's
+    cluster when that was stopped, printing nothing. It asks for ``local`` instead."""
+    seen = {}
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what _start_ray sets stays here
+    monkeypatch.setattr(tuner.ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(tuner.ray, "cluster_resources", lambda: {"CPU": 2})
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    tuner._start_ray(flag, quiet=True, verbose=False)
+    assert seen["address"] == expected
