@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from safetensors.torch import save_file
 
@@ -42,7 +41,8 @@ from experiments.trial import (
     Hyperparameters,
     TrialSpec,
 )
-from orchestrator import cli, tuner
+from orchestrator import cli
+from tests.test_cli import no_sweep_may_start, run_bad  # noqa: F401  (autouse: no sweep starts)
 from tests.test_dry_run import record, status_column
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,28 +218,10 @@ def test_a_trial_on_an_image_folder_records_the_file_and_trains_only_what_it_sho
 # --- the command line: one line, exit 2, before Ray --------------------------------------
 
 
-@pytest.fixture
-def no_sweep(monkeypatch, tmp_path):
-    def forbidden(*a, **k):
-        raise AssertionError("run_sweep reached")
-
-    monkeypatch.setattr(tuner, "run_sweep", forbidden)
-    monkeypatch.chdir(tmp_path)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     return save_digits_folder(tmp_path_factory.mktemp("digits"), per_class=2, size=32,
                               classes=3)
-
-
-def _bad(capsys, *argv: str) -> str:
-    assert cli.main(list(argv)) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("lmblocks-sweep: error: ")
-    assert not ray.is_initialized()
-    return err
 
 
 IMAGES = ("--tasks", "images", "--encoder", VIT, "--image-size", "32")
@@ -259,25 +241,25 @@ IMAGES = ("--tasks", "images", "--encoder", VIT, "--image-size", "32")
      "--encoder-weights applies to tasks whose encoder is a timm model"),
     ([*IMAGES, "--encoder-weights", "nowhere.safetensors"], "no such file"),
 ])
-def test_bad_encoder_input_is_one_line(capsys, no_sweep, argv, expected):
-    assert expected in _bad(capsys, *argv, "--dry-run")
+def test_bad_encoder_input_is_one_line(capsys, argv, expected):
+    assert expected in run_bad(capsys, *argv, "--dry-run")
 
 
-def test_weights_that_do_not_fit_or_are_not_weights_are_one_line(capsys, no_sweep, tmp_path,
+def test_weights_that_do_not_fit_or_are_not_weights_are_one_line(capsys, tmp_path,
                                                                  folder):
     small = tmp_path / "deit_small.safetensors"
     save_file({k: v.contiguous() for k, v in create_encoder("deit_small_patch16_224", 3)
                .state_dict().items()}, small)
-    err = _bad(capsys, *IMAGES, "--data-dir", str(folder), "--encoder-weights", str(small))
+    err = run_bad(capsys, *IMAGES, "--data-dir", str(folder), "--encoder-weights", str(small))
     assert "does not fit VisionTransformer" in err and "of another shape" in err
     junk = tmp_path / "notes.txt"
     junk.write_text("not weights")
-    assert "--encoder-weights" in _bad(capsys, *IMAGES, "--encoder-weights", str(junk))
-    err = _bad(capsys, *IMAGES, "--data-dir", str(tmp_path))
+    assert "--encoder-weights" in run_bad(capsys, *IMAGES, "--encoder-weights", str(junk))
+    err = run_bad(capsys, *IMAGES, "--data-dir", str(tmp_path))
     assert "no class folders in train/" in err
 
 
-def test_a_dry_run_keys_cells_by_the_file_s_sha256_not_its_path(capsys, no_sweep, tmp_path,
+def test_a_dry_run_keys_cells_by_the_file_s_sha256_not_its_path(capsys, tmp_path,
                                                                   vit_file, folder):
     path, _ = vit_file
     moved = tmp_path / "moved.safetensors"
@@ -309,7 +291,7 @@ def key_before_encoder_choices(t: TrialSpec) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def test_a_finished_imagenet_vit_cell_is_still_finished(capsys, no_sweep, tmp_path):
+def test_a_finished_imagenet_vit_cell_is_still_finished(capsys, tmp_path):
     """imagenet-vit-* are presets of the images task now; a cell finished before keeps its
     key (computed as it was before the encoder fields existed) and is not run again."""
     argv = ["--preset", "imagenet_deit", "--family", "opt", "--sizes", "125m", "--controls",
@@ -368,7 +350,7 @@ def test_a_sweep_over_png_images_with_a_saved_vit_full_and_frozen(tmp_path, vit_
         VIT, str(path), sha, "frozen", 32)  # MLflow's text gives the choice back
 
 
-def test_a_built_in_timm_task_takes_weights_saved_from_its_own_model(capsys, no_sweep, tmp_path):
+def test_a_built_in_timm_task_takes_weights_saved_from_its_own_model(capsys, tmp_path):
     """--encoder-weights is not only the images task's: digits' timm ViT takes a file saved
     from its own model (a torch.save zip), and the dry run keys its cells by the file."""
     from experiments.tasks.registry import get_task
