@@ -13,6 +13,7 @@ from torch import nn
 
 from encoders.visual.timm_encoder import EncoderChoiceError
 from encoders.visual.timm_weights import check_file, freeze_encoder, load_weights
+from encoders.visual.vit import check_block_template
 from experiments.tasks.registry import Task, task_for
 from experiments.trial import EncoderChoice
 
@@ -35,14 +36,20 @@ def apply_encoder_choice(model: nn.Module, block: nn.Module | None, task: Task,
 
 
 def check_encoder_choice(task_name: str, choice: EncoderChoice,
-                         data_dir: str | Path | None) -> str:
-    """Raise EncoderChoiceError (one line) unless ``task_name`` can run with ``choice``:
-    the task built for it (``--encoder`` and ``--image-size`` described by timm) and its
-    model built on the meta device, the weights file's header fitted to it. Returns what
-    becomes of the head ("" without a file)."""
+                         data_dir: str | Path | None, controls: tuple[str, ...] = ()) -> str:
+    """Raise EncoderChoiceError (one line) unless ``task_name`` can run with ``choice`` and
+    ``controls``: the task built for it (``--encoder`` and ``--image-size`` described by
+    timm) and its model built on the meta device, the weights file's header fitted to it, a
+    ``visual-block`` control able to copy its last block. Returns what becomes of the head
+    ("" without a file)."""
     task = task_for(task_name, choice, data_dir)
-    if not choice.weights:
+    if not choice.weights and "visual-block" not in controls:
         return ""
     with torch.device("meta"):
         model = task.build_model(None)
-    return check_file(choice.weights, model)
+    if "visual-block" in controls and choice.name:
+        try:
+            check_block_template(model.blocks[-1], f"--encoder {choice.name}")
+        except TypeError as e:
+            raise EncoderChoiceError(str(e)) from None
+    return check_file(choice.weights, model) if choice.weights else ""

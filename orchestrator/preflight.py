@@ -116,7 +116,7 @@ def preflight_encoder(spec: SweepSpec, data_dir: str | None) -> SweepSpec:
     choice = EncoderChoice(spec.encoder, weights, "", "full", spec.image_size)
     try:
         for task in dict.fromkeys(spec.tasks):
-            check_encoder_choice(task, choice, data_dir)
+            check_encoder_choice(task, choice, data_dir, spec.controls)
         sha = file_sha256(weights) if weights else ""
     except (EncoderChoiceError, DataError) as e:
         raise SpecError(_one_line(e)) from None

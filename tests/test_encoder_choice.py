@@ -240,6 +240,8 @@ IMAGES = ("--tasks", "images", "--encoder", VIT, "--image-size", "32")
     (["--tasks", "shapes3d", "--encoder-weights", "w.safetensors"],
      "--encoder-weights applies to tasks whose encoder is a timm model"),
     ([*IMAGES, "--encoder-weights", "nowhere.safetensors"], "no such file"),
+    (["--tasks", "images", "--encoder", "eva02_tiny_patch14_224", "--image-size", "28",
+      "--controls", "visual-block"], "last block is a EvaBlock (timm.models.eva), not timm's"),
 ])
 def test_bad_encoder_input_is_one_line(capsys, argv, expected):
     assert expected in run_bad(capsys, *argv, "--dry-run")
@@ -361,3 +363,28 @@ def test_a_built_in_timm_task_takes_weights_saved_from_its_own_model(capsys, tmp
                      "--seeds", "0"]) == 0
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     assert f"digits[{sha[:8]}]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("name", "size"), [("deit_small_patch16_224", 32),
+                                            ("eva02_tiny_patch14_224", 28),
+                                            ("beit_base_patch16_224", 32),
+                                            ("cait_xxs24_224", 32)])
+def test_vit_like_families_take_the_block_after_their_last_block(name, size):
+    """EVA hands its blocks rotary embeddings, BEiT a shared relative-position bias, CaiT has
+    class-attention blocks after ``blocks``: the LM block, appended to ``blocks``, runs in
+    each (it takes no positions of theirs), changes the output and gets gradients."""
+    task = task_for("images", EncoderChoice(name=name, image_size=size))
+    torch.manual_seed(0)
+    block, _ = build_block(family="minilm", size="l6", layers=(5,), control="random", seed=0,
+                           visual_dim=task.visual_dim)
+    model = task.build_model(block).eval()
+    assert model.blocks[-1] is block
+    x, _ = task.example(2)
+    out = model(x)
+    assert out.shape == (2, task.num_classes)
+    out.logsumexp(-1).mean().backward()
+    assert block.proj_in.weight.grad is not None and block.proj_in.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        block.proj_out.weight.add_(torch.randn_like(block.proj_out.weight))  # not a scale:
+        # the final norm undoes one
+        assert not torch.allclose(model(x), out)

@@ -91,6 +91,16 @@ def timm_block_params(template: Block, hidden: int) -> int:
         return rest + sum(p.numel() for p in _mlp_like(template, hidden).parameters())
 
 
+def check_block_template(template: nn.Module, encoder: str = "encoder") -> None:
+    """TypeError unless ``visual-block`` can make a block like ``template`` (timm's ViT
+    ``Block`` with an ``Mlp``): the sweep's pre-flight asks before Ray starts."""
+    if not isinstance(template, Block) or not isinstance(getattr(template, "mlp", None), Mlp):
+        raise TypeError(f"control 'visual-block': {encoder}'s last block is a "
+                        f"{type(template).__name__} ({type(template).__module__}), not timm's "
+                        "vision_transformer.Block with an Mlp, so no block of its kind can be "
+                        "made; valid: the other controls")
+
+
 def one_more_block(template: nn.Module, target: int, encoder: str = "encoder"
                    ) -> tuple[nn.Module, int]:
     """A new trainable block of ``template``'s kind (a copy of timm's ``Block``: its width,
@@ -98,10 +108,7 @@ def one_more_block(template: nn.Module, target: int, encoder: str = "encoder"
     ``target`` (at least 1 unit: a target below the attention's own count cannot be met),
     re-initialised as timm's ViT (truncated-normal .02 linear weights, zero biases, unit
     norms). Returns (block, MLP width)."""
-    if not isinstance(template, Block) or not isinstance(template.mlp, Mlp):
-        raise TypeError(f"control 'visual-block': {encoder}'s last block is a "
-                        f"{type(template).__name__}, not timm's Block with an Mlp, so no block "
-                        "of its kind can be made; valid: the other controls")
+    check_block_template(template, encoder)
     fixed = timm_block_params(template, 1)
     step = timm_block_params(template, 2) - fixed  # parameters per MLP unit: 2 x dim + 1
     hidden = max(1, round((target - fixed) / step) + 1)
