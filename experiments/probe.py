@@ -162,7 +162,7 @@ class ProbeResult:
         }
 
 
-def _visual_blocks(vit: nn.Module) -> tuple[nn.Module, nn.Module]:
+def around_block(vit: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(last visual block, the module whose output is 'after'): with a module inserted (the
     LM block, or a control's MLP or extra-block slot: anything but a block of the encoder's
     own, which has an ``attn``), it is ``vit.blocks[-1]`` and the last visual block the one
@@ -220,7 +220,7 @@ def probe(vit: nn.Module, inputs, informative: torch.Tensor,
     whose map values are zeroed. The first-token attention is read from timm's own attention
     (its softmax output, seen through the unfused path's ``attn_drop``) and from the LM
     block's last layer (:func:`lm_block_attention`)."""
-    last, after_module = _visual_blocks(vit)
+    last, after_module = around_block(vit)
     seen: dict[str, torch.Tensor] = {}
     hooks = [
         last.register_forward_hook(lambda m, a, out: seen.__setitem__("before", out)),
@@ -264,6 +264,16 @@ def probe(vit: nn.Module, inputs, informative: torch.Tensor,
 def probe_batch(dataset: Dataset, size: int) -> Batch:
     """The first ``size`` validation inputs, collated (a tensor or a tuple of tensors)."""
     return default_collate([dataset[i][0] for i in range(min(size, len(dataset)))])
+
+
+def spread_batch(dataset: Dataset, size: int) -> tuple[Batch, Batch]:
+    """(inputs, targets) of ``size`` validation samples evenly spaced over the set: a
+    validation set in class order gives its first samples one class, and gradients of one
+    class agree for that reason alone (Bai et al.'s coherence is across samples)."""
+    n = len(dataset)
+    picks = sorted({round(i * (n - 1) / max(1, size - 1)) for i in range(min(size, n))})
+    inputs, target = default_collate([dataset[i] for i in picks])
+    return (tuple(inputs) if isinstance(inputs, list) else inputs), target
 
 
 def probe_filtering(model: nn.Module, task, probe_x: Batch) -> dict[str, object]:

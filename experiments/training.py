@@ -33,6 +33,7 @@ from encoders.lm.frozen_block import (
 )
 from encoders.lm.inserted import MLPBlock, VisualBlockSlot
 from experiments.batches import as_float32, batch_len, forward, to_device
+from experiments.block_measures import block_measures
 from experiments.compute import configure
 from experiments.cost import (
     StepFlops,
@@ -47,7 +48,7 @@ from experiments.encoder_choice import apply_encoder_choice
 from experiments.loading import epoch_seed, loader_settings, resolve_num_workers, train_loader
 from experiments.objectives.classification import CLASSIFICATION
 from experiments.param_groups import param_groups
-from experiments.probe import probe_batch, probe_filtering
+from experiments.probe import probe_batch, probe_filtering, spread_batch
 from experiments.recipe import effective_lr, lr_at, make_loss, make_mixer
 from experiments.regularisation import apply_drop_path, clipper, ema_scores, make_ema
 from experiments.tasks.registry import task_for
@@ -293,6 +294,8 @@ def run_trial(
                   if make_val_loader
                   else DataLoader(val_ds, batch_size=VAL_BATCH_SIZE, **val_settings))
     probe_x = probe_batch(val_ds, task.probe_size)
+    probe_xy = tuple(to_device(b, device) for b in spread_batch(val_ds, task.probe_size))
+    initial = block_measures(model, task, probe_xy, "_init") if restore is None else {}
     runner = torch.compile(model) if compute.compile else model  # shares model's parameters
 
     name = device_name(device)
@@ -351,6 +354,8 @@ def run_trial(
             **run_settings,
             **recipe,
             **filtering,
+            **initial,  # Bai et al.'s measures before the first step, then at this epoch
+            **block_measures(model, task, probe_xy),
         }
         opt_state = copy.deepcopy(optimizer.state_dict())  # a snapshot, not live references
         state = TrainState(epoch + 1, trainable_state(model), opt_state, best,

@@ -58,7 +58,8 @@ BUILT_TAGS = {"checkpoint_identity": "checkpoint.identity", "checkpoint_path": "
 
 # Whatever a task's objective reports (val_minADE, val_recall_i2t_at_5, ...) and its best so far.
 # The EMA's (ema_val_acc, ...) as well: the weights' moving average evaluated alongside.
-TASK_METRIC_PREFIXES = ("val_", "best_", "conc_", "miou_", EMA_PREFIX)
+TASK_METRIC_PREFIXES = ("val_", "best_", "conc_", "miou_", EMA_PREFIX,
+                        "block_cka", "grad_coherence")  # Bai et al.'s (block_measures.py)
 
 # Where and how the attempt ran -> tags set again whenever a result says otherwise (a retry
 # may land on another node, with other CPUs): tag name -> result key.

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from encoders.lm.controls import get_control, list_controls, reference_controls
 from experiments.tasks.registry import task_entry
 from experiments.trial import task_of_label
-from results import claims, findings, paper, plots, tables
+from results import claims, findings, paper, plots, rectifier, tables
 from results.runs import load_runs
 from results.stats import MIN_PAIRS, best_hparams, summarize
 from results.stores import ReportError
@@ -48,6 +48,9 @@ TABLES = {
     "cost": "Cost per cell, per trial: parameters (M), GFLOPs per sample, training samples/s, "
             "data wait, peak memory, MFU (GPU), trial-hours",
     "claims": "Claims of the paper, tested (results/claims.py)",
+    "similarity": "Bai et al.: does the block's initial similarity with the encoder (linear "
+                  "CKA) predict its gain? Spearman's rho over cells, bootstrap interval",
+    "coherence": "Bai et al.: per-sample gradient coherence with the block, and without it",
 }
 
 
@@ -165,6 +168,8 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
         "by_control": tables.by_control(summary, layer),
         "filtering": tables.filtering_table(summary),
         "cost": tables.cost_table(summary),
+        "similarity": rectifier.similarity_vs_gain(summary),
+        "coherence": rectifier.coherence_table(summary),
     }
     skip = findings.left_out(summary, layer)  # nothing to say with this data: one line each
     histories = claims.load_histories(client, df, metric) if client is not None else None
@@ -204,6 +209,9 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
             summary, out / "layer_size_heatmap.png"))
     if "conc_act_gain" in summary:
         figures.append(plots.gain_vs_concentration(summary, out / "gain_vs_concentration.png"))
+    if not named["similarity"].empty:
+        figures.append(plots.similarity_vs_gain(summary, named["similarity"],
+                                                out / "similarity_vs_gain.png"))
     if client is not None:
         for task in summary["task"].unique():
             maps = probe_maps_by_control(df, summary, client, task)

@@ -176,6 +176,9 @@ def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
     for col in ("conc_cls_attn", "conc_lm_cls_attn", "miou_cls_attn", "miou_lm_cls_attn"):
         if col in done:
             out[col] = per_cell(done[col], "mean")
+    for col in ("block_cka_init", "block_cka", "grad_coherence_init", "grad_coherence"):
+        if col in done:  # Bai et al.'s measures (experiments/block_measures.py)
+            out[col] = per_cell(pd.to_numeric(done[col], errors="coerce"), "mean")
     for col in COST_COLUMNS:  # what the cell cost, per trial, over its finished seeds
         if col in done:
             out[col] = per_cell(pd.to_numeric(done[col], errors="coerce"), "mean")

@@ -336,7 +336,9 @@ def test_a_sweep_over_png_images_with_a_saved_vit_full_and_frozen(tmp_path, vit_
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     by = {(r.data.params["control"], r.data.params["encoder_train"]): r for r in runs}
-    for run in runs:
+    for run in runs:  # Bai et al.'s measures on every run; the similarity where a block is
+        assert {"grad_coherence", "grad_coherence_init"} <= set(run.data.metrics)
+        assert ("block_cka_init" in run.data.metrics) == (run.data.params["control"] != "none")
         assert run.data.tags["encoder.checkpoint"] == sha
         assert run.data.params["encoder_checkpoint"] == sha
         assert run.data.params["encoder"] == VIT and run.data.params["image_size"] == "32"

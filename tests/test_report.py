@@ -36,7 +36,7 @@ def log_sweep(uri: str, experiment: str, rows: list[dict]) -> str:
             client.log_metric(run, "val_acc", 0.0, step=1)
             client.log_metric(run, "val_acc", row["val_acc"], step=2)  # final value wins
         for k, v in row.items():
-            if k.startswith("conc_") or k in COST_METRICS:
+            if k.startswith(("conc_", "block_cka", "grad_coherence")) or k in COST_METRICS:
                 client.log_metric(run, k, v, step=2)
             elif k in COST_PARAMS:
                 client.log_param(run, k, v)

@@ -136,6 +136,9 @@ def embed_new_images(retriever: Retriever, image: torch.Tensor, index: torch.Ten
 class ContrastiveRetrieval:
     """Loss on ``(image_emb, text_emb, scale)`` and recall@K validation (module docstring)."""
 
+    # its loss is over a batch's pairs: a sample alone has none (no per-sample gradients)
+    per_sample_loss = False
+
     def loss(self, out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
              target: torch.Tensor) -> torch.Tensor:
         image_emb, text_emb, scale = out
