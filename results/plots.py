@@ -271,7 +271,7 @@ def similarity_vs_gain(summary: pd.DataFrame, rho: pd.DataFrame, path: Path) -> 
     ax.set_ylabel(f"change in {_metric_label(summary)} over no block{better}")
     overall = rho.iloc[-1] if len(rho) else None
     said = ("" if overall is None or not np.isfinite(overall["spearman_rho"]) else
-            f": Spearman rho {overall['spearman_rho']:+.2f} "
+            f"\nSpearman rho {overall['spearman_rho']:+.2f} "
             f"[{overall['ci_lo']:+.2f}, {overall['ci_hi']:+.2f}] over {overall['cells']} cells")
     ax.set_title(f"Does the initial similarity predict the gain?{said}", fontsize=9)
     ax.grid(alpha=0.3)
