@@ -229,52 +229,49 @@ def token_activation_strips(maps_by_control: dict[str, dict], path: Path,
     return _save(fig, path)
 
 
-def gain_vs_concentration(summary: pd.DataFrame, path: Path) -> Path:
-    cells = summary[summary["control"] != summary.attrs.get("control", "none")].dropna(
-        subset=["delta", "conc_act_gain"]) if "conc_act_gain" in summary else summary.iloc[:0]
+def _gain_scatter(summary: pd.DataFrame, x: str, xlabel: str, title: str,
+                  versus: str = "the control") -> tuple:
+    """Each cell but the reference control's: ``x`` against its gain (``delta``), one colour
+    per control, each point named by its layer (or control); returns (figure, axes)."""
+    control = summary.attrs.get("control", "none")
+    cells = (summary[summary["control"] != control].dropna(subset=["delta", x])
+             if x in summary else summary.iloc[:0])
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for control, grp in cells.groupby("control"):
-        ax.scatter(grp["conc_act_gain"], grp["delta"], label=_label(control))
+    for name, grp in cells.groupby("control"):
+        ax.scatter(grp[x], grp["delta"], label=_label(name))
         for _, r in grp.iterrows():
             tag = f"L{r['layers']}" if r["layers"] else r["control"]
-            ax.annotate(tag, (r["conc_act_gain"], r["delta"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
+            ax.annotate(tag, (r[x], r["delta"]), fontsize=7, textcoords="offset points",
+                        xytext=(3, 3))
     ax.axhline(0, color="grey", lw=0.8)
-    ax.axvline(0, color="grey", lw=0.8)
-    ax.set_xlabel("concentration gain: share of activation on informative tokens, after - before")
+    ax.set_xlabel(xlabel)
     better = "" if summary.attrs.get("higher", True) else " (lower is better)"
-    ax.set_ylabel(f"change in {_metric_label(summary)} over the control{better}")
-    ax.set_title("Information filtering: does concentrating activation go with the metric?")
+    ax.set_ylabel(f"change in {_metric_label(summary)} over {versus}{better}")
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     if len(cells):
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig, ax
 
+
+def gain_vs_concentration(summary: pd.DataFrame, path: Path) -> Path:
+    fig, ax = _gain_scatter(
+        summary, "conc_act_gain",
+        "concentration gain: share of activation on informative tokens, after - before",
+        "Information filtering: does concentrating activation go with the metric?")
+    ax.axvline(0, color="grey", lw=0.8)
+    return _save(fig, path)
 
 
 def similarity_vs_gain(summary: pd.DataFrame, rho: pd.DataFrame, path: Path) -> Path:
     """Bai et al.'s predictor: each cell's initial block-encoder CKA against its gain over
     no block, one colour per control; the rank correlation in the title."""
-    control = summary.attrs.get("control", "none")
-    cells = (summary[summary["control"] != control].dropna(subset=["block_cka_init", "delta"])
-             if "block_cka_init" in summary else summary.iloc[:0])
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for name, grp in cells.groupby("control"):
-        ax.scatter(grp["block_cka_init"], grp["delta"], label=_label(name))
-        for _, r in grp.iterrows():
-            tag = f"L{r['layers']}" if r["layers"] else r["control"]
-            ax.annotate(tag, (r["block_cka_init"], r["delta"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("linear CKA of the block's output with its input, before training")
-    better = "" if summary.attrs.get("higher", True) else " (lower is better)"
-    ax.set_ylabel(f"change in {_metric_label(summary)} over no block{better}")
     overall = rho.iloc[-1] if len(rho) else None
     said = ("" if overall is None or not np.isfinite(overall["spearman_rho"]) else
             f"\nSpearman rho {overall['spearman_rho']:+.2f} "
             f"[{overall['ci_lo']:+.2f}, {overall['ci_hi']:+.2f}] over {overall['cells']} cells")
-    ax.set_title(f"Does the initial similarity predict the gain?{said}", fontsize=9)
-    ax.grid(alpha=0.3)
-    if len(cells):
-        ax.legend(fontsize=8)
+    fig, _ = _gain_scatter(
+        summary, "block_cka_init",
+        "linear CKA of the block's output with its input, before training",
+        f"Does the initial similarity predict the gain?{said}", "no block")
     return _save(fig, path)

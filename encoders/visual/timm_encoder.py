@@ -11,6 +11,7 @@ timm's ``resolve_data_config`` gives them, and a forward pass at the chosen imag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import timm
@@ -42,8 +43,10 @@ def create_encoder(name: str, num_classes: int, image_size: int = 0) -> nn.Modul
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
 
+@cache  # a sweep's driver asks once per trial (each run's description): build once
 def describe(name: str, image_size: int = 0, num_classes: int = 10) -> TimmEncoderInfo:
-    """What the plan needs of ``name`` at ``image_size``, or EncoderChoiceError naming why."""
+    """What the plan needs of ``name`` at ``image_size``, or EncoderChoiceError naming why
+    (not cached: an error is raised again)."""
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:5]
         hint = f" (close: {', '.join(close)})" if close else ""

@@ -16,6 +16,7 @@ unexpected or of another shape is an error naming the keys, in one line.
 from __future__ import annotations
 
 import hashlib
+import io
 import sys
 from collections.abc import Mapping
 from typing import BinaryIO
@@ -42,22 +43,27 @@ def _open(location: str) -> BinaryIO:
     return open(location, "rb")
 
 
+def _cannot_read(location: str, e: Exception) -> EncoderChoiceError:
+    return EncoderChoiceError(f"--encoder-weights {location!r}: cannot read it "
+                              f"({type(e).__name__}: {e}); valid: {FORMATS}, a local path "
+                              "or an fsspec URL")
+
+
 def file_sha256(location: str) -> str:
-    """The file's identity: the run's ``encoder.checkpoint`` and part of the cell's key."""
+    """The file's identity: the run's ``encoder.checkpoint`` and part of the cell's key
+    (streamed: the pre-flight reads no tensor)."""
     digest = hashlib.sha256()
     try:
         with _open(location) as f:
             while chunk := f.read(1 << 23):
                 digest.update(chunk)
     except (OSError, ValueError) as e:
-        raise EncoderChoiceError(f"--encoder-weights {location!r}: cannot read it "
-                                 f"({type(e).__name__}: {e}); valid: {FORMATS}, a local path "
-                                 "or an fsspec URL") from None
+        raise _cannot_read(location, e) from None
     return digest.hexdigest()
 
 
-def _reader() -> SafetensorsReader:
-    return SafetensorsReader(opener=_open)
+def _reader(opener=_open) -> SafetensorsReader:
+    return SafetensorsReader(opener=opener)
 
 
 def _format_error(location: str, e: Exception) -> EncoderChoiceError:
@@ -74,8 +80,9 @@ def read_shapes(location: str) -> dict[str, tuple[int, ...]]:
     return {name: tuple(info.shape) for name, info in table.tensors.items()}
 
 
-def read_tensors(location: str) -> dict[str, torch.Tensor]:
-    reader = _reader()
+def read_tensors(location: str, data: bytes | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the file (``data``: its bytes, already read)."""
+    reader = _reader(_open if data is None else lambda _: io.BytesIO(data))
     try:
         names = list(reader.read_header(location).tensors)
         return reader.read_tensors(location, names)
@@ -176,11 +183,17 @@ def load_weights(model: nn.Module, block: nn.Module | None, location: str,
                  sha256: str = "") -> dict[str, str]:
     """Load the file into ``model`` (the block already inserted: its own keys are not the
     file's); with ``sha256``, the file must still be the one the sweep planned with."""
-    found = file_sha256(location)
+    try:  # read once: the identity and the tensors from the same bytes (a URL: one download)
+        with _open(location) as f:
+            data = f.read()
+    except (OSError, ValueError) as e:
+        raise _cannot_read(location, e) from None
+    found = hashlib.sha256(data).hexdigest()
     if sha256 and found != sha256:
         raise EncoderChoiceError(f"--encoder-weights {location!r} changed since the sweep was "
                                  f"planned: sha256 {found[:12]}, planned {sha256[:12]}")
-    state, head = adapt(read_tensors(location), model)
+    state, head = adapt(read_tensors(location, data), model)
+    del data
     check_keys(state, model, block, location, head)
     model.load_state_dict(state, strict=False)
     return {"encoder_checkpoint": found, "encoder_head": head}
