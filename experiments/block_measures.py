@@ -6,7 +6,8 @@ position before training, and the frozen block raising the second.
 
 Their exact definitions are not public (no code; ``../shared/PAPER.md``). lmblocks uses:
 - similarity: linear CKA (Kornblith et al., ICML 2019) between the tokens entering the
-  inserted module (the adjacent encoder block's output) and the tokens leaving it; rows are
+  inserted module (the adjacent encoder block's output; at ``--positions start``, where no
+  block precedes it, the token embedding) and the tokens leaving it; rows are
   the probe batch's real tokens, columns the features (the two widths may differ; CKA is
   invariant to rotation and isotropic scale). Without an inserted module (``none``): none.
 - gradient coherence: the mean pairwise cosine similarity of the per-sample gradients of
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from experiments.batches import Batch, forward
-from experiments.probe import around_block
+from experiments.probe import around_block, hook_around
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -49,8 +50,7 @@ def block_similarity(model: nn.Module, inputs: Batch,
     if before_module is after_module:
         return None
     seen: dict[str, torch.Tensor] = {}
-    hooks = [before_module.register_forward_hook(lambda m, a, o: seen.__setitem__("x", o)),
-             after_module.register_forward_hook(lambda m, a, o: seen.__setitem__("y", o))]
+    hooks = hook_around(model, seen)
     was_training = model.training
     model.eval()
     try:
@@ -59,7 +59,7 @@ def block_similarity(model: nn.Module, inputs: Batch,
         model.train(was_training)
         for h in hooks:
             h.remove()
-    x, y = seen["x"], seen["y"]
+    x, y = seen["before"], seen["after"]
     keep = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     if valid is not None:
         keep[:, prefix_tokens:] = valid.bool().to(x.device)

@@ -13,9 +13,10 @@ token, before and after the block:
 
 and the class token's attention over the patches (heads averaged), read twice: in the last
 visual block (``cls_attn``) and in the LM block's last layer (``lm_cls_attn``; absent without
-LM layers: ``none``, ``adapters``, ``mlp``, ``visual-block``). "Before" is the output of the
-last visual block; "after" is the output of the inserted module (for ``none`` the two are the
-same tokens).
+LM layers: ``none``, ``adapters``, ``mlp``, ``visual-block``). "Before" is the tokens
+entering the inserted module, wherever ``--positions`` put it (at ``end``: the last visual
+block's output); "after" is its output (for ``none`` both are the last block's output). The
+visual attention is its neighbour's: the encoder block before it, at ``start`` the one after.
 
 Where the task knows which tokens are informative (digits: patches with ink), each map
 becomes two numbers, averaged over the probe batch:
@@ -47,6 +48,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from encoders.lm.frozen_block import FrozenLMBlock
+from encoders.visual.placement import inserted_index
 from experiments.batches import Batch, to_device
 
 
@@ -163,14 +165,34 @@ class ProbeResult:
 
 
 def around_block(vit: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(last visual block, the module whose output is 'after'): with a module inserted (the
-    LM block, or a control's MLP or extra-block slot: anything but a block of the encoder's
-    own, which has an ``attn``), it is ``vit.blocks[-1]`` and the last visual block the one
-    before it."""
+    """(the encoder block next to the inserted module, the inserted module): the module
+    ``insert_after_last_block`` marked (the LM block, or a control's MLP or extra-block
+    slot), wherever ``--positions`` put it (``encoders.visual.placement``); its neighbour
+    is the encoder block before it, or at ``start`` the one after it. A model built
+    otherwise is read as before positions existed: an inserted module is the last one in
+    ``blocks`` that is an LM block or lacks an ``attn``. Without an inserted module (the
+    ``none`` control) both are the last encoder block."""
     blocks = list(vit.blocks)
-    if isinstance(blocks[-1], FrozenLMBlock) or not hasattr(blocks[-1], "attn"):
-        return blocks[-2], blocks[-1]
-    return blocks[-1], blocks[-1]
+    index = inserted_index(blocks)
+    if index is None and (isinstance(blocks[-1], FrozenLMBlock)
+                          or not hasattr(blocks[-1], "attn")):
+        index = len(blocks) - 1
+    if index is None:
+        return blocks[-1], blocks[-1]
+    return blocks[index - 1] if index > 0 else blocks[index + 1], blocks[index]
+
+
+def hook_around(vit: nn.Module, seen: dict[str, torch.Tensor]) -> list:
+    """Hooks that store the tokens entering the inserted module as ``seen["before"]`` and
+    those leaving it as ``seen["after"]`` (without one: the last block's output, both);
+    the caller removes them."""
+    neighbour, module = around_block(vit)
+    after = module.register_forward_hook(lambda m, a, out: seen.__setitem__("after", out))
+    if neighbour is module:
+        return [after, module.register_forward_hook(
+            lambda m, a, out: seen.__setitem__("before", out))]
+    return [after, module.register_forward_pre_hook(
+        lambda m, args: seen.__setitem__("before", args[0]))]
 
 
 def _lm_attention_module(module: nn.Module) -> nn.Module | None:
@@ -222,12 +244,8 @@ def probe(vit: nn.Module, inputs, informative: torch.Tensor,
     block's last layer (:func:`lm_block_attention`)."""
     last, after_module = around_block(vit)
     seen: dict[str, torch.Tensor] = {}
-    hooks = [
-        last.register_forward_hook(lambda m, a, out: seen.__setitem__("before", out)),
-        after_module.register_forward_hook(lambda m, a, out: seen.__setitem__("after", out)),
-        last.attn.attn_drop.register_forward_hook(
-            lambda m, a, out: seen.__setitem__("attn", out)),
-    ]
+    hooks = [*hook_around(vit, seen), last.attn.attn_drop.register_forward_hook(
+        lambda m, a, out: seen.__setitem__("attn", out))]
     fused, last.attn.fused_attn = last.attn.fused_attn, False
     was_training = vit.training
     vit.eval()

@@ -32,6 +32,7 @@ from encoders.lm.frozen_block import (
     trainable_parameter_count,
 )
 from encoders.lm.inserted import MLPBlock, VisualBlockSlot
+from encoders.visual.placement import place_block
 from experiments.batches import as_float32, batch_len, forward, to_device
 from experiments.block_measures import block_measures
 from experiments.compute import configure
@@ -256,6 +257,7 @@ def run_trial(
         block.init_adapters(hp.adapter_init)
     model = task.build_model(block)
     encoder = apply_encoder_choice(model, block, task, trial.encoder)  # weights, frozen
+    place_block(model, trial.position, f"task {task.name!r}")  # after: weights key by index
     drop_path_blocks = apply_drop_path(model, hp.drop_path, f"task {task.name!r}")
     model = model.to(device)
     optimizer = compute.optimizer(param_groups(model, hp), hp)

@@ -13,7 +13,10 @@ import json
 from dataclasses import dataclass, field
 
 # The structural axes of a sweep: one trial per combination (a plan row, a report cell + seed).
-AXES = ("family", "size", "layers", "task", "control", "seed")
+AXES = ("family", "size", "layers", "position", "task", "control", "seed")
+# Where the inserted module runs in the encoder (``encoders.visual.placement``): ``end`` is
+# every cell's place from before the axis existed, and is left out of a trial's key.
+DEFAULT_POSITION = "end"
 
 Selection = tuple[int, ...]  # the LM layers a trial inserts, as one block
 
@@ -176,6 +179,7 @@ class TrialSpec:
     seed: int
     hparams: Hyperparameters = field(default_factory=Hyperparameters)
     encoder: EncoderChoice = field(default_factory=EncoderChoice)
+    position: str = DEFAULT_POSITION  # a named place (encoders.visual.placement.name_of)
 
     @property
     def layer_label(self) -> str:
@@ -195,6 +199,7 @@ class TrialSpec:
             "family": self.family,
             "size": self.size,
             "layers": self.layer_label,
+            "position": self.position,
             "task": self.task,
             "control": self.control,
             "seed": self.seed,
@@ -221,29 +226,34 @@ class TrialSpec:
                 f: (int(cfg[k]) if f == "image_size" else str(cfg[k]))
                 for k, f in ENCODER_CONFIG.items()
                 if k in cfg and cfg[k] not in (None, "none")}),
+            position=str(cfg.get("position") or DEFAULT_POSITION),
         )
 
     @property
     def key(self) -> str:
         """Stable identity of the full config but its runtime settings (``RUNTIME_HPARAMS``)
         and where the encoder's weights file lies (its sha256 is in): a finished cell is not
-        run again."""
+        run again. The position ``end`` is left out: cells from before the axis keep their
+        key."""
         cfg = {k: v for k, v in self.to_config().items() if k not in RUNTIME_HPARAMS
                and not (k in NEUTRAL_HPARAMS and v == NEUTRAL_HPARAMS[k])
                and not (k in ENCODER_DEFAULTS and v == ENCODER_DEFAULTS[k])
-               and k != "encoder_weights"}
+               and k != "encoder_weights"
+               and not (k == "position" and v == DEFAULT_POSITION)}
         cfg["final_norm"] = KEY_FINAL_NORM.get(cfg["final_norm"], cfg["final_norm"])
         blob = json.dumps(cfg, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @property
     def run_name(self) -> str:
-        """How the trial's run and folder are named: ``minilm-l6-L5-pretrained-digits-s0``."""
+        """How the trial's run and folder are named: ``minilm-l6-L5-pretrained-digits-s0``
+        (``...-L5-at-middle-pretrained-...`` away from the end)."""
         from encoders.lm.controls import get_control
 
         task = self.task + (f"-{self.encoder.name}" if self.encoder.name else "") + (
             "-frozen" if self.encoder.train == "frozen" else "")
         if not get_control(self.control).per_lm:
             return f"{self.control}-{task}-s{self.seed}"
-        layer = f"-L{self.layer_label}" if self.layers else ""
+        layer = (f"-L{self.layer_label}" if self.layers else "") + (
+            f"-at-{self.position}" if self.position != DEFAULT_POSITION else "")
         return f"{self.family}-{self.size}{layer}-{self.control}-{task}-s{self.seed}"

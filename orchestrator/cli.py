@@ -44,7 +44,7 @@ def _csv(values: list[str] | None) -> tuple[str, ...] | None:
 def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     spec = load_spec(args.preset)
     changes: dict[str, object] = {}
-    for axis in ("families", "sizes", "layers", "tasks", "controls"):
+    for axis in ("families", "sizes", "layers", "positions", "tasks", "controls"):
         if (v := _csv(getattr(args, axis))) is not None:
             if not v:
                 flag = "--family" if axis == "families" else f"--{axis}"

@@ -1,6 +1,6 @@
 """The dry run's cost estimate of a planned study, so a user sizes a cluster before starting it.
 
-Per cell kind (family, size, task, control): the trials, each one's training FLOPs per
+Per cell kind (family, size, position, task, control): the trials, each one's training FLOPs per
 sample, samples and GPU-hours (``experiments.cost_model``: analytic, at an assumed GPU and
 MFU, both printed), the GPU share a trial asks for (``orchestrator.resources``, from the
 block's memory, as a real run sizes it) and so how many trials one GPU holds; then the
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 ASSUMED_GPU_MEMORY_BYTES = 80e9  # a real run's default without a visible GPU (the H100's)
 WALL_CLOCK_GPUS = (1, 8, 64)
-CELL = ["family", "size", "task", "control"]
+CELL = ["family", "size", "position", "task", "control"]
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,16 @@ def estimate_table(plan: list[TrialSpec], assumptions: Assumptions) -> pd.DataFr
     rows = []
     for t in plan:
         hp = t.hparams
-        key = (t.family, t.size, len(t.layers), t.task, t.control, hp.epochs, hp.ema_decay,
-               hp.batch_size)
+        key = (t.family, t.size, len(t.layers), t.position, t.task, t.control, hp.epochs,
+               hp.ema_decay, hp.batch_size)
         row = known.get(key)
         if row is None:
             cost = trial_cost(t)
             share = (assumptions.gpus_per_trial if assumptions.gpus_per_trial is not None
                      else gpu_share(t, assumptions.gpu_memory_bytes))
             row = known[key] = (
-                t.family or "-", t.size or "-", t.task, t.control,
+                t.family or "-", t.size or "-", t.position if t.family else "-", t.task,
+                t.control,
                 cost.step.train_step / 1e9 if cost else math.nan,
                 cost.train_samples if cost else math.nan,
                 cost.gpu_hours(assumptions.gpu) if cost else math.nan, share)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from experiments.trial import AXES
+from experiments.trial import AXES, DEFAULT_POSITION
 from orchestrator.store import run_rows
 
 NO_LM = ("family", "size", "layers")  # logged "none" when a cell has no LM
@@ -145,7 +145,8 @@ def failed_trials(tracking_uri: str, parent_run_id: str) -> list[FailedTrial]:
             continue
         params = run.data.params
         cell = " ".join(f"{axis}={params[axis]}" for axis in AXES  # no LM: no family/size/layers
-                        if params.get(axis) and not (axis in NO_LM and params[axis] == "none"))
+                        if params.get(axis) and not (axis in NO_LM and params[axis] == "none")
+                        and not (axis == "position" and params[axis] == DEFAULT_POSITION))
         reason = " ".join(tags.get("failure.reason", "unknown error").split())
         failed.append(FailedTrial(cell or run.info.run_name, tags.get("failure.kind", "error"),
                                   reason, run.info.run_id))

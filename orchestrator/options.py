@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layers", nargs="+",
                    help="last, all, 5, -1 (from the end), 2..5 (one trial each), 3:5 (layers "
                         "3 and 4 as one span)")
+    g.add_argument("--positions", nargs="+",
+                   help="where the block runs in the encoder (one trial each): end (after its "
+                        "last block, the default), middle, start (before its first), i (after "
+                        "block i, 0-based), -k (after the k-th from the end), all",
+                   metavar="POSITION")
     g.add_argument("--tasks", nargs="+",
                    help=f"embedded: {_one_of(_tasks(embedded=True))}; real data under "
                         f"--data-dir: {_one_of(_tasks(embedded=False))}; and the plugins' "

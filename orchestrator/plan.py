@@ -1,4 +1,5 @@
-"""Expand a SweepSpec into one TrialSpec per (family, size, layers, task, control, seed).
+"""Expand a SweepSpec into one TrialSpec per (family, size, layers, position, task, control,
+seed).
 
 Controls and the layer axis, as the controls table (``encoders/lm/controls.py``) says:
 - ``pretrained`` (layers "each"): one trial per layer selection;
@@ -7,7 +8,8 @@ Controls and the layer axis, as the controls table (``encoders/lm/controls.py``)
 - ``adapters`` (layers "none"): one trial per family/size (the two linear maps at that LM's
   width, no layer);
 - ``none`` (not per LM): one trial per task and seed, not tied to any LM (family and size
-  are empty);
+  are empty; it inserts nothing, so it has no position);
+- every control that inserts a module runs once per position (``--positions``).
 - the capacity controls: ``mlp`` (layers "none", at the LM's width), ``random-trained``,
   ``finetuned`` and ``visual-block`` (layers "last": sized like the last selection).
 Validation happens here, before any weights, Ray or MLflow are touched.
@@ -23,6 +25,7 @@ import encoders.lm.families  # noqa: F401  (registers the families)
 from encoders.lm.block_options import ADAPTER_INITS, FINAL_NORMS
 from encoders.lm.controls import get_control, list_controls
 from encoders.lm.registry import get_family, list_families
+from encoders.visual.placement import END, PositionError, check_position_words, resolve_positions
 from experiments.tasks.catalog import BUILTIN_TASKS
 from experiments.tasks.registry import list_tasks, task_entry
 from experiments.trial import (
@@ -155,6 +158,22 @@ def encoder_choices(spec: SweepSpec) -> list[EncoderChoice]:
                           spec.image_size) for train in spec.encoder_train]
 
 
+def task_positions(spec: SweepSpec, task: str, encoder: EncoderChoice) -> list[str]:
+    """The places ``spec.positions`` names in ``task``'s encoder, one name each
+    (``encoders.visual.placement``); the encoder is counted only when a place other than
+    ``end`` is asked for."""
+    try:
+        check_position_words(spec.positions)
+        if tuple(spec.positions) == (END,):
+            return [END]
+        from experiments.encoder_depth import encoder_depth
+
+        return resolve_positions(spec.positions, encoder_depth(task, encoder),
+                                 f"task {task!r}'s encoder")
+    except (PositionError, ValueError) as e:
+        raise SpecError(str(e)) from None
+
+
 def _size_lr_scales(spec: SweepSpec) -> dict[tuple[str, str], float]:
     """A preset's ``lr_scale_by_size`` ({"opt/125m": 0.2}), checked: known family/size keys,
     finite scales > 0."""
@@ -252,9 +271,11 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
                         control.layers]
                     for sel in sels:
                         for seed in spec.seeds:
-                            trials.extend(TrialSpec(family, size, sel, task, control.name,
-                                                    seed, _scaled(hp, scales, family, size),
-                                                    enc) for enc in encoders)
+                            trials.extend(
+                                TrialSpec(family, size, sel, task, control.name, seed,
+                                          _scaled(hp, scales, family, size), enc, position)
+                                for enc in encoders
+                                for position in task_positions(spec, task, enc))
     if not trials:
         raise SpecError("empty sweep: the spec expands to no trial")
     return trials
@@ -277,6 +298,7 @@ def plan_table(trials: list[TrialSpec]) -> pd.DataFrame:
                 "family": t.family or "-",
                 "size": t.size or "-",
                 "layers": t.layer_label or "-",
+                "position": t.position if t.family else "-",
                 "task": task_label(t.task, t.encoder),
                 "control": t.control,
                 "seed": t.seed,

@@ -24,6 +24,9 @@ class SweepSpec:
     families: tuple[str, ...] = ("minilm",)
     sizes: tuple[str, ...] = ("default",)
     layers: tuple[str, ...] = ("last",)
+    # where the inserted module runs in the encoder (encoders.visual.placement): end, middle,
+    # start, an index, -k, all; one trial per place
+    positions: tuple[str, ...] = ("end",)
     tasks: tuple[str, ...] = ("digits",)
     controls: tuple[str, ...] = ("pretrained",)
     seeds: tuple[int, ...] = (0,)
@@ -53,7 +56,7 @@ class SweepSpec:
 
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(SweepSpec)} - {"hparams"}
 _HPARAM_FIELDS = set(HPARAMS)
-_TUPLE_FIELDS = {"families", "sizes", "layers", "tasks", "controls", "seeds", "encoder_train",
+_TUPLE_FIELDS = {"families", "sizes", "layers", "positions", "tasks", "controls", "seeds", "encoder_train",
                  "plugins"}
 _SPEC_TYPES = {"encoder": "str", "encoder_weights": "str", "encoder_checkpoint": "str",
                "image_size": "int"}

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from encoders.lm.controls import get_control, list_controls, reference_controls
 from experiments.tasks.registry import task_entry
 from experiments.trial import task_of_label
-from results import claims, findings, paper, plots, rectifier, tables
+from results import claims, convergence, findings, paper, plots, rectifier, tables
 from results.runs import load_runs
 from results.stats import MIN_PAIRS, best_hparams, summarize
 from results.stores import ReportError
@@ -47,6 +47,8 @@ TABLES = {
     "filtering": "Information filtering: metric change next to concentration gain",
     "cost": "Cost per cell, per trial: parameters (M), GFLOPs per sample, training samples/s, "
             "data wait, peak memory, MFU (GPU), trial-hours",
+    "by_position": "Table D. Metric by the block's position in the encoder (end, middle, start, "
+                   "after block i), per LM and layer, beside no block",
     "claims": "Claims of the paper, tested (results/claims.py)",
     "similarity": "Bai et al.: does the block's initial similarity with the encoder (linear "
                   "CKA) predict its gain? Spearman's rho over cells, bootstrap interval",
@@ -162,17 +164,19 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(df, metric, control, _higher_is_better(df))
+    end = tables.at_end(summary)  # tables 1-3 and their figures: the paper's method
     named = {
-        "by_layer": tables.by_layer(summary),
-        "by_size": tables.by_size(summary, layer),
-        "by_control": tables.by_control(summary, layer),
+        "by_layer": tables.by_layer(end),
+        "by_size": tables.by_size(end, layer),
+        "by_control": tables.by_control(end, layer),
+        "by_position": tables.by_position(summary),
         "filtering": tables.filtering_table(summary),
         "cost": tables.cost_table(summary),
         "similarity": rectifier.similarity_vs_gain(summary),
         "coherence": rectifier.coherence_table(summary),
     }
-    skip = findings.left_out(summary, layer)  # nothing to say with this data: one line each
-    histories = claims.load_histories(client, df, metric) if client is not None else None
+    skip = findings.left_out(end, layer)  # nothing to say with this data: one line each
+    histories = convergence.load_histories(client, df, metric) if client is not None else None
     tested = claims.evaluate(df, metric, summary.attrs["higher"], histories)
     files: list[Path] = []
     legend = (f"mean ± std over seeds; Δ = paired difference against '{control}' (same task "
@@ -200,13 +204,15 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
     files += [out / "ablation.md", out / "summary.csv", out / "runs.csv", out / "paper.csv"]
 
     figures: list[Path | str] = [  # a figure, or the line saying why it is left out
-        skip.get("metric_vs_layer") or plots.metric_vs_layer(summary, out / "metric_vs_layer.png")]
-    if not tables.fixed_layer(summary, layer).empty or "metric_vs_size" in skip:
+        skip.get("metric_vs_layer") or plots.metric_vs_layer(end, out / "metric_vs_layer.png")]
+    if not tables.fixed_layer(end, layer).empty or "metric_vs_size" in skip:
         figures.append(skip.get("metric_vs_size") or plots.metric_vs_size(
-            summary, out / "metric_vs_size.png", layer))
-    if summary["control"].isin(tables.layer_controls()).any():
+            end, out / "metric_vs_size.png", layer))
+    if end["control"].isin(tables.layer_controls()).any():
         figures.append(skip.get("layer_size_heatmap") or plots.layer_size_heatmap(
-            summary, out / "layer_size_heatmap.png"))
+            end, out / "layer_size_heatmap.png"))
+    if not named["by_position"].empty:
+        figures.append(plots.metric_vs_position(summary, out / "metric_vs_position.png"))
     if "conc_act_gain" in summary:
         figures.append(plots.gain_vs_concentration(summary, out / "gain_vs_concentration.png"))
     if not named["similarity"].empty:

@@ -14,8 +14,14 @@ Claims (Pang et al., ICLR 2024) the data can speak to, each per task and LM:
   the smallest does not beat none (its interval does not exclude 0 in the better direction);
   contradicted when the largest is worse than the smallest, or the largest is worse than
   none, or the smallest already beats none (then not *only* large LMs help);
-- ``block position: end > middle > start``: not measured while a trial has no insertion
-  position axis (``experiments.trial.AXES``).
+- ``block position: end > middle > start`` (Table D): per task, LM and layer selection, the
+  pretrained block at each of the three positions the sweep ran, paired on seed: end - middle
+  and middle - start (end - start when the sweep has no middle). Supported when every
+  comparison favours the earlier position, contradicted when one favours the later; the
+  difference shown is end (or the best-placed position run) minus the last one run.
+
+The other claims are of the paper's method: the block at the encoder's end; cells at other
+positions take no part in them.
 
 Verdict rules. Differences are ``a - b`` in the metric's units; "better" follows the task's
 mode (``higher``: max, e.g. accuracy; else min, e.g. minADE, where a negative difference is
@@ -27,7 +33,7 @@ better). The interval is ``results.stats.bootstrap_ci`` of the per-seed paired d
 - **inconclusive** otherwise, with the reason: n < 3, the interval includes 0, named cells
   not converged, or their convergence unknown (no per-epoch history);
 - **not measured**: the sweep lacks the cells (``needs control X``, an early layer, a
-  second size, a position axis).
+  second size, a second of the positions end, middle, start).
 
 Convergence. A seed (run) is *still improving* when the best of its task metric over the last
 k epochs, k = max(2, ceil(25% of its epochs)), beats its best before them by more than 0.5%
@@ -39,71 +45,38 @@ judged. Nothing defaults to the paper: a missing check never yields ``supported`
 
 from __future__ import annotations
 
-import math
+import itertools
 
 import numpy as np
 import pandas as pd
 
-from experiments.trial import AXES, parse_label
-from results.run_table import metric_histories
+from experiments.plateau import TOLERANCE
+from experiments.trial import DEFAULT_POSITION, parse_label
+from results.convergence import convergence
 from results.runs import last_layer
-from results.stats import CELL, MIN_PAIRS, best_hparams, bootstrap_ci, interval_label
+from results.stats import (
+    CELL,
+    MIN_PAIRS,
+    best_hparams,
+    bootstrap_ci,
+    interval_label,
+    with_positions,
+)
 
 COLUMNS = ["claim", "comparison", "difference", "ci_low", "ci_high", "n", "verdict", "reason"]
 PRE_CONTROLS = ("none", "mlp", "random-trained")  # "pretrained > X" claims, in this order
 LAST_EARLY = "last layers > early ones"
 SIZES = "only large enough LMs help"
 POSITION = "block position: end > middle > start"
-TOLERANCE = 0.005  # relative: an improvement smaller than 0.5% of the earlier best is noise
-WINDOW_SHARE = 0.25  # the last quarter of the epochs (at least 2)
+TABLE_D = (DEFAULT_POSITION, "middle", "start")  # the paper's order, best first
 
 
-def load_histories(client, df: pd.DataFrame, metric: str) -> dict[str, list[float]]:
-    """Per FINISHED run, the metric's per-epoch values in step order (the last value logged
-    at a step wins: a retried epoch); on a SQL store in one query per 500 runs."""
-    return metric_histories(client, list(df.loc[df["status"] == "FINISHED", "run_id"]), metric)
-
-
-def still_improving(history: list[float] | None, higher: bool = True) -> bool | None:
-    """True when the last k epochs beat the earlier best by more than the tolerance; None
-    when the history is too short to tell (k or fewer epochs)."""
-    h = [float(v) for v in (history or []) if math.isfinite(float(v))]
-    k = max(2, math.ceil(WINDOW_SHARE * len(h)))
-    if len(h) <= k:
-        return None
-    before, last = h[:-k], h[-k:]
-    best_before = max(before) if higher else min(before)
-    gain = (max(last) - best_before) if higher else (best_before - min(last))
-    return gain > TOLERANCE * abs(best_before)
-
-
-def convergence(runs: pd.DataFrame, histories: dict[str, list[float]] | None,
-                higher: bool = True) -> pd.DataFrame:
-    """Per cell: seeds, judged seeds, still-improving seeds and its status (converged, not
-    converged, unknown)."""
-    columns = [*CELL, "seeds", "judged", "improving", "status"]
-    if runs.empty:
-        return pd.DataFrame(columns=columns)
-    # One flag a run (None: too short to judge), then counted per cell by grouped sums: a
-    # study has thousands of cells, and a DataFrame slice a cell cost seconds.
-    flags = [still_improving((histories or {}).get(r), higher) for r in runs["run_id"]]
-    per_run = pd.DataFrame({"judged": [f is not None for f in flags],
-                            "improving": [bool(f) for f in flags]}, index=runs.index)
-    cells = runs.groupby(CELL, sort=False)
-    counts = per_run.groupby([runs[c] for c in CELL], sort=False).sum()
-    out = cells.size().rename("seeds").to_frame().join(counts).reset_index()
-    out["judged"] = out["judged"].astype(int)
-    out["improving"] = out["improving"].astype(int)
-    out["status"] = np.where(out["judged"] == 0, "unknown",
-                             np.where(out["improving"] > out["judged"] / 2, "not converged",
-                                      "converged"))
-    return out[columns]
-
-
-def cell_name(task: str, family: str, size: str, layers: str, control: str) -> str:
+def cell_name(task: str, family: str, size: str, layers: str, position: str,
+              control: str) -> str:
     lm = f" {family}/{size}" if family else ""
     layer = f" L{layers}" if layers else ""
-    return f"{control}{lm}{layer} ({task})"
+    at = f" at {position}" if position not in ("", DEFAULT_POSITION) else ""
+    return f"{control}{lm}{layer}{at} ({task})"
 
 
 def _direction(lo: float, hi: float, higher: bool) -> int:
@@ -282,21 +255,56 @@ def _sizes(runs: pd.DataFrame, metric: str, higher: bool, status: dict) -> list[
     return rows
 
 
+def _positions(runs: pd.DataFrame, metric: str, higher: bool, status: dict) -> list[dict]:
+    """Table D's order, per task, LM and layer selection of the pretrained block."""
+    rows = []
+    pre = runs[runs["control"] == "pretrained"]
+    for (task, family, size, layers), grp in pre.groupby(["task", "family", "size", "layers"],
+                                                        sort=False):
+        ran = [p for p in TABLE_D if (grp["position"] == p).any()]
+        where = f"{task}, {family}/{size} L{layers}"
+        if len(ran) < 2:
+            continue
+        cells = {p: grp[grp["position"] == p] for p in ran}
+        steps = list(itertools.pairwise(ran))
+        pairs = [_paired(cells[a], cells[b], metric) for a, b in steps]
+        head = _paired(cells[ran[0]], cells[ran[-1]], metric)
+        directions = [_direction(p[1], p[2], higher) for p in pairs]
+        against = [f"{b} beats {a}" for (a, b), d in zip(steps, directions, strict=True) if d < 0]
+        supported = not against and all(d > 0 for d in directions)
+        steps_said = ", ".join(f"{a} - {b} {p[0]:+.3f} [{p[1]:+.3f}, {p[2]:+.3f}]"
+                               for (a, b), p in zip(steps, pairs, strict=True))
+        evidence = against or ([f"order holds: {' > '.join(ran)}"] if supported else
+                               [f"{a} vs {b} includes 0" for (a, b), d in
+                                zip(steps, directions, strict=True) if d == 0])
+        n = min(p[3] for p in pairs)
+        blockers = ([f"n={n} < {MIN_PAIRS} seeds"] if n < MIN_PAIRS else []) + _problems(
+            [_key(c) for c in cells.values()], status)
+        verdict = ("inconclusive" if blockers else "contradicted" if against else
+                   "supported" if supported else "inconclusive")
+        rows.append(dict(zip(COLUMNS, [POSITION, f"{where}, {ran[0]} vs {ran[-1]}", *head[:3],
+                                       n, verdict, "; ".join(blockers + evidence)
+                                       + f" ({steps_said})"], strict=True)))
+    if not rows:
+        rows.append(not_measured(POSITION, "", "needs the pretrained block at two or more of "
+                                               "end, middle, start (--positions)"))
+    return rows
+
+
 def evaluate(df: pd.DataFrame, metric: str = "val_acc", higher: bool = True,
              histories: dict[str, list[float]] | None = None) -> pd.DataFrame:
     """The claims table (``COLUMNS``); ``attrs["convergence"]``: the per-cell convergence
     table. ``histories``: run id -> per-epoch metric values (None: convergence unknown)."""
+    df = with_positions(df)
     runs = best_hparams(df, metric, higher) if not df.empty else df
     runs = runs[(runs["status"] == "FINISHED") & runs[metric].notna()] if not df.empty else df
     conv = convergence(runs, histories, higher)
     status = {tuple(r[c] for c in CELL): r for r in conv.to_dict("records")}
-    rows = _vs_controls(runs, metric, higher, status)
-    rows += _last_vs_early(runs, metric, higher, status)
-    rows += _sizes(runs, metric, higher, status)
-    if "position" not in AXES:
-        rows.append(not_measured(POSITION, "", "no position axis"))
-    else:  # an axis added later is not read here yet: say so, invent nothing
-        rows.append(not_measured(POSITION, "", "position axis not yet read by the claims"))
+    at_end = runs[runs["position"].isin([DEFAULT_POSITION, ""])]  # the paper's method
+    rows = _vs_controls(at_end, metric, higher, status)
+    rows += _last_vs_early(at_end, metric, higher, status)
+    rows += _sizes(at_end, metric, higher, status)
+    rows += _positions(runs, metric, higher, status)
     out = pd.DataFrame(rows, columns=COLUMNS)
     out.attrs.update(convergence=conv, metric=metric, higher=higher)
     return out

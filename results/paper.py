@@ -50,6 +50,7 @@ from pathlib import Path
 import pandas as pd
 
 from results.runs import last_layer
+from results.stats import with_positions
 
 PAPER_CSV = Path(__file__).with_name("paper_numbers.csv")
 SOURCE = "Pang et al., ICLR 2024, arXiv 2310.12973"
@@ -120,7 +121,7 @@ SAME_METRIC = {
     ("val_miss_rate", MOTION): "MR",
     **{(f"val_r{k}_t2i", RETRIEVAL): f"IR@{k}" for k in (1, 5, 10)},
 }
-CELL = ["task", "family", "size", "layers", "control"]
+CELL = ["task", "family", "size", "layers", "position", "control"]
 BESIDE = ["relation", *CELL, "sweep_metric", "mean", "n", "label", "paper_table",
           "paper_dataset", "paper_model", "paper_family", "paper_size", "paper_layers",
           "paper_position", "paper_epochs", "paper_variant", "paper_metric", "paper_value",
@@ -211,6 +212,12 @@ def layer_matches(paper_layers: str, family: str, size: str, layers: str) -> boo
     return str(layers) == want
 
 
+def _paper_positions(position: str) -> list[str]:
+    """The paper rows' positions a cell's matches: a row without one is of the method (the
+    block at the end), so it matches cells at the end (and those without a block)."""
+    return ["", "end"] if position in ("", "end") else [position]
+
+
 def matches(cell: pd.Series | dict, paper: pd.DataFrame,
             test_layers: bool = True) -> pd.DataFrame:
     """The paper rows one summary cell matches (see the module docstring); without
@@ -219,7 +226,8 @@ def matches(cell: pd.Series | dict, paper: pd.DataFrame,
     if ident is None:
         return paper.iloc[:0]
     p = paper[(paper["task"] == ident.kind) & paper["dataset"].isin(ident.datasets)
-              & (paper["control"] == cell["control"]) & paper["position"].isin(["", "end"])
+              & (paper["control"] == cell["control"])
+              & paper["position"].isin(_paper_positions(cell.get("position", "")))
               & paper["family"].isin(["", cell["family"]])
               & paper["size"].isin(["", cell["size"]])]
     if ident.model:
@@ -290,8 +298,9 @@ def beside(summary: pd.DataFrame, metric: str | None = None,
     # size) and each layer test cached (``layer_matches``): a study's cells
     # share a few of those and differ in the layer (thousands of cells, a few paper rows).
     candidates: dict[tuple, list[dict]] = {}
+    summary = with_positions(summary)
     for cell in summary[[*CELL, "mean", "n"]].to_dict("records"):
-        group = tuple(cell[c] for c in ("task", "control", "family", "size"))
+        group = tuple(cell[c] for c in ("task", "control", "family", "size", "position"))
         if group not in candidates:
             p = matches({**cell, "layers": None}, paper, test_layers=False)
             candidates[group] = p.to_dict("records")
@@ -300,9 +309,9 @@ def beside(summary: pd.DataFrame, metric: str | None = None,
         rows += [_row("match", cell, p, metric) for p in hits]
         if not hits:
             unmatched.append(group)
-    for task, control, family, size in dict.fromkeys(unmatched):
+    for task, control, family, size, position in dict.fromkeys(unmatched):
         group = {"task": task, "control": control, "family": family, "size": size,
-                 "layers": "", "mean": float("nan"), "n": pd.NA}
+                 "layers": "", "position": position, "mean": float("nan"), "n": pd.NA}
         rows += [_row("reference", group, p, metric) for _, p in
                  references(task, control, family, size, paper).iterrows()]
     return pd.DataFrame(rows, columns=BESIDE)

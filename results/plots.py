@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from encoders.lm.controls import get_control, list_controls
-from results.stats import interval_label
-from results.tables import fixed_layer, layer_controls
+from experiments.trial import DEFAULT_POSITION
+from results.stats import interval_label, with_positions
+from results.tables import fixed_layer, layer_controls, positions_in_order
 
 
 def _label(control: str) -> str:
@@ -241,6 +242,8 @@ def _gain_scatter(summary: pd.DataFrame, x: str, xlabel: str, title: str,
         ax.scatter(grp[x], grp["delta"], label=_label(name))
         for _, r in grp.iterrows():
             tag = f"L{r['layers']}" if r["layers"] else r["control"]
+            if r.get("position", "") not in ("", DEFAULT_POSITION):
+                tag += f"@{r['position']}"
             ax.annotate(tag, (r[x], r["delta"]), fontsize=7, textcoords="offset points",
                         xytext=(3, 3))
     ax.axhline(0, color="grey", lw=0.8)
@@ -274,4 +277,40 @@ def similarity_vs_gain(summary: pd.DataFrame, rho: pd.DataFrame, path: Path) -> 
         summary, "block_cka_init",
         "linear CKA of the block's output with its input, before training",
         f"Does the initial similarity predict the gain?{said}", "no block")
+    return _save(fig, path)
+
+
+def metric_vs_position(summary: pd.DataFrame, path: Path) -> Path:
+    """Table D as a figure: the metric at each position the sweep ran (the paper's order:
+    end, middle, start, then after block i), a line per LM, layer and control, its band the
+    interval over seeds; the no-block cell of each task as a level."""
+    summary = with_positions(summary)
+    order = positions_in_order(summary)
+    at = {p: i for i, p in enumerate(order)}
+    placed = summary[summary["position"].isin(order)]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for (task, family, size, layers, control), grp in placed.groupby(
+            ["task", "family", "size", "layers", "control"], sort=False):
+        grp = grp.assign(_x=grp["position"].map(at)).sort_values("_x")
+        layer = f" L{layers}" if layers else ""
+        line, = ax.plot(grp["_x"], grp["mean"], marker="o",
+                        label=f"{family}-{size}{layer}, {_label(control)} ({task})")
+        if grp["mean_lo"].notna().any():
+            ax.fill_between(grp["_x"], grp["mean_lo"], grp["mean_hi"], color=line.get_color(),
+                            alpha=0.2)
+    for _, row in summary[summary["family"] == ""].iterrows():
+        color, style = get_control(row["control"]).style if row["control"] in list_controls() \
+            else ("grey", "--")
+        ax.axhline(row["mean"], color=color, linestyle=style,
+                   label=f"{_label(row['control'])} ({row['task']})")
+    ax.set_xticks(range(len(order)), [p if not p.lstrip("-").isdigit() else f"after {p}"
+                                      for p in order])
+    ax.set_xlabel("where the block runs in the encoder (start: before its first block; "
+                  "after i: after block i)", fontsize=9)
+    band = interval_words(placed["n"])
+    ax.set_ylabel(f"{_metric_label(summary)} (mean" + (f"; band: {band})" if band else ")"),
+                  fontsize=9)
+    ax.set_title("Where the block goes (the paper's Table D): metric by position")
+    ax.grid(alpha=0.3)
+    _legend(ax, "by_position.csv")
     return _save(fig, path)

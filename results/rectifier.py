@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from results.stats import BOOTSTRAP_SAMPLES, CONFIDENCE, interval_label
+from results.stats import BOOTSTRAP_SAMPLES, CONFIDENCE, interval_label, with_positions
 
 MIN_CELLS = 3  # a rank correlation of fewer cells is not one
 MEASURES = ("block_cka_init", "block_cka", "grad_coherence_init", "grad_coherence")
@@ -82,10 +82,11 @@ def coherence_table(summary: pd.DataFrame) -> pd.DataFrame:
     task): positive where the block made the per-sample gradients agree more."""
     if "grad_coherence" not in summary:
         return pd.DataFrame()
+    summary = with_positions(summary)
     control = summary.attrs.get("control", "none")
     none = summary[summary["control"] == control].set_index("task")["grad_coherence"]
     none = none[~none.index.duplicated()]
-    t = summary[["task", "family", "size", "layers", "control", "n", "delta",
+    t = summary[["task", "family", "size", "layers", "position", "control", "n", "delta",
                  *[m for m in MEASURES if m in summary]]].copy()
     t["grad_coherence_no_block"] = t["task"].map(none)
     t["coherence_gain"] = t["grad_coherence"] - t["grad_coherence_no_block"]

@@ -15,7 +15,14 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from experiments.cost import COST_PARAMS
-from experiments.trial import AXES, ENCODER_CONFIG, HPARAMS, EncoderChoice, task_label
+from experiments.trial import (
+    AXES,
+    DEFAULT_POSITION,
+    ENCODER_CONFIG,
+    HPARAMS,
+    EncoderChoice,
+    task_label,
+)
 from results.run_table import search_runs_frame
 from results.stores import ReportError
 
@@ -63,9 +70,14 @@ def tidy(raw: pd.DataFrame, experiment: str) -> pd.DataFrame:
     """MLflow's search_runs frame -> one row per trial with plain column names."""
     if raw.empty:
         return pd.DataFrame(columns=["experiment", *AXES, "status", "run_id"])
-    df = pd.DataFrame({axis: raw[f"params.{axis}"].fillna("") for axis in AXES})
+    df = pd.DataFrame({axis: raw.get(f"params.{axis}", pd.Series(DEFAULT_POSITION,
+                                                                  index=raw.index)).fillna("")
+                       for axis in AXES})
     for axis in NO_LM_AXES:  # logged as "none" where no LM applies (older runs: empty)
         df[axis] = df[axis].replace(NOT_APPLICABLE, "")
+    # runs from before the position axis ran at the end; a cell without an LM (``none``)
+    # inserts nothing, so it has no position
+    df["position"] = df["position"].replace("", DEFAULT_POSITION).where(df["family"] != "", "")
     df["task"] = encoder_tasks(raw, df["task"])
     df.insert(0, "experiment", experiment)
     df["seed"] = df["seed"].astype(int)

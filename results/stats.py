@@ -1,9 +1,10 @@
 """Per-cell statistics over seeds, and paired comparisons against a control with bootstrap
 confidence intervals: the numbers behind every claim a report makes.
 
-A *cell* is (task, family, size, layers, control); its seeds are repeats. A cell is compared
-with the chosen control seed by seed (same task and seed; for the ``adapters`` and ``random``
-controls also the same family and size, since those controls are sized like the LM), and the
+A *cell* is (task, family, size, layers, position, control); its seeds are repeats. A cell is
+compared with the chosen control seed by seed (same task and seed; for the ``adapters`` and
+``random`` controls also the same family, size and position, since those controls are sized
+like the LM and placed like it), and the
 paired differences get a percentile bootstrap 95% interval. A cell is *significant* only when
 that interval excludes zero and rests on at least three pairs (with two, a percentile
 bootstrap interval is just the span of the two differences, so it is labelled "range of 2",
@@ -19,9 +20,9 @@ import pandas as pd
 
 from encoders.lm.controls import get_control, list_controls, reference_controls
 from experiments.cost import COST_METRICS, COST_PARAMS
-from experiments.trial import AXES
+from experiments.trial import AXES, DEFAULT_POSITION
 
-CELL = ["task", "family", "size", "layers", "control"]
+CELL = ["task", "family", "size", "layers", "position", "control"]
 # What a cell cost: the trial's numeric cost keys (``experiments.cost``) and trial_hours
 # (the run's wall time), averaged over its finished seeds.
 COST_COLUMNS = (*(c for c in (*COST_PARAMS, *COST_METRICS) if c != "device_name"),
@@ -85,12 +86,28 @@ def best_hparams(df: pd.DataFrame, metric: str = "val_acc", higher: bool = True)
     how many there were, so a reader sees what was selected from."""
     if df.empty:
         return df.assign(hparam_trials=pd.Series(dtype=int))
+    df = with_positions(df)
     worst = float("-inf") if higher else float("inf")
     ranked = df.assign(_done=df["status"].eq("FINISHED"), _m=df[metric].fillna(worst))
     counts = ranked.groupby(list(AXES))["run_id"].transform("size")
     ranked = ranked.assign(hparam_trials=counts).sort_values(
         ["_done", "_m"], ascending=[False, not higher])
     return ranked.drop_duplicates(list(AXES)).drop(columns=["_done", "_m"]).sort_index()
+
+
+def with_positions(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``position`` column: runs from before the axis ran at the ``end``; a
+    cell without an LM has none ("")."""
+    if "position" in df:
+        return df
+    return df.assign(position=np.where(df["family"].fillna("") != "", DEFAULT_POSITION, ""))
+
+
+def position_order(position: str) -> float:
+    """Where a position sorts: the paper's end, middle, start, then after block 0, 1, ..."""
+    named = {DEFAULT_POSITION: -3, "middle": -2, "start": -1, "": -4}
+    return float(named.get(position, int(position) if str(position).lstrip("-").isdigit()
+                           else 1e9))
 
 
 def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
@@ -105,7 +122,7 @@ def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
     loop of per-cell DataFrame slices cost ~5 ms a cell."""
     if control not in reference_controls():
         raise ValueError(f"unknown control {control!r}; valid: {', '.join(reference_controls())}")
-    df = best_hparams(df, metric, higher)
+    df = with_positions(best_hparams(df, metric, higher))
     expected = df.groupby("task")["seed"].agg(lambda s: len(set(s)))  # seeds run for a task
     # A cell's id in order of first appearance; rows with a missing key are in no cell.
     if not df.empty:
@@ -184,5 +201,7 @@ def summarize(df: pd.DataFrame, metric: str = "val_acc", control: str = "none",
             out[col] = per_cell(pd.to_numeric(done[col], errors="coerce"), "mean")
     out.attrs.update(metric=metric, control=control, higher=higher)
     out["_order"] = out["control"].map(list_controls().index)
-    return out.sort_values(["task", "family", "_order", "lm_params", "layer_index"],
-                           na_position="first").drop(columns="_order").reset_index(drop=True)
+    out["_place"] = out["position"].map(position_order)
+    return out.sort_values(["task", "family", "_order", "lm_params", "layer_index", "_place"],
+                           na_position="first").drop(columns=["_order", "_place"]
+                                                     ).reset_index(drop=True)

@@ -10,6 +10,9 @@ bootstrap, with n >= 3; ``range of 2``, the two differences' min and max, with n
 with n = 1), ``*`` marks a 95% CI excluding zero, and failed or missing seeds are written
 out, never dropped.
 
+Tables 1-3 are of the paper's method: the block at the encoder's ``end``. ``by_position``
+(the paper's Table D) has every position a sweep ran.
+
 Next to them, ``cost_table``: what each cell cost (parameters, GFLOPs per sample, samples
 per second, trial-hours), which the paper's reviewers asked for alongside accuracy.
 """
@@ -19,8 +22,9 @@ from __future__ import annotations
 import pandas as pd
 
 from encoders.lm.controls import get_control, list_controls
+from experiments.trial import DEFAULT_POSITION
 from results.runs import last_layer
-from results.stats import interval_label
+from results.stats import interval_label, position_order, with_positions
 
 
 def layer_controls() -> list[str]:
@@ -132,14 +136,15 @@ def without_empty_columns(table: pd.DataFrame) -> pd.DataFrame:
 
 def filtering_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Accuracy gain next to concentration gain, per cell: the hypothesis' test."""
+    summary = with_positions(summary)
     cols = ["conc_act_before", "conc_act_after", "conc_act_gain", "conc_freq_centred_gain",
             "conc_cls_attn", "miou_act_before", "miou_act_after", "miou_freq_centred_before",
             "miou_freq_centred_after", "miou_cls_attn", "miou_lm_cls_attn"]
     if "conc_act_gain" not in summary:
         return pd.DataFrame()
-    t = summary[["task", "family", "size", "layers", "control", "n", "mean", "delta",
-                 *[c for c in cols if c in summary]]].copy()
-    for c in ("family", "size", "layers"):
+    t = summary[["task", "family", "size", "layers", "position", "control", "n", "mean",
+                 "delta", *[c for c in cols if c in summary]]].copy()
+    for c in ("family", "size", "layers", "position"):
         t[c] = _blank(t[c])
     return t.round(4)
 
@@ -149,10 +154,11 @@ def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
     frozen and trainable parameters (millions), GFLOPs per sample (forward; training step),
     training samples/s at the last epoch, the data-wait share, peak memory (GiB), MFU on a
     GPU, and trial-hours (each trial's wall time; ``total_hours`` = all its seeds)."""
+    summary = with_positions(summary)
     if "gflops_train_step_per_sample" not in summary:
         return pd.DataFrame()
-    t = summary[["task", "family", "size", "layers", "control", "n", "mean"]].copy()
-    for c in ("family", "size", "layers"):
+    t = summary[["task", "family", "size", "layers", "position", "control", "n", "mean"]].copy()
+    for c in ("family", "size", "layers", "position"):
         t[c] = _blank(t[c])
     t["frozen_M"] = summary["frozen_params"] / 1e6
     t["trainable_M"] = summary["trainable_params"] / 1e6
@@ -175,3 +181,37 @@ def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
                     "lm_block_M": 3, "visual_block_M": 3, "gflops_fwd": 4,
                     "gflops_step": 4, "samples_per_s": 1, "data_wait": 3, "peak_mem_gib": 2,
                     "mfu": 3, "trial_hours": 4, "total_hours": 4})
+
+
+def at_end(summary: pd.DataFrame) -> pd.DataFrame:
+    """The cells of the paper's method: the block after the encoder's last block (and the
+    cells without a block); what tables 1-3 and their figures show."""
+    summary = with_positions(summary)
+    return summary[summary["position"].isin([DEFAULT_POSITION, ""])]
+
+
+def positions_in_order(summary: pd.DataFrame) -> list[str]:
+    summary = with_positions(summary)
+    placed = summary.loc[summary["position"] != "", "position"]
+    return sorted(dict.fromkeys(placed), key=position_order)
+
+
+def by_position(summary: pd.DataFrame) -> pd.DataFrame:
+    """Table D: rows task, LM, layer selection and control; a column per position the sweep
+    ran (end, middle, start, after block i), and the no-block cell of the task beside them;
+    each cell with its paired difference against the reference control. Empty unless a
+    sweep ran the block at two positions or more."""
+    summary = with_positions(summary)
+    placed = summary[summary["position"] != ""]
+    order = positions_in_order(summary)
+    if len(order) < 2:
+        return pd.DataFrame()
+    index = ["task", "family", "size", "layers", "control"]
+    t = placed.assign(cell=placed.apply(cell_text, axis=1)).pivot_table(
+        index=index, columns="position", values="cell", aggfunc="first", sort=False)
+    t = t[[p for p in order if p in t.columns]].fillna("").reset_index().rename_axis(columns=None)
+    none = summary[summary["family"] == ""]
+    by_task = {task: cell_text(g.iloc[0]) for task, g in none.groupby("task", sort=False)}
+    if by_task:
+        t.insert(len(index), "no block", t["task"].map(by_task).fillna(""))
+    return t

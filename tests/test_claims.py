@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from experiments.plateau import still_improving
 from results import claims
-from results.claims import claim_lines, convergence, evaluate, still_improving
+from results.claims import claim_lines, evaluate
+from results.convergence import convergence, load_histories
 
 FLAT = [0.3, 0.6, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]  # 8 epochs, plateaued: converged
 RISING = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]  # still improving at the end
@@ -141,7 +143,8 @@ def test_claims_needing_missing_cells_are_not_measured():
     for control in ("mlp", "random-trained"):
         r = row(table, f"pretrained > {control}")
         assert r["verdict"] == "not measured" and r["reason"] == f"needs control {control}"
-    assert row(table, "block position: end > middle > start")["reason"] == "no position axis"
+    assert row(table, "block position: end > middle > start")["reason"].startswith(
+        "needs the pretrained block at two or more of end, middle, start")
     assert row(table, "last layers > early ones")["verdict"] == "not measured"
     assert row(table, "only large enough LMs help")["reason"] == "needs 2+ sizes of the family"
     # an mlp control sized like the LM: paired on that LM; for another LM it is missing
@@ -202,7 +205,8 @@ def test_console_lines():
     assert first.startswith("claim: pretrained > none (digits, minilm/l6, last L5) +0.110 [+0.")
     assert first.endswith("n=3 supported")
     assert "claim: pretrained > mlp not measured (needs control mlp)" in lines
-    assert "claim: block position: end > middle > start not measured (no position axis)" in lines
+    assert ("claim: block position: end > middle > start not measured (needs the pretrained "
+            "block at two or more of end, middle, start (--positions))") in lines
     two = pre_vs_none([0.80, 0.83], [0.70, 0.71])
     assert claim_lines(evaluate(two, histories=flat(two)))[0].endswith(
         "n=2 inconclusive (n=2 < 3 seeds)")
@@ -257,7 +261,7 @@ def test_report_writes_claims_csv_and_section_from_mlflow_histories(tmp_path, ca
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert "report/claims.csv" in logged
     one = runs[0].info.run_id
-    got = claims.load_histories(client, pd.DataFrame({"run_id": [one], "status": ["FINISHED"]}),
+    got = load_histories(client, pd.DataFrame({"run_id": [one], "status": ["FINISHED"]}),
                                 "val_acc")
     assert len(got[one]) == 8 and got[one][0] == 0.0  # steps 1..8, the retried step once
     # the report's command prints the same claims lines after its table
@@ -275,3 +279,41 @@ def test_convergence_table_counts_judged_seeds():
     conv = convergence(df, hist).set_index("control")
     assert conv.loc["none", "judged"] == 2 and conv.loc["none", "status"] == "converged"
     assert conv.loc["pretrained", "judged"] == 3
+
+
+def placed(values_by_position: dict[str, list[float]], none=(0.70, 0.71, 0.70)) -> pd.DataFrame:
+    """The pretrained minilm/l6 L5 block at each position, with no block beside it."""
+    rows = [run("none", s, v, position="") for s, v in enumerate(none)]
+    rows += [run("pretrained", s, v, "minilm", "l6", "5", position=p,
+                 run_id=f"pre-{p}-s{s}")
+             for p, values in values_by_position.items() for s, v in enumerate(values)]
+    return frame(rows)
+
+
+def test_block_position_claim_reads_table_d_order_paired_on_seed():
+    df = placed({"end": [0.85, 0.86, 0.84], "middle": [0.80, 0.81, 0.80],
+                 "start": [0.70, 0.72, 0.71]})
+    r = row(evaluate(df, histories=flat(df)), "block position: end > middle > start")
+    assert r["verdict"] == "supported" and r["n"] == 3
+    assert "end vs start" in r["comparison"] and "L5" in r["comparison"]
+    assert r["difference"] == pytest.approx((0.15 + 0.14 + 0.13) / 3)
+    assert "end - middle +0.047" in r["reason"] and "middle - start +0.093" in r["reason"]
+    # the claims of the method read the block at the end only: middle and start are worse
+    # than no block here, yet "pretrained > none" is end's +0.147
+    vs_none = row(evaluate(df, histories=flat(df)), "pretrained > none")
+    assert vs_none["difference"] == pytest.approx((0.15 + 0.15 + 0.14) / 3)
+
+
+def test_block_position_claim_contradicted_inconclusive_and_without_middle():
+    worse = placed({"end": [0.70, 0.71, 0.70], "start": [0.80, 0.82, 0.81]})
+    r = row(evaluate(worse, histories=flat(worse)), "block position: end > middle > start")
+    assert r["verdict"] == "contradicted" and "start beats end" in r["reason"]
+    assert "end vs start" in r["comparison"]
+    two = placed({"end": [0.85, 0.86], "middle": [0.80, 0.81]}, none=(0.7, 0.7))
+    r = row(evaluate(two, histories=flat(two)), "block position: end > middle > start")
+    assert r["verdict"] == "inconclusive" and "n=2 < 3 seeds" in r["reason"]
+    rising = placed({"end": [0.85, 0.86, 0.84], "middle": [0.80, 0.81, 0.80]})
+    r = row(evaluate(rising, histories=flat(rising, improving={"pre-middle-s0", "pre-middle-s1"})),
+            "block position: end > middle > start")
+    assert r["verdict"] == "inconclusive"
+    assert "not converged: pretrained minilm/l6 L5 at middle (digits)" in r["reason"]

@@ -47,7 +47,7 @@ def test_the_shipped_table():
     assert [c for c in list_controls() if get_control(c).trains_lm] == [
         "random-trained", "finetuned"]
     assert get_control("none").pair_on == ("task", "seed")
-    assert get_control("random").pair_on == ("family", "size", "task", "seed")
+    assert get_control("random").pair_on == ("family", "size", "position", "task", "seed")
     with pytest.raises(ValueError, match="already registered"):
         controls.register_control(get_control("none"))
     with pytest.raises(KeyError, match="unknown control 'frozen'; valid: pretrained, random"):

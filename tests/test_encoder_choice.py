@@ -286,9 +286,9 @@ def test_a_dry_run_keys_cells_by_the_file_s_sha256_not_its_path(capsys, tmp_path
 
 
 def key_before_encoder_choices(t: TrialSpec) -> str:
-    """A trial's key as it was computed before the encoder fields existed."""
+    """A trial's key as it was computed before the encoder fields (and positions) existed."""
     cfg = {k: v for k, v in t.to_config().items() if k not in RUNTIME_HPARAMS
-           and k not in ENCODER_CONFIG and not (k in NEUTRAL_HPARAMS and v == NEUTRAL_HPARAMS[k])}
+           and k not in ENCODER_CONFIG and k != "position" and not (k in NEUTRAL_HPARAMS and v == NEUTRAL_HPARAMS[k])}
     cfg["final_norm"] = KEY_FINAL_NORM.get(cfg["final_norm"], cfg["final_norm"])
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 

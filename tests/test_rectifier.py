@@ -27,6 +27,7 @@ def test_spearman_is_scipy_s_and_its_interval_holds_it():
 
 def _summary(rows: list[dict]) -> pd.DataFrame:
     s = pd.DataFrame(rows)
+    s["position"] = s.get("position", pd.Series("end", index=s.index)).fillna("end")
     s.attrs.update(control="none", higher=True)
     return s
 

@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 from encoders.lm.controls import get_control
-from results import claims, paper, plots
+from experiments.plateau import still_improving
+from results import paper, plots
+from results.convergence import convergence
 from results.stats import (
     BOOTSTRAP_SAMPLES,
     CELL,
@@ -53,22 +55,24 @@ TASKS = ("imagenet-vit-small", "scanobjectnn")  # tasks the paper has numbers fo
 
 def study(random_state: int = 0) -> pd.DataFrame:
     """Runs of a few hundred trials: two tasks, three LMs (two of one family), nine layers,
-    the four controls, four seeds, with failures, seeds never run and repeated hparam
+    three positions of the last, the four controls, four seeds, with failures, seeds never run and repeated hparam
     trials."""
     rng = np.random.default_rng(random_state)
     rows = []
     lms = [("opt", "125m", 12, 125e6), ("opt", "350m", 24, 350e6), ("llama", "1-7b", 32, 7e9)]
     for task, (family, size, depth, params) in itertools.product(TASKS, lms):
-        cells = [(str(layer), "pretrained", layer)
+        cells = [(str(layer), "pretrained", layer, "end")
                  for layer in [*range(0, depth - 1, depth // 8), depth - 1]]
-        cells += [(str(depth - 1), "random", depth - 1), ("", "adapters", np.nan)]
-        for (layers, control, index), seed in itertools.product(cells, range(4)):
+        cells += [(str(depth - 1), "pretrained", depth - 1, p) for p in ("middle", "start")]
+        cells += [(str(depth - 1), "random", depth - 1, "end"), ("", "adapters", np.nan, "end"),
+                  ("", "adapters", np.nan, "middle")]  # paired on position with its kind
+        for (layers, control, index, position), seed in itertools.product(cells, range(4)):
             if rng.random() < 0.15:
                 continue  # a seed never run
             for _ in range(1 + (rng.random() < 0.2)):  # sometimes two hparam trials
                 status = "FAILED" if rng.random() < 0.15 else "FINISHED"
                 rows.append({"family": family, "size": size, "layers": layers, "task": task,
-                             "control": control, "seed": seed, "status": status,
+                             "position": position, "control": control, "seed": seed, "status": status,
                              "val_acc": rng.random() if status == "FINISHED" else np.nan,
                              "layer_index": index, "lm_params": params,
                              "conc_act_before": rng.random(), "conc_act_after": rng.random(),
@@ -76,7 +80,7 @@ def study(random_state: int = 0) -> pd.DataFrame:
     for task, seed in itertools.product(TASKS, range(4)):
         if seed != 2 or task == TASKS[0]:  # the second task has no 'none' at seed 2
             rows.append({"family": "", "size": "", "layers": "", "task": task,
-                         "control": "none", "seed": seed, "status": "FINISHED",
+                         "position": "", "control": "none", "seed": seed, "status": "FINISHED",
                          "val_acc": rng.random(), "layer_index": np.nan, "lm_params": np.nan,
                          "conc_act_before": np.nan, "conc_act_after": np.nan,
                          "frozen_params": "0"})
@@ -147,9 +151,9 @@ def test_convergence_counted_per_cell_equals_cell_by_cell():
     rng = np.random.default_rng(3)
     histories = {r: list(np.cumsum(rng.normal(0.01, 0.02, size=rng.integers(1, 12))))
                  for r in runs["run_id"]}
-    got = claims.convergence(runs, histories)
+    got = convergence(runs, histories)
     for cell, grp in runs.groupby(CELL, sort=False):
-        flags = [claims.still_improving(histories[r]) for r in grp["run_id"]]
+        flags = [still_improving(histories[r]) for r in grp["run_id"]]
         judged = [f for f in flags if f is not None]
         row = got[(got[CELL] == pd.Series(cell, index=CELL)).all(axis=1)].iloc[0]
         assert (row["seeds"], row["judged"], row["improving"]) == (

@@ -27,10 +27,26 @@ OLD_FIELDS = ("epochs", "lr", "weight_decay", "batch_size", "compute_dtype", "fi
 def old_key(trial: TrialSpec, final_norm: bool) -> str:
     """The key exactly as it was computed before: the flat config minus runtime settings."""
     cfg = {k: v for k, v in trial.to_config().items()
-           if k not in RUNTIME_HPARAMS and k not in NEUTRAL_HPARAMS and k not in ENCODER_CONFIG}
+           if k not in RUNTIME_HPARAMS and k not in NEUTRAL_HPARAMS and k not in ENCODER_CONFIG
+           and k != "position"}
     cfg["final_norm"] = final_norm
     assert set(cfg) == {"family", "size", "layers", "task", "control", "seed", *OLD_FIELDS}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_a_cell_at_the_end_keeps_its_key_and_another_position_is_a_new_cell():
+    """Every cell recorded before ``--positions`` ran at the end: the key leaves ``end`` out,
+    so such a cell is found finished; each other place is a cell of its own, and the
+    position travels through the Ray/MLflow config."""
+    end = TrialSpec("minilm", "l6", (5,), "digits", "pretrained", 0)
+    assert end.position == "end" and end.key == old_key(end, False)
+    keys = {dataclasses.replace(end, position=p).key for p in ("end", "middle", "start", "0")}
+    assert len(keys) == 4
+    middle = dataclasses.replace(end, position="middle")
+    assert TrialSpec.from_config(middle.to_config()) == middle
+    assert TrialSpec.from_config({k: v for k, v in end.to_config().items()
+                                  if k != "position"}) == end  # a run logged before the axis
+    assert middle.run_name == "minilm-l6-L5-at-middle-pretrained-digits-s0"
 
 
 @pytest.mark.parametrize("final_norm, old", [("none", False), ("lm", True)])

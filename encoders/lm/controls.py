@@ -48,8 +48,9 @@ class Control:
     @property
     def pair_on(self) -> tuple[str, ...]:
         """The columns a cell matches this control on, as a reference: the same task and
-        seed, and the same LM where the control is sized like one."""
-        return ("family", "size", "task", "seed") if self.per_lm else ("task", "seed")
+        seed, and the same LM and position where the control is sized and placed like one
+        (``none`` inserts nothing: every position pairs with it)."""
+        return ("family", "size", "position", "task", "seed") if self.per_lm else ("task", "seed")
 
 
 _CONTROLS: dict[str, Control] = {}

@@ -16,6 +16,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from encoders.lm.inserted import VisualBlockSlot
+from encoders.visual.placement import mark_inserted
 
 
 def small_vit(
@@ -69,11 +70,14 @@ def conv_stem_vit(*, img_size: int, in_chans: int, num_classes: int, stem_width:
 def insert_after_last_block(vit: nn.Module, block: nn.Module | None) -> nn.Module:
     """Append ``block`` to ``vit.blocks`` (any encoder's ``nn.Sequential`` or ``nn.ModuleList``
     of blocks), so it runs after the last block, before the norm. The ``visual-block``
-    control's slot is filled first with one more block like the encoder's last one."""
+    control's slot is filled first with one more block like the encoder's last one. The
+    module is marked as the inserted one: a trial's ``--positions`` moves it from here
+    (``encoders.visual.placement``)."""
     if isinstance(block, VisualBlockSlot):
         made, hidden = one_more_block(vit.blocks[-1], block.lm_params, type(vit).__name__)
         block.fill(made, hidden)
     if block is not None:
+        mark_inserted(block)
         vit.blocks.append(block)
     return vit
 
