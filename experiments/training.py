@@ -220,6 +220,33 @@ def epoch_cost(stats: EpochStats, flops: StepFlops | None, device: torch.device,
     }
 
 
+def build_trial_model(trial: TrialSpec, task, weights_dir: str | Path | None = None,
+                      dtype: torch.dtype | None = None
+                      ) -> tuple[nn.Module, nn.Module | None, BlockInfo, dict[str, object]]:
+    """The trial's model at initialisation, seeded, exactly as its training starts from it:
+    (model, the inserted module, what the block was built from, the encoder's settings as
+    recorded). ``--prescreen`` measures the same model the trial then trains."""
+    hp = trial.hparams
+    torch.manual_seed(trial.seed)
+    block, info = build_block(
+        family=trial.family,
+        size=trial.size,
+        layers=trial.layers,
+        control=trial.control,
+        seed=trial.seed,
+        visual_dim=task.visual_dim,
+        weights_dir=weights_dir,
+        dtype=dtype,
+        final_norm=hp.final_norm,
+    )
+    if isinstance(block, FrozenLMBlock | MLPBlock):  # the adapters, or the MLP's linears
+        block.init_adapters(hp.adapter_init)
+    model = task.build_model(block)
+    encoder = apply_encoder_choice(model, block, task, trial.encoder)  # weights, frozen
+    place_block(model, trial.position, f"task {task.name!r}")  # after: weights key by index
+    return model, block, info, encoder
+
+
 def run_trial(
     trial: TrialSpec,
     report: Report,
@@ -241,23 +268,7 @@ def run_trial(
     task = task_for(trial.task, trial.encoder, data_dir)
     device = torch.device(device)
     compute = configure(hp, device)
-    torch.manual_seed(trial.seed)
-    block, info = build_block(
-        family=trial.family,
-        size=trial.size,
-        layers=trial.layers,
-        control=trial.control,
-        seed=trial.seed,
-        visual_dim=task.visual_dim,
-        weights_dir=weights_dir,
-        dtype=compute.dtype,
-        final_norm=hp.final_norm,
-    )
-    if isinstance(block, FrozenLMBlock | MLPBlock):  # the adapters, or the MLP's linears
-        block.init_adapters(hp.adapter_init)
-    model = task.build_model(block)
-    encoder = apply_encoder_choice(model, block, task, trial.encoder)  # weights, frozen
-    place_block(model, trial.position, f"task {task.name!r}")  # after: weights key by index
+    model, block, info, encoder = build_trial_model(trial, task, weights_dir, compute.dtype)
     drop_path_blocks = apply_drop_path(model, hp.drop_path, f"task {task.name!r}")
     model = model.to(device)
     optimizer = compute.optimizer(param_groups(model, hp), hp)

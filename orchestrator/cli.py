@@ -21,6 +21,7 @@ from orchestrator.options import (
     build_parser,
     default_experiment,
 )
+from orchestrator.plan_view import print_plan
 from orchestrator.plugins import LoadedPlugin, check_plugin_tasks, load_plugins
 from orchestrator.preflight import (
     check_storage,
@@ -29,6 +30,7 @@ from orchestrator.preflight import (
     preflight_encoder,
     preflight_weights,
 )
+from orchestrator.prescreen import check_prescreen, prescreen, ranking_lines
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 
 if TYPE_CHECKING:  # the estimate is imported when a dry run prints it
@@ -78,66 +80,6 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     return spec.replace(**changes)
 
 
-def _hparams_line(plan) -> str:
-    """What a dry run's cost and results hang on, once: the plan's rows share all but the
-    per-size lr scale, so the lr is each trial's peak lr (``lr x size_lr_scale``, as
-    ``experiments.recipe.effective_lr``, which imports torch)."""
-    hp = plan[0].hparams
-    lrs: dict[float, list[str]] = {}
-    for t in plan:
-        names = lrs.setdefault(t.hparams.lr * t.hparams.size_lr_scale, [])
-        if t.family and f"{t.family}/{t.size}" not in names:
-            names.append(f"{t.family}/{t.size}")
-    lr = f"lr {next(iter(lrs)):g}" if len(lrs) == 1 else "lr " + ", ".join(
-        f"{v:g} ({', '.join(names) or 'no LM'})" for v, names in lrs.items())
-    return (f"epochs {hp.epochs}, {lr}, batch size {hp.batch_size}, schedule {hp.schedule}, "
-            f"warm-up {hp.warmup_epochs:g} epochs")
-
-
-def print_plan(plan, status: dict[str, str] | None = None, skips: str = "",
-               assumptions: Assumptions | None = None) -> None:
-    """The plan, one row per trial; with ``status`` (cell key -> finished/failed, as
-    ``orchestrator.store.cell_status``) a status column and a count of each, ``skips``
-    saying what a real run does with the finished ones; with ``assumptions``
-    (``orchestrator.estimate.Assumptions``) the study's cost estimate after it."""
-    from orchestrator.plan import human_bytes, plan_table, size_table
-
-    table = plan_table(plan)
-    shown = table.assign(
-        block_params=table["block_params"].map(lambda n: f"{n:,}"),
-        read_bytes=table["read_bytes"].map(human_bytes),
-    )
-    if status is not None:
-        shown["status"] = [status.get(t.key, "new") for t in plan]
-    print(_hparams_line(plan))
-    print(shown.to_string(index=False))
-    print(
-        f"\n{len(table)} trials; LM-layer-sized block parameters "
-        f"{table['block_params'].sum():,}; "
-        f"weights to read {human_bytes(table['read_bytes'].sum())} "
-        f"({human_bytes(table.drop_duplicates(['family', 'size', 'layers'])['read_bytes'].sum())}"
-        " distinct)"
-    )
-    if status is not None:
-        n = shown["status"].value_counts()
-        print(f"{n.get('new', 0)} new, {n.get('finished', 0)} finished ({skips}), "
-              f"{n.get('failed', 0)} failed")
-    sizes = size_table(plan)
-    if not sizes.empty:
-        print("\nper size: one layer read vs the whole checkpoint")
-        print(sizes.assign(
-            layer_bytes=sizes["layer_bytes"].map(human_bytes),
-            checkpoint_bytes=sizes["checkpoint_bytes"].map(human_bytes),
-            layer_share=sizes["layer_share"].map(lambda r: f"{r:.2%}"),
-        ).to_string(index=False))
-    if assumptions is not None:
-        from orchestrator.estimate import estimate_lines
-
-        unfinished = (None if status is None else
-                      [s != "finished" for s in shown["status"]])
-        print(*estimate_lines(plan, assumptions, unfinished), sep="\n")
-
-
 def estimate_assumptions(args: argparse.Namespace, plan) -> Assumptions:
     """What the dry run's estimate assumes, from the flags a real run reads: the GPU's peak
     (``--peak-tflops``, ``$LMBLOCKS_PEAK_TFLOPS``, else an H100), its memory and the shares
@@ -168,8 +110,6 @@ def _dry_run(args: argparse.Namespace, spec: SweepSpec, plan) -> None:
     """The plan with each cell's status in the experiment a real run would use, read-only:
     no store is created (a local one that does not exist means every cell is new, and MLflow
     is not even imported); a store that cannot be read is one line, and the plan without."""
-    import os
-
     from results.stores import local_store_path, resolve_tracking_uri
 
     experiment = args.experiment or default_experiment(spec.name)
@@ -181,8 +121,18 @@ def _dry_run(args: argparse.Namespace, spec: SweepSpec, plan) -> None:
     assumptions = estimate_assumptions(args, plan)
     path = local_store_path(tracking_uri)
     if path is not None and not path.exists():
-        print_plan(plan, {}, skips, assumptions)
-        return
+        status = {}
+    else:
+        status = _store_status(tracking_uri, experiment)
+    print_plan(plan, status, skips, assumptions)
+    if args.prescreen is not None:
+        print(*ranking_lines(args.prescreened, args.prescreen), sep="\n")
+
+
+def _store_status(tracking_uri: str, experiment: str) -> dict[str, str] | None:
+    """Each cell's status in the store, or None (one line said why) when it cannot be read."""
+    import os
+
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     saved = {k: os.environ.get(k) for k in quick}
     os.environ.update({k: v for k, v in quick.items() if saved[k] is None})  # no minutes of
@@ -200,7 +150,7 @@ def _dry_run(args: argparse.Namespace, spec: SweepSpec, plan) -> None:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
-    print_plan(plan, status, skips, assumptions)
+    return status
 
 
 def _check_peak_env(peak_tflops: float | None) -> None:
@@ -270,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"(got --search {args.search})")
         if args.samples_per_cell < 1:
             raise SpecError(f"--samples-per-cell must be positive (got {args.samples_per_cell})")
+        check_prescreen(args.prescreen)
         if (checked := preflight_encoder(spec, args.data_dir)) is not spec:
             spec, plan = checked, build_plan(checked)  # the weights' sha256 in every key
         if not args.dry_run or args.data_dir is not None:
@@ -278,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
 
         check_tracking_uri(*tracking_uri_and_source(args.tracking_uri))
         check_storage(args.storage)
+        if args.prescreen is not None:  # measured before anything trains: needs the weights
+            preflight_weights(plan, args.weights_dir)
+            plan, args.prescreened = prescreen(plan, args.prescreen, args.weights_dir,
+                                               args.data_dir)
         if args.dry_run:
             _dry_run(args, spec, plan)
             return 0
@@ -379,6 +334,10 @@ def _finish(outcome, args: argparse.Namespace) -> int:
     report_dir = Path(args.report_dir or Path("lmblocks-reports") / experiment).resolve()
     from results.claims import claim_lines
 
+    if getattr(args, "prescreened", None) is not None:  # the report tables it
+        from orchestrator.prescreen import log_prescreen
+
+        log_prescreen(tracking_uri, outcome.parent_run_id, args.prescreened)
     report = build_report(tracking_uri, experiment, report_dir, log_to=outcome.parent_run_id)
     log_sweep_summary(tracking_uri, outcome.parent_run_id, report,
                       claim_lines(report.claims) if not report.claims.empty else [])

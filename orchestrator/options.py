@@ -220,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "optuna: more axes of the one search; bare --search-hparams) or "
                         "'per-cell' (with --search grid: a search of its own for every plan "
                         "row); default: off")
+    s.add_argument("--prescreen", type=int, metavar="K",
+                   help="before training, rank every pretrained cell (LM, size, layer, "
+                        "position) by its block's initial linear CKA with its input (Bai et "
+                        "al.; one probe batch each) and train only the top K per task, with "
+                        "the other controls; the dry run prints the ranking (reads weights)")
     s.add_argument("--samples-per-cell", type=int, default=4,
                    help="trials per plan row with --search-hparams per-cell, an integer >= 1 "
                         "(default 4)")

@@ -53,6 +53,8 @@ TABLES = {
     "similarity": "Bai et al.: does the block's initial similarity with the encoder (linear "
                   "CKA) predict its gain? Spearman's rho over cells, bootstrap interval",
     "coherence": "Bai et al.: per-sample gradient coherence with the block, and without it",
+    "prescreen": "--prescreen: the pretrained cells ranked by their initial similarity before "
+                 "training; those screened out were not trained",
 }
 
 
@@ -174,6 +176,8 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, metric: str = "val_acc",
         "cost": tables.cost_table(summary),
         "similarity": rectifier.similarity_vs_gain(summary),
         "coherence": rectifier.coherence_table(summary),
+        "prescreen": (rectifier.prescreen_table(client, df.attrs.get("parent_run_ids", []))
+                      if client is not None else pd.DataFrame()),
     }
     skip = findings.left_out(end, layer)  # nothing to say with this data: one line each
     histories = convergence.load_histories(client, df, metric) if client is not None else None

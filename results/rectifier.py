@@ -9,6 +9,9 @@
   coherence, at initialisation and at the end, next to the no-block cell's of the same task.
 
 Where a sweep has too few cells for a correlation (3), the table says so instead of a number.
+
+And where a sweep ran ``--prescreen K``: the ranking it trained by (``prescreen.json`` on the
+sweep run), each cell kept or screened out and why.
 """
 
 from __future__ import annotations
@@ -92,3 +95,22 @@ def coherence_table(summary: pd.DataFrame) -> pd.DataFrame:
     t["coherence_gain"] = t["grad_coherence"] - t["grad_coherence_no_block"]
     t.loc[t["control"] == control, "coherence_gain"] = np.nan
     return t.round(4)
+
+
+PRESCREEN_ARTIFACT = "prescreen.json"  # orchestrator.prescreen.ARTIFACT
+
+
+def prescreen_table(client, parent_run_ids: list[str]) -> pd.DataFrame:
+    """The prescreen's ranking logged on the sweep runs (empty: none ran one)."""
+    import json
+    import tempfile
+
+    frames = []
+    for run_id in parent_run_ids:
+        if not any(a.path == PRESCREEN_ARTIFACT for a in client.list_artifacts(run_id)):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(run_id, PRESCREEN_ARTIFACT, tmp)
+            with open(path) as f:
+                frames.append(pd.DataFrame(json.load(f)["rows"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

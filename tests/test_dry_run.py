@@ -8,6 +8,7 @@ import socket
 from orchestrator import cli
 from orchestrator.options import build_parser
 from orchestrator.plan import build_plan
+from orchestrator.plan_view import hparams_line
 
 # the CLI tests' guard: no sweep may start, a scratch dir, offline (autouse once imported)
 from tests.test_cli import no_sweep_may_start  # noqa: F401
@@ -102,7 +103,7 @@ def test_the_header_shows_each_size_s_effective_lr():
     plan = build_plan(cli.spec_from_args(build_parser().parse_args(
         ["--preset", "imagenet_100ep", "--family", "opt", "--sizes", "125m", "1.3b",
          "--lr", "0.001"])))
-    line = cli._hparams_line(plan)
+    line = hparams_line(plan)
     assert "lr 0.001 (" in line and "0.0002 (opt/125m)" in line
     assert "opt/1.3b" in line.split("0.0002")[0]  # 1.3b is unscaled: listed under 0.001
 

@@ -51,3 +51,18 @@ def test_the_dry_run_plans_costs_and_finds_old_cells_per_position(capsys, tmp_pa
         ("end", "pretrained"), ("end", "random"), ("start", "pretrained"), ("start", "random")]
     assert all(float(k[-2]) > 0 for k in kinds)  # gpu_share
     assert f"{len(old) - 1} new" in out
+
+
+def test_the_dry_run_prints_the_prescreen_ranking_and_plans_only_the_kept(capsys):
+    capsys.readouterr()
+    assert cli.main(["--preset", "smoke", "--dry-run", "--layers", "0", "5", "--positions",
+                     "end", "start", "--controls", "pretrained", "none", "--prescreen",
+                     "1"]) == 0
+    out = capsys.readouterr().out
+    assert "prescreen (--prescreen 1): initial linear CKA" in out
+    assert "3 cell(s) screened out (every seed)" in out
+    ranking = out[out.index("prescreen (--prescreen 1)"):].splitlines()[2:]
+    assert len(ranking) == 4 and sum(" True " in line for line in ranking) == 1
+    assert len(status_column(out)) == 2  # none and the one kept cell
+    err = run_bad(capsys, "--preset", "smoke", "--dry-run", "--prescreen", "0")
+    assert "bad --prescreen 0; valid: an integer >= 1" in err

@@ -66,3 +66,24 @@ def test_two_positions_by_two_layers_through_the_cli(tmp_path):
     assert "claim: block position: end > middle > start (digits, minilm/l6 L5, end vs start)" \
         in proc.stdout
     assert "Table D" in (report / "ablation.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_prescreen_trains_the_top_cell_and_the_report_names_the_others(tmp_path):
+    proc = sweep(tmp_path, "--positions", "end", "start", "--prescreen", "1")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["pos"],
+                              filter_string="tags.`lmblocks.kind` = 'trial'")
+    assert sorted(runs["params.control"]) == ["none", "pretrained"]
+    report = tmp_path / "lmblocks-reports" / "pos"
+    table = pd.read_csv(report / "prescreen.csv", keep_default_na=False)
+    assert len(table) == 4 and table["kept"].sum() == 1
+    kept = table[table["kept"]].iloc[0]
+    trained = runs[runs["params.control"] == "pretrained"].iloc[0]
+    assert (str(kept["layers"]), kept["position"]) == (
+        trained["params.layers"], trained["params.position"])
+    # the number it was ranked by is the trial's own initial similarity
+    assert kept["block_cka_init"] == pytest.approx(trained["metrics.block_cka_init"], rel=1e-4)
+    assert table.loc[~table["kept"], "reason"].str.startswith("screened out: rank").all()
+    assert "--prescreen" in (report / "ablation.md").read_text()
+    assert proc.returncode == 0
