@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from encoders.lm.auxiliary import observing
 from experiments.batches import Batch, forward
 from experiments.probe import around_block, hook_around
 
@@ -54,7 +55,8 @@ def block_similarity(model: nn.Module, inputs: Batch,
     was_training = model.training
     model.eval()
     try:
-        forward(model, inputs)
+        with observing(model):  # an auxiliary branch runs its block for the measure
+            forward(model, inputs)
     finally:
         model.train(was_training)
         for h in hooks:

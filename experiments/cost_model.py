@@ -128,10 +128,12 @@ class TrialCost:
     step: StepCost  # per sample: the encoder and the inserted module
     train_samples: int  # over the whole trial: epochs x the training set
     val_samples: int  # validation forwards over the whole trial
+    val_forward: float | None = None  # per sample, where evaluation runs less (auxiliary)
 
     @property
     def flops(self) -> float:
-        return self.train_samples * self.step.train_step + self.val_samples * self.step.forward
+        val = self.step.forward if self.val_forward is None else self.val_forward
+        return self.train_samples * self.step.train_step + self.val_samples * val
 
     def gpu_hours(self, gpu: GPU) -> float:
         return self.flops / gpu.flops_per_s / 3600
@@ -145,8 +147,9 @@ def _trial_cost(family: str, size: str, n_layers: int, task: str, control: str, 
         return None
     step = encoder_cost(row) + inserted_cost(family, size, n_layers, control, row.width,
                                              row.sequences)
+    evaluated = encoder_cost(row).forward if get_control(control).training_only else None
     return TrialCost(step, epochs * row.train_samples,
-                     epochs * row.val_samples * (2 if ema else 1))
+                     epochs * row.val_samples * (2 if ema else 1), evaluated)
 
 
 def trial_cost(trial: TrialSpec) -> TrialCost | None:

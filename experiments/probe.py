@@ -47,6 +47,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from encoders.lm.auxiliary import observing
 from encoders.lm.frozen_block import FrozenLMBlock
 from encoders.visual.placement import inserted_index
 from experiments.batches import Batch, to_device
@@ -187,6 +188,8 @@ def hook_around(vit: nn.Module, seen: dict[str, torch.Tensor]) -> list:
     those leaving it as ``seen["after"]`` (without one: the last block's output, both);
     the caller removes them."""
     neighbour, module = around_block(vit)
+    if neighbour is not module:  # an auxiliary branch: its block (run while ``observing``)
+        module = getattr(module, "side", module)
     after = module.register_forward_hook(lambda m, a, out: seen.__setitem__("after", out))
     if neighbour is module:
         return [after, module.register_forward_hook(
@@ -250,7 +253,8 @@ def probe(vit: nn.Module, inputs, informative: torch.Tensor,
     was_training = vit.training
     vit.eval()
     try:
-        with lm_block_attention(after_module, seen):
+        with lm_block_attention(getattr(after_module, "side", after_module), seen), \
+                observing(vit):
             vit(*inputs) if isinstance(inputs, tuple | list) else vit(inputs)
     finally:
         last.attn.fused_attn = fused

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from encoders.lm.auxiliary import AuxiliaryBranch, with_auxiliary_loss
 from encoders.lm.block_factory import BlockInfo
 from encoders.lm.controls import build_block
 from encoders.lm.frozen_block import (
@@ -239,8 +240,13 @@ def build_trial_model(trial: TrialSpec, task, weights_dir: str | Path | None = N
         dtype=dtype,
         final_norm=hp.final_norm,
     )
-    if isinstance(block, FrozenLMBlock | MLPBlock):  # the adapters, or the MLP's linears
+    if isinstance(block, FrozenLMBlock | MLPBlock | AuxiliaryBranch):  # adapters, MLP linears
         block.init_adapters(hp.adapter_init)
+    if isinstance(block, AuxiliaryBranch):  # the side branch's own classifier
+        if not task.num_classes:
+            raise ValueError(f"control 'auxiliary' needs a classification task; "
+                             f"{task.name!r} has no classes")
+        block.attach_head(task.num_classes, task.prefix_tokens)
     model = task.build_model(block)
     encoder = apply_encoder_choice(model, block, task, trial.encoder)  # weights, frozen
     place_block(model, trial.position, f"task {task.name!r}")  # after: weights key by index
@@ -295,6 +301,8 @@ def run_trial(
                          "label smoothing do not apply (set them to 0)")
     else:
         mixer, loss_fn = None, objective.loss
+    if isinstance(block, AuxiliaryBranch):  # Bai et al.: + aux_weight x the branch's loss
+        loss_fn = with_auxiliary_loss(loss_fn, block, hp.aux_weight)
     cpus = cpus or available_cpus()
     workers = resolve_num_workers(hp.num_workers, cpus, task.embedded, device)
     settings = loader_settings(workers, device)

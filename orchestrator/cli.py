@@ -69,7 +69,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         if (v := getattr(args, name)) is not None:
             changes[name] = v
     for name in ("adapter_lr_scale", "clip_grad", "drop_path", "ema_decay", "repeated_aug",
-                 "encoder", "encoder_weights", "image_size"):
+                 "encoder", "encoder_weights", "image_size", "aux_weight"):
         if (v := getattr(args, name)) is not None:
             changes[name] = v
     if (train := _csv(args.encoder_train)) is not None:

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--lm-lr-scale", type=float,
                    help="the LM layers' lr / lr where a control trains them (finetuned, "
                         f"random-trained), a number > 0 ({_preset('lm_lr_scale')})")
+    h.add_argument("--aux-weight", type=float,
+                   help="the auxiliary control's branch loss weight, x the task's loss "
+                        f"(Bai et al.), a number > 0 ({_preset('aux_weight')})")
     r = p.add_argument_group("where it runs and records")
     r.add_argument("--name", help="sweep name (default: the preset's name)")
     r.add_argument("--experiment",

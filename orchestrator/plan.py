@@ -11,7 +11,8 @@ Controls and the layer axis, as the controls table (``encoders/lm/controls.py``)
   are empty; it inserts nothing, so it has no position);
 - every control that inserts a module runs once per position (``--positions``).
 - the capacity controls: ``mlp`` (layers "none", at the LM's width), ``random-trained``,
-  ``finetuned`` and ``visual-block`` (layers "last": sized like the last selection).
+  ``finetuned`` and ``visual-block`` (layers "last": sized like the last selection), and
+  ``auxiliary`` (the last selection as a training-only side branch; classification tasks).
 Validation happens here, before any weights, Ray or MLflow are touched.
 """
 
@@ -62,6 +63,7 @@ NUMBER_RANGES = (
     ("ema_decay", lambda v: v >= 0, lambda v: v < 1, "a number in [0, 1) (0: off)"),
     ("repeated_aug", lambda v: v >= 0, lambda v: True, "an integer >= 0 (0 or 1: off)"),
     ("lm_lr_scale", lambda v: v > 0, lambda v: True, "a finite number > 0"),
+    ("aux_weight", lambda v: v > 0, lambda v: True, "a finite number > 0"),
 )
 
 
@@ -199,6 +201,14 @@ def _scaled(hp, scales: dict[tuple[str, str], float], family: str, size: str):
     return dataclasses.replace(hp, size_lr_scale=hp.size_lr_scale * scale)
 
 
+def _own(hp, control: str):
+    """``hp`` with the hyperparameters of other controls at their neutral value: a cell's
+    key changes only with what it trains by (``--aux-weight`` is the auxiliary control's)."""
+    if control != "auxiliary" and hp.aux_weight != 1.0:
+        return dataclasses.replace(hp, aux_weight=1.0)
+    return hp
+
+
 def build_plan(spec: SweepSpec) -> list[TrialSpec]:
     """Validate ``spec`` and expand it; raises SpecError with a one-line message."""
     if not spec.families or not spec.tasks or not spec.controls or not spec.seeds:
@@ -247,6 +257,11 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
                     "(not opt/350m)"
                 )
 
+    if "auxiliary" in spec.controls:  # its branch has a classifier: a task needs classes
+        other = [n for n in spec.tasks if not task_entry(n).classification]
+        if other:
+            raise SpecError(f"control 'auxiliary' applies to classification tasks only, not "
+                            f"to {', '.join(other)}; valid: its other controls here")
     scales = _size_lr_scales(spec)
     encoders = encoder_choices(spec)
     trials: list[TrialSpec] = []
@@ -255,8 +270,8 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
         for seed in spec.seeds:
             for control in controls:
                 if not control.per_lm:
-                    trials.extend(TrialSpec("", "", (), task, control.name, seed, hp, enc)
-                                  for enc in encoders)
+                    trials.extend(TrialSpec("", "", (), task, control.name, seed,
+                                            _own(hp, control.name), enc) for enc in encoders)
     for family in spec.families:
         fam = get_family(family)
         for size in resolve_sizes(spec, family):
@@ -273,7 +288,8 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
                         for seed in spec.seeds:
                             trials.extend(
                                 TrialSpec(family, size, sel, task, control.name, seed,
-                                          _scaled(hp, scales, family, size), enc, position)
+                                          _own(_scaled(hp, scales, family, size), control.name),
+                                          enc, position)
                                 for enc in encoders
                                 for position in task_positions(spec, task, enc))
     if not trials:

@@ -41,9 +41,11 @@ def shuffled(monkeypatch):
 
 def test_the_shipped_table():
     assert list_controls() == ["pretrained", "random", "adapters", "none", "mlp",
-                               "random-trained", "finetuned", "visual-block"]
+                               "random-trained", "finetuned", "visual-block", "auxiliary"]
     assert [get_control(c).weights_source for c in list_controls()] == [
-        "pretrained", "random", "none", "none", "none", "random", "pretrained", "none"]
+        "pretrained", "random", "none", "none", "none", "random", "pretrained", "none",
+        "pretrained"]
+    assert [c for c in list_controls() if get_control(c).training_only] == ["auxiliary"]
     assert [c for c in list_controls() if get_control(c).trains_lm] == [
         "random-trained", "finetuned"]
     assert get_control("none").pair_on == ("task", "seed")

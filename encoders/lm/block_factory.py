@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import encoders.lm.families  # noqa: F401  (registers the families)
+from encoders.lm.auxiliary import AuxiliaryBranch
 from encoders.lm.frozen_block import FrozenLMBlock
 from encoders.lm.inserted import MLPBlock, VisualBlockSlot
 from encoders.lm.layer_loading import load_layers, random_layers
@@ -101,3 +102,10 @@ def visual_block(req: BlockRequest) -> tuple[VisualBlockSlot, BlockInfo]:
     count; the encoder makes it when the slot is appended (``encoders.lm.inserted``)."""
     fam = get_family(req.family)
     return VisualBlockSlot(fam.layer_params(req.size) * len(req.layers)), BlockInfo()
+
+
+def auxiliary_block(req: BlockRequest) -> tuple[AuxiliaryBranch, BlockInfo]:
+    """Bai et al.'s auxiliary training: the pretrained block as a side branch of its own
+    head, used in training only (``encoders.lm.auxiliary``)."""
+    block, info = pretrained_block(req)
+    return AuxiliaryBranch(block, req.visual_dim), info

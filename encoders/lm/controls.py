@@ -44,6 +44,7 @@ class Control:
     # that the plan reads this table without torch; or the function itself.
     build: str | Builder
     trains_lm: bool = False  # the LM layers train (float32 master weights, autocast computes)
+    training_only: bool = False  # the module runs in training, not in evaluation (auxiliary)
 
     @property
     def pair_on(self) -> tuple[str, ...]:
@@ -135,5 +136,10 @@ for _control in (
             build=_F + "pretrained_block", trains_lm=True),
     Control("visual-block", "one more visual block", "none", layers="last", adapters=False,
             per_lm=True, reference=True, style=("tab:olive", "--"), build=_F + "visual_block"),
+    # Bai et al.'s auxiliary training: the pretrained block as a side branch with its own
+    # head and loss (``--aux-weight``), in training only; evaluated without it.
+    Control("auxiliary", "pretrained block, auxiliary branch (training only)", "pretrained",
+            layers="last", adapters=True, per_lm=True, reference=True,
+            style=("tab:pink", "-."), build=_F + "auxiliary_block", training_only=True),
 ):
     register_control(_control)
