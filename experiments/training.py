@@ -50,6 +50,7 @@ from experiments.encoder_choice import apply_encoder_choice
 from experiments.loading import epoch_seed, loader_settings, resolve_num_workers, train_loader
 from experiments.objectives.classification import CLASSIFICATION
 from experiments.param_groups import param_groups
+from experiments.plateau import chance_loss
 from experiments.probe import probe_batch, probe_filtering, spread_batch
 from experiments.recipe import effective_lr, lr_at, make_loss, make_mixer
 from experiments.regularisation import apply_drop_path, clipper, ema_scores, make_ema
@@ -369,6 +370,7 @@ def run_trial(
             **scores,
             "lr": lr_at(hp, epoch, steps - 1, steps),  # the schedule's (groups scale it)
             f"best_{task.metric}": best,
+            "chance_loss": chance_loss(task.chance) if objective is CLASSIFICATION else None,
             **cost_params(model, block, flops, name, peak),
             **epoch_cost(stats, flops, device, peak),
             **built,

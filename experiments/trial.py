@@ -100,6 +100,8 @@ class Hyperparameters:
     ema_decay: float = 0.0  # timm ModelEmaV3 of the weights, evaluated alongside (0: off)
     repeated_aug: int = 0  # repeated augmentation: each sampled image this many times (0/1: off)
     aux_weight: float = 1.0  # the auxiliary control's branch loss, x the task's (Bai et al.)
+    # --epochs auto:MAX: stop when the claims' plateau rule says converged, at most ``epochs``
+    auto_epochs: bool = False
     # How fast, not what: the two below change no result (samples are seeded per index, not
     # per worker; compiled and eager agree within float tolerance), so they are left out of
     # a trial's key: a cell finished with 0 workers is not run again with 8.
@@ -119,7 +121,7 @@ RUNTIME_HPARAMS = ("num_workers", "compile")  # recorded, but not part of a tria
 NEUTRAL_HPARAMS: dict[str, object] = {
     "adapter_lr_scale": 1.0, "adapter_decay": True, "lm_lr_scale": 1.0, "norm_lr_scale": 1.0,
     "size_lr_scale": 1.0, "clip_grad": 0.0, "drop_path": 0.0, "ema_decay": 0.0,
-    "repeated_aug": 0, "aux_weight": 1.0,
+    "repeated_aug": 0, "aux_weight": 1.0, "auto_epochs": False,
 }
 # final_norm was a bool in the key: none/lm keep the key they had as false/true
 KEY_FINAL_NORM = {"none": False, "lm": True}
@@ -212,7 +214,7 @@ class TrialSpec:
     @classmethod
     def from_config(cls, cfg: dict[str, object]) -> TrialSpec:
         hp = {name: cfg[name] for name in HPARAMS if name in cfg}
-        for flag in ("compile", "adapter_decay"):  # round trips give strings
+        for flag in ("compile", "adapter_decay", "auto_epochs"):  # round trips give strings
             if isinstance(hp.get(flag), str):
                 hp[flag] = hp[flag] == "True"
         return cls(

@@ -31,7 +31,7 @@ from orchestrator.preflight import (
     preflight_weights,
 )
 from orchestrator.prescreen import check_prescreen, prescreen, ranking_lines
-from orchestrator.spec import SpecError, SweepSpec, load_spec
+from orchestrator.spec import SpecError, SweepSpec, load_spec, parse_epochs
 
 if TYPE_CHECKING:  # the estimate is imported when a dry run prints it
     from orchestrator.estimate import Assumptions
@@ -63,7 +63,9 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
             changes["seeds"] = tuple(int(s) for s in seeds)
         except ValueError:
             raise SpecError(f"bad seeds {list(seeds)}; valid: integers") from None
-    for name in ("epochs", "lr", "weight_decay", "batch_size", "compute_dtype", "final_norm",
+    if args.epochs is not None:
+        changes.update(parse_epochs(args.epochs))
+    for name in ("lr", "weight_decay", "batch_size", "compute_dtype", "final_norm",
                  "schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "name",
                  "num_workers", "compile", "lm_lr_scale"):
         if (v := getattr(args, name)) is not None:

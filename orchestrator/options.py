@@ -121,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="task images: input size in pixels, an integer >= 1 (default: the "
                         "model's pretrained_cfg)")
     h = p.add_argument_group("hyperparameters", "each overrides the preset's value")
-    h.add_argument("--epochs", type=int, help=f"an integer >= 1 ({_preset('epochs')})")
+    h.add_argument("--epochs", metavar="N|auto:MAX",
+                   help="an integer >= 1, or auto:MAX: each trial stops when the claims' "
+                        "plateau rule finds it converged (and it has left chance), at most "
+                        f"MAX epochs ({_preset('epochs')})")
     h.add_argument("--lr", type=float,
                    help=f"peak learning rate, a finite number > 0 ({_preset('lr')})")
     h.add_argument("--weight-decay", type=float,

@@ -22,7 +22,7 @@ def hparams_line(plan) -> str:
             names.append(f"{t.family}/{t.size}")
     lr = f"lr {next(iter(lrs)):g}" if len(lrs) == 1 else "lr " + ", ".join(
         f"{v:g} ({', '.join(names) or 'no LM'})" for v, names in lrs.items())
-    return (f"epochs {hp.epochs}, {lr}, batch size {hp.batch_size}, schedule {hp.schedule}, "
+    return (f"epochs {'auto:' * hp.auto_epochs}{hp.epochs}, {lr}, batch size {hp.batch_size}, schedule {hp.schedule}, "
             f"warm-up {hp.warmup_epochs:g} epochs")
 
 

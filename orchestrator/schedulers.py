@@ -15,8 +15,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from ray.tune import Stopper
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from experiments.plateau import should_stop
 
 _ENDED = (Trial.TERMINATED, Trial.ERROR)
 
@@ -61,3 +64,30 @@ class QueuedFIFOScheduler(_ArrivalQueue, FIFOScheduler):
 
 class QueuedASHAScheduler(_ArrivalQueue, ASHAScheduler):
     """Tune's ASHA, without the O(trials) scan a step (ASHA stops trials, never pauses)."""
+
+
+class PlateauStopper(Stopper):
+    """``--epochs auto:MAX``: a trial stops after the epoch at which the claims' plateau rule
+    (``experiments.plateau.should_stop``) finds its validation metric no longer improving,
+    once it has left chance; MAX (its ``epochs``) bounds it. Histories are kept by epoch, so
+    a retried epoch replaces its first report; after ``--resume`` a trial's history starts
+    again from its restored epoch (it may run longer, never shorter)."""
+
+    def __init__(self, metric: str, mode: str) -> None:
+        self.metric, self.higher = metric, mode == "max"
+        self._seen: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if not (result.get("config") or {}).get("auto_epochs", True):
+            return False
+        values, losses = self._seen.setdefault(trial_id, ({}, {}))
+        epoch = int(result.get("epoch", len(values) + 1))
+        if self.metric in result:
+            values[epoch] = result[self.metric]
+        if "train_loss" in result:
+            losses[epoch] = result["train_loss"]
+        return should_stop([values[e] for e in sorted(values)], self.higher,
+                           [losses[e] for e in sorted(losses)], result.get("chance_loss"))
+
+    def stop_all(self) -> bool:
+        return False

@@ -106,6 +106,9 @@ def spec_from_dict(raw: dict, where: str = "spec") -> SweepSpec:
                 value = tuple(_typed(where, "seeds", v, "int") for v in value)
             else:
                 value = tuple(str(v) for v in value)
+        elif key == "epochs":
+            changes.update(parse_epochs(value, where))
+            continue
         elif key == "final_norm" and isinstance(value, bool):
             value = final_norm_choice(value)  # a legacy preset: true -> lm, false -> none
         elif key in _HPARAM_TYPES:
@@ -122,6 +125,20 @@ def spec_from_dict(raw: dict, where: str = "spec") -> SweepSpec:
             raise SpecError(f"{where}: bad name {value!r}; valid: a string")
         changes[key] = value
     return SweepSpec().replace(**changes)
+
+
+AUTO_EPOCHS = "auto:"
+
+
+def parse_epochs(value: object, where: str = "") -> dict[str, object]:
+    """``12`` -> 12 epochs; ``auto:12`` -> stop at the claims' plateau, at most 12 (the
+    hyperparameters ``epochs`` and ``auto_epochs``). The range (>= 1) is the plan's check."""
+    text = str(value).strip()
+    number = text.removeprefix(AUTO_EPOCHS)
+    if isinstance(value, bool | float) or not number.isdigit():
+        raise SpecError(f"{where + ': ' if where else ''}bad epochs {value!r}; valid: an "
+                        "integer >= 1, or auto:MAX (stop when converged, at most MAX)")
+    return {"epochs": int(number), "auto_epochs": text.startswith(AUTO_EPOCHS)}
 
 
 # Hyperparameters' field types, from the dataclass (annotations are strings here).

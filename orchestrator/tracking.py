@@ -44,7 +44,7 @@ from orchestrator.store import experiment_id, run_rows
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_METRICS = (
     "train_loss", "val_loss", "val_acc", "val_mean_class_acc", "val_top5_acc", "best_val_acc",
-    "lr",
+    "lr", "chance_loss",  # ln C: the claims' "did not learn", --epochs auto's start
 )
 
 # What the worker reports it built the block from -> the run's tags (the identity of the

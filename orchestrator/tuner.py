@@ -27,7 +27,7 @@ from orchestrator.failures import quiet_trial_failures
 from orchestrator.plugins import LoadedPlugin, load_plugins, runtime_env
 from orchestrator.progress import ProgressLine
 from orchestrator.resources import cpus_per_gpu, per_trial_resources
-from orchestrator.schedulers import QueuedASHAScheduler, QueuedFIFOScheduler
+from orchestrator.schedulers import PlateauStopper, QueuedASHAScheduler, QueuedFIFOScheduler
 from orchestrator.search import make_searcher, release_stale_trials, trial_count
 from orchestrator.spec import SweepSpec
 from orchestrator.store import open_client, run_rows
@@ -137,6 +137,8 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
+                stop=(PlateauStopper(task.metric, task.mode)
+                      if any(t.hparams.auto_epochs for t in plan) else None),
                 callbacks=[logger] if quiet else [logger, ProgressLine(
                     total, task.metric, task.mode)],
                 # Tune forces an experiment snapshot (O(trials)) whenever a trial has saved

@@ -31,7 +31,8 @@ better). The interval is ``results.stats.bootstrap_ci`` of the per-seed paired d
   (``stats.MIN_PAIRS``) and every involved cell converged;
 - **contradicted**: the interval excludes 0 in the opposite direction, same conditions;
 - **inconclusive** otherwise, with the reason: n < 3, the interval includes 0, named cells
-  not converged, or their convergence unknown (no per-epoch history);
+  not converged, named cells that did not learn (most seeds' training loss ended at chance,
+  ln C), or their convergence unknown (no per-epoch history);
 - **not measured**: the sweep lacks the cells (``needs control X``, an early layer, a
   second size, a second of the positions end, middle, start).
 
@@ -107,6 +108,9 @@ def _problems(cells: list[tuple], status: dict[tuple, dict]) -> list[str]:
         s = status.get(cell)
         if s is None or s["status"] == "unknown":
             out.append(f"convergence unknown: {cell_name(*cell)} (no per-epoch history)")
+        elif s["status"] == "did not learn":
+            out.append(f"did not learn: {cell_name(*cell)} ({s['at_chance']}/{s['seeds']} seeds' "
+                       "training loss stayed at chance)")
         elif s["status"] == "not converged":
             out.append(f"not converged: {cell_name(*cell)} "
                        f"({s['improving']}/{s['judged']} seeds still improving)")
@@ -366,4 +370,9 @@ def markdown_section(claims: pd.DataFrame) -> list[str]:
             md.append("Not converged (not ranked): " + "; ".join(
                 f"{cell_name(*(r[c] for c in CELL))} {r['improving']}/{r['judged']} seeds "
                 "still improving" for r in flagged.to_dict("records")) + "\n")
+        stuck = conv[conv["status"] == "did not learn"]
+        if not stuck.empty:
+            md.append("Did not learn (training loss at chance; not ranked): " + "; ".join(
+                f"{cell_name(*(r[c] for c in CELL))} {r['at_chance']}/{r['seeds']} seeds"
+                for r in stuck.to_dict("records")) + "\n")
     return md

@@ -1,0 +1,117 @@
+"""``--epochs auto:MAX``: the claims' plateau rule, defined once (``experiments.plateau``),
+stops a trial through Ray Tune's stopper API once it has left chance; the claims name a
+cell whose training loss stayed at chance ("did not learn") apart from "not converged"."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from experiments.plateau import chance_loss, should_stop, stayed_at_chance
+from experiments.trial import Hyperparameters, TrialSpec
+from orchestrator.plan import build_plan
+from orchestrator.schedulers import PlateauStopper
+from orchestrator.spec import SpecError, SweepSpec, parse_epochs, spec_from_dict
+from results.claims import evaluate
+from tests.test_claims import flat, frame, row, run
+
+ROOT = Path(__file__).resolve().parents[1]
+LN8 = math.log(8)
+
+
+def test_the_rule_stops_a_plateau_but_not_a_run_still_at_chance():
+    assert chance_loss(1 / 8) == pytest.approx(LN8) and chance_loss(None) is None
+    assert stayed_at_chance([2.08, 2.07, 2.079], LN8) is True
+    assert stayed_at_chance([2.08, 1.9], LN8) is False
+    assert stayed_at_chance([1.0], None) is None
+    plateau = [0.3, 0.6, 0.8, 0.8, 0.8]
+    assert should_stop(plateau, True, [1.5, 1.0, 0.5, 0.5, 0.5], LN8)
+    assert not should_stop(plateau[:3], True)  # still rising
+    assert not should_stop([0.125] * 5, True, [2.08] * 5, LN8)  # flat at chance: not learning
+    assert should_stop([0.125] * 5, True)  # no chance known: the plateau alone
+
+
+def test_the_stopper_reads_each_trial_s_history_by_epoch():
+    stop = PlateauStopper("val_acc", "max")
+    config = {"auto_epochs": True}
+    said = [stop("a", {"epoch": e, "val_acc": v, "train_loss": 1.0, "chance_loss": LN8,
+                       "config": config})
+            for e, v in enumerate([0.3, 0.6, 0.8, 0.8, 0.8], start=1)]
+    assert said == [False, False, False, False, True]
+    # a retried epoch replaces its first report; another trial has its own history
+    assert stop("a", {"epoch": 5, "val_acc": 0.95, "train_loss": 1.0, "config": config}) is False
+    assert stop("b", {"epoch": 1, "val_acc": 0.8, "config": config}) is False
+    stuck = [stop("c", {"epoch": e, "val_acc": 0.125, "train_loss": 2.08, "chance_loss": LN8,
+                        "config": config}) for e in range(1, 8)]
+    assert not any(stuck)
+    fixed = [stop("d", {"epoch": e, "val_acc": 0.8, "config": {"auto_epochs": False}})
+             for e in range(1, 8)]
+    assert not any(fixed) and not stop.stop_all()
+
+
+def test_auto_epochs_parse_key_and_bad_input():
+    assert parse_epochs("auto:12") == {"epochs": 12, "auto_epochs": True}
+    assert parse_epochs(7) == {"epochs": 7, "auto_epochs": False}
+    spec = spec_from_dict({"epochs": "auto:9"})
+    assert (spec.hparams.epochs, spec.hparams.auto_epochs) == (9, True)
+    with pytest.raises(SpecError, match=r"bad epochs 'auto:'; valid: an integer >= 1, or "
+                                        r"auto:MAX"):
+        parse_epochs("auto:")
+    fixed = TrialSpec("minilm", "l6", (5,), "digits", "pretrained", 0, Hyperparameters(epochs=9))
+    auto = TrialSpec("minilm", "l6", (5,), "digits", "pretrained", 0,
+                     Hyperparameters(epochs=9, auto_epochs=True))
+    assert fixed.key != auto.key and TrialSpec.from_config(auto.to_config()) == auto
+    assert fixed.key == build_plan(SweepSpec(seeds=(0,), layers=("5",)).replace(
+        epochs=9))[0].key  # the fixed-epoch cells keep their key
+
+
+def test_claims_name_a_cell_that_did_not_learn_apart_from_not_converged():
+    rows = [run("none", s, v, train_loss=0.3, chance_loss=LN8)
+            for s, v in enumerate([0.69, 0.70, 0.71])]
+    rows += [run("pretrained", s, v, "minilm", "l6", "5", train_loss=loss, chance_loss=LN8)
+             for s, (v, loss) in enumerate([(0.125, 2.079), (0.125, 2.08), (0.6, 0.9)])]
+    df = frame(rows)
+    claims = evaluate(df, histories=flat(df))
+    r = row(claims, "pretrained > none")
+    assert r["verdict"] == "inconclusive"
+    assert ("did not learn: pretrained minilm/l6 L5 (digits) (2/3 seeds' training loss "
+            "stayed at chance)") in r["reason"]
+    assert "not converged" not in r["reason"]
+    conv = claims.attrs["convergence"]
+    assert list(conv["status"]) == ["converged", "did not learn"]
+
+
+@pytest.mark.slow
+def test_a_sweep_with_auto_epochs_stops_its_trials_at_their_plateau(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--layers", "5",
+         "--controls", "pretrained", "none", "--tasks", "digits-convstem", "--epochs",
+         "auto:12", "--quiet", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
+         "--experiment", "auto"],
+        cwd=tmp_path, capture_output=True, text=True, check=False, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["auto"],
+                              filter_string="tags.`lmblocks.kind` = 'trial'")
+    client = mlflow.tracking.MlflowClient(uri)
+    assert (runs["params.auto_epochs"] == "True").all() and (runs["params.epochs"] == "12").all()
+    for _, r in runs.iterrows():
+        acc = [m.value for m in sorted(client.get_metric_history(r["run_id"], "val_acc"),
+                                       key=lambda m: m.step)]
+        loss = [m.value for m in sorted(client.get_metric_history(r["run_id"], "train_loss"),
+                                        key=lambda m: m.step)]
+        assert r["status"] == "FINISHED" and pd.notna(r["metrics.chance_loss"])
+        # it ran until the rule first said stop (or to 12), and not an epoch longer
+        first = next((n for n in range(1, len(acc) + 1)
+                      if should_stop(acc[:n], True, loss[:n], r["metrics.chance_loss"])), 12)
+        assert len(acc) == first, (r["params.control"], acc)
+        if len(acc) < 12:
+            assert r["tags.stopped_early"] == f"after epoch {len(acc)} of 12"
+    assert (runs["metrics.val_acc"] > 0.5).all()
