@@ -201,6 +201,25 @@ def _scaled(hp, scales: dict[tuple[str, str], float], family: str, size: str):
     return dataclasses.replace(hp, size_lr_scale=hp.size_lr_scale * scale)
 
 
+def task_recipes(spec: SweepSpec) -> dict[str, object]:
+    """Each task's hyperparameters: the sweep's, with the preset's ``task_hparams`` for that
+    task over them, checked as the sweep's own are (a recipe for a task the sweep does not
+    run, e.g. after ``--tasks``, is not used)."""
+    unknown = sorted(set(spec.task_hparams) - set(list_tasks()))  # others' tasks: ignored
+    if unknown:
+        raise SpecError(f"task_hparams: unknown task {unknown[0]!r}; valid: "
+                        f"{', '.join(sorted(list_tasks()))}")
+    out = {}
+    for task in spec.tasks:
+        hp = dataclasses.replace(spec.hparams, **spec.task_hparams.get(task, {}))
+        for name, low, high, valid in NUMBER_RANGES:
+            value = getattr(hp, name)
+            if not (math.isfinite(value) and low(value) and high(value)):
+                raise SpecError(f"task_hparams[{task}]: bad {name} {value!r}; valid: {valid}")
+        out[task] = hp
+    return out
+
+
 def _own(hp, control: str):
     """``hp`` with the hyperparameters of other controls at their neutral value: a cell's
     key changes only with what it trains by (``--aux-weight`` is the auxiliary control's)."""
@@ -264,9 +283,10 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
                             f"to {', '.join(other)}; valid: its other controls here")
     scales = _size_lr_scales(spec)
     encoders = encoder_choices(spec)
+    recipes = task_recipes(spec)
     trials: list[TrialSpec] = []
-    hp = spec.hparams
     for task in spec.tasks:
+        hp = recipes[task]
         for seed in spec.seeds:
             for control in controls:
                 if not control.per_lm:
@@ -288,7 +308,8 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
                         for seed in spec.seeds:
                             trials.extend(
                                 TrialSpec(family, size, sel, task, control.name, seed,
-                                          _own(_scaled(hp, scales, family, size), control.name),
+                                          _own(_scaled(recipes[task], scales, family, size),
+                                               control.name),
                                           enc, position)
                                 for enc in encoders
                                 for position in task_positions(spec, task, enc))

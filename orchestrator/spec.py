@@ -34,6 +34,9 @@ class SweepSpec:
     # "family/size" -> lr multiplier for that size's trials (the paper's Table C: OPT-125M
     # and -350M at lr/5); recorded on each run as ``size_lr_scale`` and ``effective_lr``
     lr_scale_by_size: dict[str, float] = field(default_factory=dict)
+    # task -> hyperparameters of that task's trials (a recipe per task in one sweep, e.g.
+    # {moving-digits: {lr: 0.0003, warmup_epochs: 2}}); recorded on each run as its params
+    task_hparams: dict[str, dict[str, object]] = field(default_factory=dict)
     # The visual encoder's own settings (experiments.trial.EncoderChoice): a timm model name
     # for the tasks that take one (``images``), its weights file and that file's sha256 (the
     # pre-flight fills it in), whether its weights train (one trial each), its input size.
@@ -119,12 +122,36 @@ def spec_from_dict(raw: dict, where: str = "spec") -> SweepSpec:
                                 "of family/size to a number, e.g. {opt/125m: 0.2}")
             value = {str(k): _typed(where, f"lr_scale_by_size[{k}]", v, "float")
                      for k, v in value.items()}
+        elif key == "task_hparams":
+            value = _task_hparams(value, where)
         elif key in _SPEC_TYPES:
             value = _typed(where, key, value, _SPEC_TYPES[key])
         elif key == "name" and not isinstance(value, str):
             raise SpecError(f"{where}: bad name {value!r}; valid: a string")
         changes[key] = value
     return SweepSpec().replace(**changes)
+
+
+def _task_hparams(value: object, where: str) -> dict[str, dict[str, object]]:
+    """A preset's ``task_hparams``, typed like the sweep's own fields (the plan checks the
+    tasks and the ranges)."""
+    fix = "valid: a mapping of task to hyperparameters, e.g. {moving-digits: {lr: 0.0003}}"
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise SpecError(f"{where}: bad task_hparams {value!r}; {fix}")
+    out: dict[str, dict[str, object]] = {}
+    for task, hps in value.items():
+        unknown = set(hps) - _HPARAM_FIELDS
+        if unknown:
+            raise SpecError(f"{where}: task_hparams[{task}]: unknown field(s) "
+                            f"{sorted(unknown)}; valid: {', '.join(sorted(_HPARAM_FIELDS))}")
+        typed: dict[str, object] = {}
+        for k, v in hps.items():
+            if k == "epochs":
+                typed.update(parse_epochs(v, f"{where}: task_hparams[{task}]"))
+            else:
+                typed[k] = _typed(where, f"task_hparams[{task}].{k}", v, _HPARAM_TYPES[k])
+        out[str(task)] = typed
+    return out
 
 
 AUTO_EPOCHS = "auto:"

@@ -115,3 +115,27 @@ def test_a_sweep_with_auto_epochs_stops_its_trials_at_their_plateau(tmp_path):
         if len(acc) < 12:
             assert r["tags.stopped_early"] == f"after epoch {len(acc)} of 12"
     assert (runs["metrics.val_acc"] > 0.5).all()
+
+
+def test_a_recipe_per_task_in_one_sweep():
+    spec = spec_from_dict({"tasks": ["digits", "moving-digits"], "seeds": [0],
+                           "controls": ["none"], "lr": 0.001,
+                           "task_hparams": {"moving-digits": {"lr": "3e-4", "warmup_epochs": 2,
+                                                              "epochs": "auto:12"}}})
+    lrs = {t.task: (t.hparams.lr, t.hparams.warmup_epochs, t.hparams.epochs,
+                    t.hparams.auto_epochs) for t in build_plan(spec)}
+    assert lrs == {"digits": (0.001, 0.0, 12, False), "moving-digits": (3e-4, 2.0, 12, True)}
+    only_digits = build_plan(spec.replace(tasks=("digits",)))  # its recipe unused, no error
+    assert {t.hparams.lr for t in only_digits} == {0.001}
+    for raw, message in [
+        ({"digits": {"lrr": 1}}, "task_hparams[digits]: unknown field(s) ['lrr']"),
+        ({"digits": 3}, "bad task_hparams"),
+    ]:
+        with pytest.raises(SpecError) as err:
+            spec_from_dict({"task_hparams": raw})
+        assert message in str(err.value)
+    with pytest.raises(SpecError, match=r"task_hparams: unknown task 'digitz'"):
+        build_plan(spec_from_dict({"task_hparams": {"digitz": {"lr": 1e-3}}}))
+    with pytest.raises(SpecError, match=r"task_hparams\[digits\]: bad lr -1.0; valid: a "
+                                        r"finite number > 0"):
+        build_plan(spec_from_dict({"task_hparams": {"digits": {"lr": -1}}}))
