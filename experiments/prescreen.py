@@ -16,8 +16,8 @@ import torch
 from experiments.block_measures import block_similarity
 from experiments.probe import spread_batch
 from experiments.tasks.registry import task_for
-from experiments.training import build_trial_model
 from experiments.trial import TrialSpec
+from experiments.trial_model import build_trial_model
 
 
 @functools.cache

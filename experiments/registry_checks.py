@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import encoders.lm.families  # noqa: F401  (the built-in families)
+from encoders.lm.auxiliary import AuxiliaryBranch, with_auxiliary_loss
 from encoders.lm.controls import build_block, get_control, list_controls
 from encoders.lm.frozen_block import FrozenLMBlock, bidirectional_mask, lm_layer_parameters
 from encoders.lm.inserted import MLPBlock, VisualBlockSlot
@@ -80,6 +81,10 @@ def check_task_with_control(task_name: str, control: str) -> None:
     task = get_task(task_name)
     arm, block, info = control_block(control, task.visual_dim)
     assert info.weights_source == arm.weights_source
+    if isinstance(block, AuxiliaryBranch):
+        if not task.num_classes:  # its head needs classes: the plan refuses such a sweep
+            return
+        block.attach_head(task.num_classes, task.prefix_tokens)
     model = task.build_model(block)
     x, y = task.example(BATCH)
 
@@ -91,6 +96,9 @@ def check_task_with_control(task_name: str, control: str) -> None:
             assert arm.adapters
             assert len(block.layers) == (1 if arm.layers != "none" else 0)
             perturbed = block.layers[0] if len(block.layers) else block.proj_out
+        elif isinstance(block, AuxiliaryBranch):  # a side branch: off the evaluated path
+            assert arm.training_only and arm.adapters
+            perturbed = block.side.layers[0]
         elif isinstance(block, VisualBlockSlot):  # one more of the encoder's own blocks
             assert type(block.block) is type(model.blocks[-2]) and not arm.adapters
             assert block.visual_params > 0 and block.lm_params > 0
@@ -108,16 +116,23 @@ def check_task_with_control(task_name: str, control: str) -> None:
                 p.add_(torch.randn_like(p) * p.detach().float().std().clamp_min(0.02))
             after = _output(forward(model, x))
             perturbed.load_state_dict(saved)
-        assert not torch.allclose(after, before, atol=1e-5), "the block is not on the path"
+        on_path = not torch.allclose(after, before, atol=1e-5)
+        assert on_path is not arm.training_only, (
+            "the block is not on the path" if not arm.training_only
+            else "a training-only branch changed the evaluated output")
 
     model.train()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     start = {n: p.detach().clone() for n, p in trainable.items()}
-    lm_frozen = isinstance(block, FrozenLMBlock) and not arm.trains_lm
-    assert len(frozen) == (sum(1 for _ in block.layers.parameters()) if lm_frozen else 0)
+    lm = block.side if isinstance(block, AuxiliaryBranch) else block
+    lm_frozen = isinstance(lm, FrozenLMBlock) and not arm.trains_lm
+    assert len(frozen) == (sum(1 for _ in lm.layers.parameters()) if lm_frozen else 0)
     opt = torch.optim.AdamW(trainable.values(), lr=1e-3)
-    loss = (task.objective or CLASSIFICATION).loss(forward(model, x), y)
+    loss_fn = (task.objective or CLASSIFICATION).loss
+    if isinstance(block, AuxiliaryBranch):  # the branch's loss, as a trial adds it
+        loss_fn = with_auxiliary_loss(loss_fn, block, 1.0)
+    loss = loss_fn(forward(model, x), y)
     assert torch.isfinite(loss)
     opt.zero_grad()
     loss.backward()
@@ -128,7 +143,7 @@ def check_task_with_control(task_name: str, control: str) -> None:
     opt.step()
     moved = [n for n, p in trainable.items() if not torch.equal(p, start[n])]
     assert len(moved) > len(trainable) // 2, f"only {len(moved)} of {len(trainable)} moved"
-    if isinstance(block, FrozenLMBlock | MLPBlock):  # the two adapters (linears) are trained
+    if isinstance(block, FrozenLMBlock | MLPBlock | AuxiliaryBranch):  # the two adapters
         assert sum(n.endswith(("proj_in.weight", "proj_out.weight")) for n in moved) == 2
     if arm.trains_lm:  # and so are the LM layer's weights
         layer = {n for n, _ in lm_layer_parameters(model)}

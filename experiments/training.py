@@ -26,14 +26,11 @@ from torch.utils.data import DataLoader
 
 from encoders.lm.auxiliary import AuxiliaryBranch, with_auxiliary_loss
 from encoders.lm.block_factory import BlockInfo
-from encoders.lm.controls import build_block
 from encoders.lm.frozen_block import (
-    FrozenLMBlock,
     frozen_parameter_count,
     trainable_parameter_count,
 )
-from encoders.lm.inserted import MLPBlock, VisualBlockSlot
-from encoders.visual.placement import place_block
+from encoders.lm.inserted import VisualBlockSlot
 from experiments.batches import as_float32, batch_len, forward, to_device
 from experiments.block_measures import block_measures
 from experiments.compute import configure
@@ -46,7 +43,6 @@ from experiments.cost import (
     peak_memory_bytes,
     reset_peak_memory,
 )
-from experiments.encoder_choice import apply_encoder_choice
 from experiments.loading import epoch_seed, loader_settings, resolve_num_workers, train_loader
 from experiments.objectives.classification import CLASSIFICATION
 from experiments.param_groups import param_groups
@@ -56,6 +52,7 @@ from experiments.recipe import effective_lr, lr_at, make_loss, make_mixer
 from experiments.regularisation import apply_drop_path, clipper, ema_scores, make_ema
 from experiments.tasks.registry import task_for
 from experiments.trial import TrialSpec
+from experiments.trial_model import build_trial_model
 
 VAL_BATCH_SIZE = 256
 # On CUDA the loss is checked for NaN/inf every this many steps (a check is a host sync,
@@ -220,38 +217,6 @@ def epoch_cost(stats: EpochStats, flops: StepFlops | None, device: torch.device,
         "achieved_tflops": achieved / 1e12 if achieved is not None else None,
         "mfu": mfu(achieved, peak) if achieved is not None else None,
     }
-
-
-def build_trial_model(trial: TrialSpec, task, weights_dir: str | Path | None = None,
-                      dtype: torch.dtype | None = None
-                      ) -> tuple[nn.Module, nn.Module | None, BlockInfo, dict[str, object]]:
-    """The trial's model at initialisation, seeded, exactly as its training starts from it:
-    (model, the inserted module, what the block was built from, the encoder's settings as
-    recorded). ``--prescreen`` measures the same model the trial then trains."""
-    hp = trial.hparams
-    torch.manual_seed(trial.seed)
-    block, info = build_block(
-        family=trial.family,
-        size=trial.size,
-        layers=trial.layers,
-        control=trial.control,
-        seed=trial.seed,
-        visual_dim=task.visual_dim,
-        weights_dir=weights_dir,
-        dtype=dtype,
-        final_norm=hp.final_norm,
-    )
-    if isinstance(block, FrozenLMBlock | MLPBlock | AuxiliaryBranch):  # adapters, MLP linears
-        block.init_adapters(hp.adapter_init)
-    if isinstance(block, AuxiliaryBranch):  # the side branch's own classifier
-        if not task.num_classes:
-            raise ValueError(f"control 'auxiliary' needs a classification task; "
-                             f"{task.name!r} has no classes")
-        block.attach_head(task.num_classes, task.prefix_tokens)
-    model = task.build_model(block)
-    encoder = apply_encoder_choice(model, block, task, trial.encoder)  # weights, frozen
-    place_block(model, trial.position, f"task {task.name!r}")  # after: weights key by index
-    return model, block, info, encoder
 
 
 def run_trial(

@@ -90,7 +90,8 @@ def test_a_new_control_is_one_entry_and_its_builder(shuffled, tmp_path):
     # no-LM cells first, then each LM's cells in the table's order
     assert list(summary["control"]) == ["none", "pretrained", "shuffled"]
     table = tables.by_control(summary, layer="5")
-    assert list(table.columns) == ["task", "family", "size", "shuffled", "visual-block",
+    assert list(table.columns) == ["task", "family", "size", "shuffled", "auxiliary",
+                                   "visual-block",
                                    "finetuned", "random-trained", "mlp", "none", "adapters",
                                    "random", "pretrained (layer 5)"]
     assert table["shuffled"].iloc[0].startswith("0.610 ± 0.010")

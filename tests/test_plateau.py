@@ -1,16 +1,12 @@
 """``--epochs auto:MAX``: the claims' plateau rule, defined once (``experiments.plateau``),
 stops a trial through Ray Tune's stopper API once it has left chance; the claims name a
-cell whose training loss stayed at chance ("did not learn") apart from "not converged"."""
+cell whose training loss stayed at chance ("did not learn") apart from "not converged".
+A sweep with it, end to end: ``tests/test_positions_sweep.py``."""
 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-from pathlib import Path
 
-import mlflow
-import pandas as pd
 import pytest
 
 from experiments.plateau import chance_loss, should_stop, stayed_at_chance
@@ -21,7 +17,6 @@ from orchestrator.spec import SpecError, SweepSpec, parse_epochs, spec_from_dict
 from results.claims import evaluate
 from tests.test_claims import flat, frame, row, run
 
-ROOT = Path(__file__).resolve().parents[1]
 LN8 = math.log(8)
 
 
@@ -85,36 +80,6 @@ def test_claims_name_a_cell_that_did_not_learn_apart_from_not_converged():
     assert "not converged" not in r["reason"]
     conv = claims.attrs["convergence"]
     assert list(conv["status"]) == ["converged", "did not learn"]
-
-
-@pytest.mark.slow
-def test_a_sweep_with_auto_epochs_stops_its_trials_at_their_plateau(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--layers", "5",
-         "--controls", "pretrained", "none", "--tasks", "digits-convstem", "--epochs",
-         "auto:12", "--quiet", "--tracking-uri", uri, "--storage", str(tmp_path / "ray"),
-         "--experiment", "auto"],
-        cwd=tmp_path, capture_output=True, text=True, check=False, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["auto"],
-                              filter_string="tags.`lmblocks.kind` = 'trial'")
-    client = mlflow.tracking.MlflowClient(uri)
-    assert (runs["params.auto_epochs"] == "True").all() and (runs["params.epochs"] == "12").all()
-    for _, r in runs.iterrows():
-        acc = [m.value for m in sorted(client.get_metric_history(r["run_id"], "val_acc"),
-                                       key=lambda m: m.step)]
-        loss = [m.value for m in sorted(client.get_metric_history(r["run_id"], "train_loss"),
-                                        key=lambda m: m.step)]
-        assert r["status"] == "FINISHED" and pd.notna(r["metrics.chance_loss"])
-        # it ran until the rule first said stop (or to 12), and not an epoch longer
-        first = next((n for n in range(1, len(acc) + 1)
-                      if should_stop(acc[:n], True, loss[:n], r["metrics.chance_loss"])), 12)
-        assert len(acc) == first, (r["params.control"], acc)
-        if len(acc) < 12:
-            assert r["tags.stopped_early"] == f"after epoch {len(acc)} of 12"
-    assert (runs["metrics.val_acc"] > 0.5).all()
 
 
 def test_a_recipe_per_task_in_one_sweep():

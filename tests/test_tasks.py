@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import experiments.tasks  # noqa: F401  (registers the tasks)
+from encoders.lm.auxiliary import AuxiliaryBranch
 from encoders.lm.controls import list_controls
 from encoders.lm.frozen_block import FrozenLMBlock
 from experiments.registry_checks import (
@@ -70,12 +71,19 @@ def test_block_of_every_control_at_every_task_width(task_name, control):
     task = get_task(task_name)
     arm, block, _ = control_block(control, task.visual_dim)
     x = torch.randn(2, 5, task.visual_dim, requires_grad=True)
+    lm = block
+    if isinstance(block, AuxiliaryBranch):  # training only: its loss is its own head's
+        block.attach_head(3, task.prefix_tokens)
+        lm = block.side
     out = block(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
-    out.square().mean().backward()
+    loss = out.square().mean()
+    if isinstance(block, AuxiliaryBranch):
+        loss = loss + block.take_logits().square().mean()
+    loss.backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     trainable = [p for p in block.parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None for p in trainable)
     frozen = [p for p in block.parameters() if not p.requires_grad]
-    lm_frozen = isinstance(block, FrozenLMBlock) and len(block.layers) and not arm.trains_lm
+    lm_frozen = isinstance(lm, FrozenLMBlock) and len(lm.layers) and not arm.trains_lm
     assert bool(frozen) is bool(lm_frozen)
