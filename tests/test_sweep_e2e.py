@@ -251,6 +251,11 @@ def test_driver_killed_then_resume_completes_every_cell_once(tmp_path):
     argv = [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--epochs", "3",
             "--seeds", "0", "--quiet", "--tracking-uri", uri,
             "--storage", str(tmp_path / "ray"), "--experiment", "crash"]
+    # The store's schema made before the driver starts: the polling below would otherwise
+    # create it while the driver does (in a loaded CI run, the driver lost that race once
+    # and exited before its sweep began)
+    mlflow.set_tracking_uri(uri)
+    mlflow.search_experiments()
     driver = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     plan = build_plan(load_spec("smoke").replace(epochs=3, seeds=(0,)))
