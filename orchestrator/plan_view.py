@@ -12,18 +12,27 @@ if TYPE_CHECKING:
 
 def hparams_line(plan) -> str:
     """What a dry run's cost and results hang on, once: the plan's rows share all but the
-    per-size lr scale, so the lr is each trial's peak lr (``lr x size_lr_scale``, as
-    ``experiments.recipe.effective_lr``, which imports torch)."""
+    per-size lr scale and a preset's per-task recipes (``task_hparams``), so the lr is each
+    trial's peak lr (``lr x size_lr_scale``, as ``experiments.recipe.effective_lr``, which
+    imports torch), and a task with a recipe of its own is named with it."""
     hp = plan[0].hparams
+    per_task = {t.task: t.hparams for t in plan}
+    own = {task: h for task, h in per_task.items()
+           if (h.lr, h.warmup_epochs, h.epochs, h.auto_epochs)
+           != (hp.lr, hp.warmup_epochs, hp.epochs, hp.auto_epochs)}
     lrs: dict[float, list[str]] = {}
     for t in plan:
+        if t.task in own:
+            continue
         names = lrs.setdefault(t.hparams.lr * t.hparams.size_lr_scale, [])
         if t.family and f"{t.family}/{t.size}" not in names:
             names.append(f"{t.family}/{t.size}")
     lr = f"lr {next(iter(lrs)):g}" if len(lrs) == 1 else "lr " + ", ".join(
         f"{v:g} ({', '.join(names) or 'no LM'})" for v, names in lrs.items())
-    return (f"epochs {'auto:' * hp.auto_epochs}{hp.epochs}, {lr}, batch size {hp.batch_size}, schedule {hp.schedule}, "
-            f"warm-up {hp.warmup_epochs:g} epochs")
+    recipes = "".join(f"; {task}: epochs {'auto:' * h.auto_epochs}{h.epochs}, lr {h.lr:g}, "
+                      f"warm-up {h.warmup_epochs:g}" for task, h in own.items())
+    return (f"epochs {'auto:' * hp.auto_epochs}{hp.epochs}, {lr}, batch size {hp.batch_size}, "
+            f"schedule {hp.schedule}, warm-up {hp.warmup_epochs:g} epochs{recipes}")
 
 
 def print_plan(plan, status: dict[str, str] | None = None, skips: str = "",

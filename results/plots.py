@@ -70,6 +70,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _finish_lines(fig, ax, summary: pd.DataFrame, ns, title: str, table: str,
+                  path: Path) -> Path:
+    """A line figure's y label (the metric; the bands' intervals by the cells' n), title,
+    grid and legend (or the table that names its lines), saved."""
+    band = interval_words(ns)
+    ax.set_ylabel(f"{_metric_label(summary)} (mean" + (f"; band: {band})" if band else ")"),
+                  fontsize=9)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _legend(ax, table)
+    return _save(fig, path)
+
+
 def metric_vs_layer(summary: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     swept = summary["control"].isin(layer_controls())
@@ -88,13 +101,8 @@ def metric_vs_layer(summary: pd.DataFrame, path: Path) -> Path:
         ax.axhline(row["mean"], color=color, linestyle=style,
                    label=f"{lm}{control.label} ({row['task']})")
     ax.set_xlabel("index of the frozen LM layer inserted after the last visual block")
-    band = interval_words(summary.loc[swept, "n"])
-    ax.set_ylabel(f"{_metric_label(summary)} (mean" + (f"; band: {band})" if band else ")"),
-                  fontsize=9)
-    ax.set_title("Which layer helps: validation metric by layer, against the controls")
-    ax.grid(alpha=0.3)
-    _legend(ax, "by_layer.csv")
-    return _save(fig, path)
+    return _finish_lines(fig, ax, summary, summary.loc[swept, "n"], "Which layer helps: "
+                         "validation metric by layer, against the controls", "by_layer.csv", path)
 
 
 def metric_vs_size(summary: pd.DataFrame, path: Path, layer: str = "last") -> Path:
@@ -307,10 +315,5 @@ def metric_vs_position(summary: pd.DataFrame, path: Path) -> Path:
                                       for p in order])
     ax.set_xlabel("where the block runs in the encoder (start: before its first block; "
                   "after i: after block i)", fontsize=9)
-    band = interval_words(placed["n"])
-    ax.set_ylabel(f"{_metric_label(summary)} (mean" + (f"; band: {band})" if band else ")"),
-                  fontsize=9)
-    ax.set_title("Where the block goes (the paper's Table D): metric by position")
-    ax.grid(alpha=0.3)
-    _legend(ax, "by_position.csv")
-    return _save(fig, path)
+    return _finish_lines(fig, ax, summary, placed["n"], "Where the block goes (the paper's "
+                         "Table D): metric by position", "by_position.csv", path)
