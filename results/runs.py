@@ -68,6 +68,8 @@ def _one_experiment(client: MlflowClient, experiment: str,
 
 def tidy(raw: pd.DataFrame, experiment: str) -> pd.DataFrame:
     """MLflow's search_runs frame -> one row per trial with plain column names."""
+    if "params.seed" in raw:  # a run created, its driver killed before it logged its config:
+        raw = raw[raw["params.seed"].notna()]  # no cell to put it in (--resume reruns that)
     if raw.empty:
         return pd.DataFrame(columns=["experiment", *AXES, "status", "run_id"])
     df = pd.DataFrame({axis: raw.get(f"params.{axis}", pd.Series(DEFAULT_POSITION,

@@ -105,3 +105,23 @@ def test_metric_histories_in_bulk_are_get_metric_history_run_by_run(store, monke
             x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
 
     assert fast.keys() == slow.keys() and all(same(fast[k], slow[k]) for k in fast)
+
+
+def test_a_run_whose_driver_died_before_it_logged_its_config_is_in_no_cell():
+    """A trial run created, then its driver killed before the run's params were written:
+    it names no cell (``--resume`` runs that cell again under a run of its own)."""
+    import pandas as pd
+
+    from results.runs import tidy
+
+    cell = {"params.family": "minilm", "params.size": "l6", "params.layers": "5",
+            "params.task": "digits", "params.control": "pretrained"}
+    raw = pd.DataFrame([
+        {**cell, "params.seed": "0", "status": "FINISHED", "run_id": "a",
+         "metrics.val_acc": 0.9},
+        {**{k: None for k in cell}, "params.seed": None, "status": "KILLED", "run_id": "b",
+         "metrics.val_acc": None},
+    ])
+    df = tidy(raw, "e")
+    assert list(df["run_id"]) == ["a"] and list(df["seed"]) == [0]
+    assert list(df["position"]) == ["end"]  # logged before the position axis: the end
