@@ -60,6 +60,12 @@ RUN_SETTINGS = (
     "tf32",  # TF32 allowed for float32 matmuls/convolutions (CUDA)
     "fused_adamw",  # AdamW's fused kernel in use
     "compile",  # the model ran under torch.compile
+    # The global batch's micro-batches (experiments/accumulation.py): tags, not params, as a
+    # retry on another GPU may fit another micro-batch under --micro-batch auto.
+    "global_batch",  # samples per optimizer step (--batch-size)
+    "micro_batch_size",  # samples per forward ("auto" resolved)
+    "accum_steps",  # micro-batches per optimizer step
+    "accumulation_exact",  # "exact", or what makes k micro-batches differ from the batch
 )
 
 
@@ -124,7 +130,7 @@ def _untouched(model: nn.Module) -> Iterator[None]:
     grads = [(p, p.grad) for p in model.parameters()]
     buffers = [(m, name, b, b.clone()) for m in model.modules()
                for name, b in m.named_buffers(recurse=False)]
-    rng = _rng_states()
+    rng = rng_states()
     for p, _ in grads:
         p.grad = None  # a fresh backward, not accumulated into (and changing) the trial's grads
     try:
@@ -138,21 +144,41 @@ def _untouched(model: nn.Module) -> Iterator[None]:
                 b.copy_(saved)
         for m, training in modes:
             m.training = training
-        _set_rng_states(rng)
+        set_rng_states(rng)
 
 
-def _rng_states() -> tuple:
+def rng_states() -> tuple:
+    """Every RNG a step draws from: torch's (CPU, and CUDA once initialised), ``random``'s
+    and numpy's; ``set_rng_states`` puts them back."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
 
 
-def _set_rng_states(states: tuple) -> None:
+def set_rng_states(states: tuple) -> None:
     cpu, cuda, python, numpy = states
     torch.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state_all(cuda)
     random.setstate(python)
     np.random.set_state(numpy)
+
+
+def saved_activation_bytes(run: Callable[[], object]) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward pass while ``run()``
+    builds its graph (``saved_tensors_hooks``; each storage once): what a training step holds
+    beyond the weights, measured on any device. ``experiments/memory_model.py``'s constants
+    come from it (bench/activation_bytes.py)."""
+    kept: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        kept[(storage.data_ptr(), t.device)] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run()
+    del out
+    return sum(kept.values())
 
 
 def device_name(device: torch.device | str) -> str:

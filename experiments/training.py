@@ -12,15 +12,12 @@ from __future__ import annotations
 import copy
 import os
 import random
-import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -31,7 +28,8 @@ from encoders.lm.frozen_block import (
     trainable_parameter_count,
 )
 from encoders.lm.inserted import VisualBlockSlot
-from experiments.batches import as_float32, batch_len, forward, to_device
+from experiments.accumulation import exactness, trial_micro_batch
+from experiments.batches import as_float32, to_device
 from experiments.block_measures import block_measures
 from experiments.compute import configure
 from experiments.cost import (
@@ -43,7 +41,14 @@ from experiments.cost import (
     peak_memory_bytes,
     reset_peak_memory,
 )
+from experiments.epoch import (  # noqa: F401  (the loop's home; re-exported for callers)
+    NONFINITE_CHECK_STEPS,
+    EpochStats,
+    NonFiniteLossError,
+    train_epoch,
+)
 from experiments.loading import epoch_seed, loader_settings, resolve_num_workers, train_loader
+from experiments.memory_model import micro_batch_multiple
 from experiments.objectives.classification import CLASSIFICATION
 from experiments.param_groups import param_groups
 from experiments.plateau import chance_loss
@@ -51,13 +56,10 @@ from experiments.probe import probe_batch, probe_filtering, spread_batch
 from experiments.recipe import effective_lr, lr_at, make_loss, make_mixer
 from experiments.regularisation import apply_drop_path, clipper, ema_scores, make_ema
 from experiments.tasks.registry import task_for
-from experiments.trial import TrialSpec
+from experiments.trial import AUTO_MICRO_BATCH, TrialSpec
 from experiments.trial_model import build_trial_model
 
 VAL_BATCH_SIZE = 256
-# On CUDA the loss is checked for NaN/inf every this many steps (a check is a host sync,
-# which would stall the GPU's queue every step); on CPU every step, where it costs nothing.
-NONFINITE_CHECK_STEPS = 50
 
 @dataclass
 class TrainState:
@@ -78,123 +80,6 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     # clone: on CPU, .cpu() aliases the live tensors, which the next step would overwrite
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in frozen}
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite: the trial stops (the sweep goes on)."""
-
-
-@dataclass(frozen=True)
-class EpochStats:
-    """One training pass: its mean loss and what it cost. ``seconds`` is the training phase's
-    wall time (the GPU's queue drained at its end), FLOP counting excluded."""
-
-    loss: float
-    samples: int
-    steps: int
-    seconds: float
-    data_wait_s: float  # time spent waiting for the loader's next batch
-
-    @property
-    def samples_per_s(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def step_time_s(self) -> float:
-        return self.seconds / self.steps if self.steps else 0.0
-
-    @property
-    def data_wait_share(self) -> float:
-        return self.data_wait_s / self.seconds if self.seconds > 0 else 0.0
-
-
-def _check_finite(losses: list[torch.Tensor], checked: int, epoch: int) -> int:
-    """Raise on the first non-finite loss after index ``checked``; returns the new mark."""
-    if len(losses) > checked:
-        recent = torch.stack(losses[checked:])
-        bad = ~torch.isfinite(recent)
-        if bad.any():
-            step = checked + int(bad.nonzero()[0, 0])
-            raise NonFiniteLossError(
-                f"loss is {losses[step].item()} at epoch {epoch + 1}, step {step}")
-    return len(losses)
-
-
-def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
-                lr: Callable[[int], float] | None = None, loss_fn=None, mixer=None,
-                autocast: Callable[[], AbstractContextManager] = nullcontext,
-                scaler: torch.amp.GradScaler | None = None,
-                before_first_step: Callable[[object, object], None] | None = None,
-                check_every: int | None = None, clip: Callable[[], None] | None = None,
-                after_step: Callable[[], None] | None = None) -> EpochStats:
-    """One pass; ``lr(step)`` sets the learning rate before each step (the schedule),
-    ``mixer`` turns (x, y) into mixed inputs and soft targets for ``loss_fn`` (the task's
-    objective's loss; cross-entropy when not given), ``autocast()`` wraps each forward.
-    The loss stays on the device (no host sync per step); ``before_first_step(x, y)`` sees
-    the first batch as the model will (the FLOP count), its time left out of the stats.
-    ``check_every``: steps between NaN/inf checks (default: 1 on CPU, else
-    ``NONFINITE_CHECK_STEPS``); a late check still names the first bad step. ``clip()``
-    clips the gradients (unscaled first under a scaler), ``after_step()`` follows each
-    step (the EMA's update); a group's ``lr_scale`` multiplies ``lr(step)``."""
-    model.train()
-    device = torch.device(device)
-    loss_fn = loss_fn or F.cross_entropy
-    check_every = check_every or (1 if device.type == "cpu" else NONFINITE_CHECK_STEPS)
-    losses: list[torch.Tensor] = []
-    sizes: list[int] = []
-    checked, wait, excluded = 0, 0.0, 0.0
-    start = time.perf_counter()
-    batches = iter(loader)
-    step = 0
-    while True:
-        t = time.perf_counter()
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            break
-        wait += time.perf_counter() - t
-        x = to_device(x, device, non_blocking=True)
-        y = to_device(y, device, non_blocking=True)
-        if lr is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = lr(step) * group.get("lr_scale", 1.0)
-        if mixer is not None:
-            x, y = mixer(x, y)
-        if before_first_step is not None and step == 0:
-            t = time.perf_counter()
-            before_first_step(x, y)
-            excluded += time.perf_counter() - t
-        with autocast():
-            out = forward(model, x)  # floating outputs in float32: the loss is not in bf16
-        loss = loss_fn(out, y)
-        losses.append(loss.detach())
-        sizes.append(batch_len(y))
-        if check_every == 1:  # before the step: the weights stay finite
-            checked = _check_finite(losses, checked, epoch)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if clip is not None:
-                scaler.unscale_(optimizer)
-                clip()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if clip is not None:
-                clip()
-            optimizer.step()
-        if after_step is not None:
-            after_step()
-        step += 1
-        if step % check_every == 0:
-            checked = _check_finite(losses, checked, epoch)
-    _check_finite(losses, checked, epoch)
-    n = sum(sizes)
-    weights = torch.tensor(sizes, dtype=torch.float32, device=device)
-    total = (torch.stack(losses).float() * weights).sum().item() if losses else float("nan")
-    seconds = time.perf_counter() - start - excluded  # .item() above drained the queue
-    return EpochStats(total / max(n, 1), n, step, seconds, wait)
 
 
 def available_cpus() -> int:
@@ -229,13 +114,15 @@ def run_trial(
     device: str | torch.device = "cpu",
     cpus: int | None = None,
     peak_tflops: float | None = None,
+    gpu_share: float = 1.0,
 ) -> BlockInfo:
     """Train ``trial`` from its start (or from ``restore``), reporting every epoch's metrics
     with the state to checkpoint. Reports carry what the block was built from (weights'
     source, checkpoint identity, layers' hash), how the trial ran (``RUN_SETTINGS``) and what
     it cost: the driver records the constants once. ``cpus``: the CPUs the trial was given
     (sizes ``num_workers=auto``; default: this process's), ``peak_tflops``: the device's bf16
-    peak for MFU when the known-GPU table lacks it."""
+    peak for MFU when the known-GPU table lacks it, ``gpu_share``: the part of the GPU the
+    trial was given (``--micro-batch auto`` fits its step in that part)."""
     hp = trial.hparams
     task = task_for(trial.task, trial.encoder, data_dir)
     device = torch.device(device)
@@ -269,6 +156,8 @@ def run_trial(
         mixer, loss_fn = None, objective.loss
     if isinstance(block, AuxiliaryBranch):  # Bai et al.: + aux_weight x the branch's loss
         loss_fn = with_auxiliary_loss(loss_fn, block, hp.aux_weight)
+    multiple = micro_batch_multiple(trial)
+    micro = trial_micro_batch(trial, gpu_bytes(device, gpu_share))
     cpus = cpus or available_cpus()
     workers = resolve_num_workers(hp.num_workers, cpus, task.embedded, device)
     settings = loader_settings(workers, device)
@@ -322,7 +211,10 @@ def run_trial(
             mixer=mixer, autocast=compute.autocast, scaler=scaler,
             before_first_step=count_once if flops is None else None,
             clip=clipper(optimizer, hp.clip_grad),
-            after_step=(lambda: ema.update(model)) if ema is not None else None)
+            after_step=(lambda: ema.update(model)) if ema is not None else None,
+            micro_batch=micro, multiple_of=multiple,
+            retry_out_of_memory=device.type == "cuda" and hp.micro_batch == AUTO_MICRO_BATCH)
+        micro = stats.micro_batch  # what the first step settled on, for every later one
         with compute.autocast():
             scores = objective.evaluate(runner, val_loader, device)
             scores.update(ema_scores(ema, lambda m: objective.evaluate(m, val_loader, device)))
@@ -340,6 +232,7 @@ def run_trial(
             **epoch_cost(stats, flops, device, peak),
             **built,
             **run_settings,
+            **batch_settings(hp.batch_size, micro, model, objective, multiple == 2),
             **recipe,
             **filtering,
             **initial,  # Bai et al.'s measures before the first step, then at this epoch
@@ -351,6 +244,24 @@ def run_trial(
                            trainable_state(ema.module) if ema is not None else None)
         report(metrics, state)
     return info
+
+
+def gpu_bytes(device: torch.device, share: float) -> float | None:
+    """The GPU memory a trial may fill: its share of the device's; None on a CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory * share
+
+
+def batch_settings(batch_size: int, micro: int, model: nn.Module, objective,
+                   mixing: bool) -> dict[str, object]:
+    """How the global batch ran (``experiments.cost.RUN_SETTINGS``): its micro-batches, and
+    whether k of them are the whole batch's step (``experiments.accumulation``)."""
+    steps = -(-batch_size // micro)
+    exact = ("exact" if steps == 1 else
+             exactness(model, getattr(objective, "per_sample_loss", True), mixing))
+    return {"global_batch": batch_size, "micro_batch_size": micro, "accum_steps": steps,
+            "accumulation_exact": exact}
 
 
 def cost_params(model: nn.Module, block: nn.Module | None, flops: StepFlops | None,

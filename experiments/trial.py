@@ -45,6 +45,7 @@ def parse_label(text: str) -> Selection:
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # compute_dtype
 SCHEDULES = ("constant", "cosine")  # schedule: the lr after warm-up
 AUTO_WORKERS = "auto"  # num_workers: chosen per device and dataset (experiments.loading)
+AUTO_MICRO_BATCH = "auto"  # micro_batch: what fits the GPU (experiments.memory_model)
 
 
 def check_num_workers(setting: object) -> None:
@@ -57,6 +58,23 @@ def check_num_workers(setting: object) -> None:
     except ValueError:
         pass
     raise ValueError(f"bad num_workers {setting!r}; valid: auto or an integer >= 0")
+
+
+def check_micro_batch(setting: object, batch_size: int, multiple_of: int = 1) -> None:
+    """Raise ValueError naming the bad value and the valid ones (the plan's pre-flight): a
+    micro-batch divides the global batch (every step the same k equal micro-batches), and is
+    even where Mixup/CutMix mix each one (``multiple_of`` 2)."""
+    if str(setting) == AUTO_MICRO_BATCH:
+        return
+    try:
+        micro = int(str(setting))
+    except ValueError:
+        micro = 0
+    if micro > 0 and batch_size % micro == 0 and micro % multiple_of == 0:
+        return
+    even = " and even (Mixup/CutMix mix each micro-batch)" if multiple_of == 2 else ""
+    raise ValueError(f"bad micro_batch {setting!r} for batch_size {batch_size}; valid: auto "
+                     f"or a divisor of {batch_size}{even}")
 
 
 # ``final_norm`` was a bool: a preset's true/false and an older run's "True"/"False" read as
@@ -107,14 +125,21 @@ class Hyperparameters:
     # a trial's key: a cell finished with 0 workers is not run again with 8.
     num_workers: str = "auto"  # DataLoader workers: auto (from the trial's CPUs) or a count
     compile: bool = False  # the model (visual encoder + block) under torch.compile
+    # Samples per forward: batch_size is the global batch, split into batch_size/micro_batch
+    # micro-batches per optimizer step (experiments/accumulation.py); auto: what fits the GPU
+    # (the whole batch on a CPU). Out of the key like the two above: where a model's samples
+    # do not meet in the forward the step is the same (a run records when they do).
+    micro_batch: str = "auto"
 
     def __post_init__(self) -> None:  # a YAML preset or MLflow may give 4 or "4": one form
         object.__setattr__(self, "num_workers", str(self.num_workers))
+        object.__setattr__(self, "micro_batch", str(self.micro_batch))
         object.__setattr__(self, "final_norm", final_norm_choice(self.final_norm))
 
 
 HPARAMS = tuple(f.name for f in dataclasses.fields(Hyperparameters))
-RUNTIME_HPARAMS = ("num_workers", "compile")  # recorded, but not part of a trial's identity
+# recorded, but not part of a trial's identity
+RUNTIME_HPARAMS = ("num_workers", "compile", "micro_batch")
 # Hyperparameters added after sweeps were recorded, at the value that trains exactly as before
 # they existed: left out of a trial's key at that value, so a cell an older sweep finished is
 # still found finished (and not run again).

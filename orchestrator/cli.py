@@ -67,7 +67,7 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
         changes.update(parse_epochs(args.epochs))
     for name in ("lr", "weight_decay", "batch_size", "compute_dtype", "final_norm",
                  "schedule", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "name",
-                 "num_workers", "compile", "lm_lr_scale"):
+                 "num_workers", "compile", "lm_lr_scale", "micro_batch"):
         if (v := getattr(args, name)) is not None:
             changes[name] = v
     for name in ("adapter_lr_scale", "clip_grad", "drop_path", "ema_decay", "repeated_aug",
@@ -213,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             if value is not None and value <= 0:
                 raise SpecError(f"--{flag} must be positive (got {value})")
         _check_peak_env(args.peak_tflops)
+        from orchestrator.estimate import ASSUMED_GPU_MEMORY_BYTES
+        from orchestrator.resources import check_fits
+
+        check_fits(plan, args.gpu_memory_gb * 1e9 if args.gpu_memory_gb else
+                   ASSUMED_GPU_MEMORY_BYTES)
         if args.search_hparams not in (None, *HPARAM_SEARCHES):
             raise SpecError(f"unknown --search-hparams {args.search_hparams!r}; "
                             f"valid: {', '.join(HPARAM_SEARCHES)}")

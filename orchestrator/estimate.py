@@ -3,7 +3,8 @@
 Per cell kind (family, size, position, task, control): the trials, each one's training FLOPs per
 sample, samples and GPU-hours (``experiments.cost_model``: analytic, at an assumed GPU and
 MFU, both printed), the GPU share a trial asks for (``orchestrator.resources``, from the
-block's memory, as a real run sizes it) and so how many trials one GPU holds; then the
+training step's memory, as a real run sizes it), the micro-batch it runs and so how many
+trials one GPU holds; then the
 study's GPU-hours, its wall clock on a few GPU counts, and the bytes of weights a node
 reads. Linear in the plan: trial costs are cached per cell kind, the table is one groupby.
 """
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from encoders.lm.controls import get_control
 from encoders.lm.registry import get_family
 from experiments.cost_model import GPU, trial_cost
+from experiments.memory_model import planned_micro_batch
 from experiments.trial import TrialSpec
 from orchestrator.resources import gpu_share
 
@@ -44,24 +46,27 @@ def estimate_table(plan: list[TrialSpec], assumptions: Assumptions) -> pd.DataFr
     GPU-hours (NaN for a task without a cost row) and GPU share."""
     import pandas as pd
 
-    names = (*CELL, "train_gflops", "samples", "gpu_hours", "gpu_share")
+    names = (*CELL, "train_gflops", "samples", "gpu_hours", "gpu_share", "micro_batch", "k")
+    share = assumptions.gpus_per_trial
+    trial_bytes = assumptions.gpu_memory_bytes * (min(1.0, share) if share else 1.0)
     known: dict[tuple, tuple] = {}  # per cell kind: the row (seeds and layers share it)
     rows = []
     for t in plan:
         hp = t.hparams
         key = (t.family, t.size, len(t.layers), t.position, t.task, t.control, hp.epochs,
-               hp.ema_decay, hp.batch_size)
+               hp.ema_decay, hp.batch_size, hp.micro_batch)
         row = known.get(key)
         if row is None:
             cost = trial_cost(t)
-            share = (assumptions.gpus_per_trial if assumptions.gpus_per_trial is not None
-                     else gpu_share(t, assumptions.gpu_memory_bytes))
+            micro = planned_micro_batch(t, trial_bytes) or 0  # check_fits refuses 0
             row = known[key] = (
                 t.family or "-", t.size or "-", t.position if t.family else "-", t.task,
                 t.control,
                 cost.step.train_step / 1e9 if cost else math.nan,
                 cost.train_samples if cost else math.nan,
-                cost.gpu_hours(assumptions.gpu) if cost else math.nan, share)
+                cost.gpu_hours(assumptions.gpu) if cost else math.nan,
+                share if share is not None else gpu_share(t, assumptions.gpu_memory_bytes),
+                micro, -(-hp.batch_size // micro) if micro else 0)
         rows.append(row)
     return pd.DataFrame.from_records(rows, columns=names)
 
@@ -73,6 +78,7 @@ def cell_table(estimates: pd.DataFrame) -> pd.DataFrame:
         trials=("gpu_hours", "size"), train_gflops=("train_gflops", "mean"),
         samples=("samples", "mean"), gpu_h_per_trial=("gpu_hours", "mean"),
         gpu_h=("gpu_hours", lambda h: h.sum(min_count=1)), gpu_share=("gpu_share", "max"),
+        micro_batch=("micro_batch", "min"), k=("k", "max"),
     ).reset_index()
     cells["per_gpu"] = (1 / cells["gpu_share"] + 1e-9).map(math.floor)
     return cells
@@ -112,7 +118,7 @@ def estimate_lines(plan: list[TrialSpec], assumptions: Assumptions,
     est = estimate_table(plan, assumptions)
     cells = cell_table(est)
     shares = ("--gpus-per-trial" if assumptions.gpus_per_trial is not None else
-              f"from the block's memory on {assumptions.gpu_memory_bytes / 1e9:g} GB GPUs "
+              f"from a step's memory on {assumptions.gpu_memory_bytes / 1e9:g} GB GPUs "
               "(--gpu-memory-gb)")
     gpu_line = (f"  GPU: {gpu.name}, dense bf16 peak {gpu.peak_flops / 1e12:g} TFLOP/s "
                 f"(--peak-tflops for another), at an assumed {gpu.mfu:.0%} MFU; GPU share "
@@ -120,11 +126,14 @@ def estimate_lines(plan: list[TrialSpec], assumptions: Assumptions,
     flops_line = ("  FLOPs per training sample: the task's encoder (its catalog row) + the "
                   "inserted module: 2 x params x tokens + attention; backward 2x forward where "
                   "weights train, 1x through a frozen block")
+    micro_line = ("  micro_batch, k: the samples per forward and the micro-batches per optimizer "
+                  "step (--micro-batch auto: the largest that fits the GPU by "
+                  "experiments/memory_model.py; k 1: the whole batch at once)")
     samples_line = ("  samples per trial: epochs x the task's training set, plus a validation "
                     "forward each epoch; small models reach far less than the assumed MFU: "
                     "their hours are a lower bound")
     head = "cost estimate: analytic, from the plan alone (not measured; experiments/cost_model.py)"
-    lines = ["", head, gpu_line, flops_line, samples_line,
+    lines = ["", head, gpu_line, flops_line, samples_line, micro_line,
              *(f"  {note}" for note in assumptions.notes)]
     shown = cells.assign(
         train_gflops=cells["train_gflops"].map(lambda g: "-" if math.isnan(g) else f"{g:.4g}"),

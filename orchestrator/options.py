@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DataLoader worker processes per trial: auto (none for embedded data "
                         "or on a CPU device, else the trial's CPUs but one) or an integer >= 0 "
                         f"({_preset('num_workers')})")
+    h.add_argument("--micro-batch",
+                   help="samples per forward: --batch-size stays the global batch, split "
+                        "into batch/micro micro-batches per optimizer step (gradient "
+                        "accumulation); auto (the largest that fits the GPU; the whole batch "
+                        "on a CPU) or a divisor of the batch size "
+                        f"({_preset('micro_batch')})")
     h.add_argument("--compile", action="store_true", default=None,
                    help="run the model (visual encoder + block) under torch.compile "
                         "(default: the preset's, else off)")

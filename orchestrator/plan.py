@@ -39,6 +39,7 @@ from experiments.trial import (
     task_label,
 )
 from orchestrator.layers import LayerSpecError, resolve_layers
+from orchestrator.resources import check_micro_batches
 from orchestrator.spec import SpecError, SweepSpec
 
 if TYPE_CHECKING:
@@ -315,6 +316,7 @@ def build_plan(spec: SweepSpec) -> list[TrialSpec]:
                                 for position in task_positions(spec, task, enc))
     if not trials:
         raise SpecError("empty sweep: the spec expands to no trial")
+    check_micro_batches(trials)
     return trials
 
 

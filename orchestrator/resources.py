@@ -1,4 +1,4 @@
-"""Per-trial resources from the plan: the block's memory decides a trial's share of a GPU.
+"""Per-trial resources from the plan: a step's memory decides a trial's share of a GPU.
 
 Several small-LM trials share one GPU (a MiniLM or OPT-125m layer needs well under a tenth of
 an 80 GB card) while a large block gets a larger share, up to a whole GPU; a CPU-only cluster
@@ -18,41 +18,28 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from encoders.lm.controls import get_control
-from encoders.lm.registry import get_family
-from experiments.trial import TrialSpec
+from experiments.memory_model import (
+    HEADROOM,
+    micro_batch_multiple,
+    planned_micro_batch,
+    step_memory,
+)
+from experiments.trial import TrialSpec, check_micro_batch
 
 if TYPE_CHECKING:  # the dry run's estimate reads the shares without importing Ray
     from ray.tune import PlacementGroupFactory
 
 GPU_SHARE_STEPS = 8  # shares are multiples of 1/8 GPU
-OVERHEAD_BYTES = 2 * 10**9  # CUDA context, the visual encoder, optimizer, data
-MAX_TOKENS = 256  # activation estimate: tokens per sample an insertion point may carry
-ACTIVATION_COPIES = 16  # per layer and token: attention/FFN intermediates kept for backward
-
-
-TRAINED_BYTES_PER_PARAM = 16  # float32 weight, its gradient and AdamW's two moments
-
-
-def block_memory_bytes(trial: TrialSpec, itemsize: int = 2) -> int:
-    """Frozen weights plus activations of the block, at a bf16 compute dtype by default;
-    a block that trains (finetuned, random-trained, the visual block sized like the LM
-    layer: controls with layers but no LM weights) holds ``TRAINED_BYTES_PER_PARAM``."""
-    if not trial.layers:
-        return 0
-    fam = get_family(trial.family)
-    hidden = fam.size(trial.size).hidden_size
-    arm = get_control(trial.control)
-    trained = arm.trains_lm or arm.weights_source == "none"
-    weights = (fam.layer_params(trial.size) * len(trial.layers)
-               * (TRAINED_BYTES_PER_PARAM if trained else itemsize))
-    activations = (trial.hparams.batch_size * MAX_TOKENS * hidden * itemsize
-                   * ACTIVATION_COPIES * len(trial.layers))
-    return weights + activations
 
 
 def gpu_share(trial: TrialSpec, gpu_memory_bytes: float) -> float:
-    need = block_memory_bytes(trial) + OVERHEAD_BYTES
+    """The part of a GPU of ``gpu_memory_bytes`` the trial's step needs at the micro-batch
+    it will run (``experiments.memory_model``: under ``--micro-batch auto``, the largest that
+    fits one GPU), with the model's headroom; a whole GPU when even that does not fit."""
+    micro = planned_micro_batch(trial, gpu_memory_bytes)
+    if micro is None:
+        return 1.0
+    need = step_memory(trial).at(micro) / HEADROOM
     return min(1.0, math.ceil(need / gpu_memory_bytes * GPU_SHARE_STEPS) / GPU_SHARE_STEPS)
 
 
@@ -85,3 +72,44 @@ def per_trial_resources(
         return PlacementGroupFactory([{"CPU": cpus, "GPU": share}])
 
     return resources
+
+
+def check_micro_batches(plan: list[TrialSpec]) -> None:
+    """Every trial's ``--micro-batch`` divides its global batch (a task's own recipe may
+    change the batch), and is even where Mixup/CutMix mix each micro-batch; SpecError, one
+    line, otherwise."""
+    from orchestrator.spec import SpecError
+
+    seen = set()
+    for trial in plan:
+        hp = trial.hparams
+        case = (hp.micro_batch, hp.batch_size, micro_batch_multiple(trial))
+        if case in seen:
+            continue
+        seen.add(case)
+        try:
+            check_micro_batch(*case)
+        except ValueError as e:
+            raise SpecError(f"{e} (task {trial.task})") from None
+
+
+def check_fits(plan: list[TrialSpec], gpu_memory_bytes: float) -> None:
+    """Refuse, in one line, a plan with a trial that no micro-batch fits on one GPU (its
+    frozen layers alone may not): a real run would fail it on its first step, after Ray."""
+    from orchestrator.spec import SpecError
+
+    seen = set()
+    for trial in plan:
+        kind = (trial.family, trial.size, len(trial.layers), trial.task, trial.control,
+                trial.hparams.batch_size, trial.hparams.micro_batch)
+        if kind in seen:
+            continue
+        seen.add(kind)
+        memory = step_memory(trial)
+        smallest = micro_batch_multiple(trial)
+        if memory.at(smallest) > HEADROOM * gpu_memory_bytes:
+            raise SpecError(
+                f"trial {trial.run_name} needs {memory.at(smallest) / 1e9:.2f} GB at a "
+                f"micro-batch of {smallest} (experiments/memory_model.py), more than "
+                f"{HEADROOM:.0%} of a {gpu_memory_bytes / 1e9:g} GB GPU (--gpu-memory-gb); "
+                "valid: fewer layers per trial, a smaller size, or a larger GPU")

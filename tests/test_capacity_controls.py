@@ -249,17 +249,21 @@ def test_the_cost_table_shows_the_inserted_and_the_visual_block_counts():
 
 
 def test_a_trained_block_asks_for_the_memory_of_its_optimizer_state():
+    from experiments.memory_model import step_memory
     from experiments.trial import TrialSpec
-    from orchestrator.resources import block_memory_bytes
 
-    def need(control: str) -> int:  # the layers the plan gives each control
+    def need(control: str):  # the layers the plan gives each control
         layers = () if get_control(control).layers == "none" else (31,)
-        return block_memory_bytes(TrialSpec("llama", "2-7b", layers, "digits", control, 0))
+        return step_memory(TrialSpec("llama", "2-7b", layers, "digits", control, 0))
 
     weights = get_family("llama").layer_params("2-7b")
     for control in ("finetuned", "random-trained", "visual-block"):
-        assert need(control) - need("pretrained") == weights * (16 - 2), control
-    assert need("random") == need("pretrained") and need("mlp") == 0
+        assert need(control).fixed - need("pretrained").fixed == pytest.approx(
+            weights * (16 - 2)), control
+        assert need(control).per_sample > need("pretrained").per_sample  # its activations
+    assert need("random") == need("pretrained")
+    assert need("mlp").fixed == need("none").fixed  # no LM layer: no frozen weights
+    assert need("mlp").per_sample > need("none").per_sample  # its two LM-wide linears
 
 
 @pytest.mark.parametrize("control", ["finetuned", "visual-block", "mlp"])

@@ -62,6 +62,11 @@ def run_bad(capsys, *argv: str) -> str:
         (["--compute-dtype", "int3"], "unknown compute dtype 'int3'"),
         (["--epochs", "0"], "bad epochs 0; valid: an integer >= 1"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["--micro-batch", "7", "--batch-size", "32"],
+         "bad micro_batch '7' for batch_size 32; valid: auto or a divisor of 32"),
+        (["--family", "llama", "--sizes", "2-70b", "--layers", "0:60"],
+         ("needs 104.96 GB at a micro-batch of 1 (experiments/memory_model.py), more than "
+          "90% of a 80 GB GPU (--gpu-memory-gb); valid: fewer layers per trial")),
         (["--search-hparams", "both"],
          f"unknown --search-hparams 'both'; valid: {', '.join(HPARAM_SEARCHES)}"),
         (["--search-hparams"], "--search-hparams joint needs --search optuna (got --search grid)"),

@@ -462,3 +462,20 @@ def test_embedded_rows_match_their_data(task):
     assert (len(val.distinct_images()) if hasattr(val, "distinct_images")
             else len(val)) == row.val_samples
     assert _shapes(built.example(2)[0]) == _shapes(_embedded_inputs(task, 2))
+
+
+def test_the_deit_preset_names_the_micro_batch_of_the_7b_layer_per_gpu(capsys):
+    """DeiT's global batch of 1024 with LLaMA-7B's last layer: the step the memory model
+    sizes fits an 80 GB GPU whole; a 40 GB one takes it as 2 micro-batches of 512, a 24 GB
+    one in more; a given micro-batch is what the table says."""
+    def block_row(*flags):
+        rows = estimate_rows(dry_run(capsys, "--preset", "imagenet_deit", *flags))
+        return next(r for r in rows if r["control"] == "pretrained")
+
+    assert (block_row()["micro_batch"], block_row()["k"]) == ("1024", "1")
+    forty = block_row("--gpu-memory-gb", "40")
+    assert (forty["micro_batch"], forty["k"], forty["gpu_share"]) == ("512", "2", "1")
+    small = block_row("--gpu-memory-gb", "24")
+    assert int(small["micro_batch"]) < 512 and int(small["k"]) * int(small["micro_batch"]) == 1024
+    assert (block_row("--micro-batch", "128")["micro_batch"],
+            block_row("--micro-batch", "128")["k"]) == ("128", "8")

@@ -61,7 +61,6 @@ def test_embedded_default_trains_clearly_above_chance():
     spec = load_spec("pointcloud").replace(controls=("none",), seeds=(0,), epochs=8)
     (trial,) = build_plan(spec)
     out: list[dict] = []
-    torch.set_num_threads(2)
     run_trial(trial, lambda metrics, state: out.append(metrics))
     assert out[-1]["best_val_acc"] > 2.5 * task.chance, out[-1]
     assert 0 < out[-1]["val_mean_class_acc"] <= 1

@@ -1,12 +1,12 @@
-"""GPU shares from the block's memory; CPU-only clusters ask for no GPU."""
+"""GPU shares from a step's memory; CPU-only clusters ask for no GPU."""
 
 from __future__ import annotations
 
 import pytest
 
+from experiments.memory_model import step_memory
 from experiments.trial import Hyperparameters, TrialSpec
 from orchestrator.resources import (
-    block_memory_bytes,
     cpus_for,
     cpus_per_gpu,
     gpu_share,
@@ -25,7 +25,7 @@ def test_small_blocks_share_a_gpu_big_ones_get_more():
     assert gpu_share(t("minilm", "l6"), 80 * GB) == 0.125
     assert gpu_share(t("opt", "125m"), 80 * GB) == 0.125
     span = t("llama", "2-70b", layers=tuple(range(40)), batch=64)  # a 40-layer 70B span
-    assert block_memory_bytes(span) > 70 * GB
+    assert step_memory(span).at(64) > 70 * GB
     assert gpu_share(span, 80 * GB) == 1.0
     big = t("opt", "66b", layers=tuple(range(8)))
     assert 0.125 < gpu_share(big, 80 * GB) < 1.0

@@ -406,7 +406,6 @@ def test_embedded_default_trains_clearly_above_chance():
     spec = load_spec("retrieval").replace(controls=("none",), seeds=(0,), epochs=EPOCHS)
     (trial,) = build_plan(spec)
     out: list[dict] = []
-    torch.set_num_threads(2)
     run_trial(trial, lambda metrics, state: out.append(metrics))
     assert out[-1]["best_val_rmean"] > 5 * task.chance, out[-1]
     assert out[-1]["val_r10_t2i"] > out[-1]["val_r1_t2i"]

@@ -249,7 +249,7 @@ def test_driver_killed_then_resume_completes_every_cell_once(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = [sys.executable, str(ROOT / "sweep.py"), "--preset", "smoke", "--epochs", "3",
-            "--seeds", "0", "--quiet", "--tracking-uri", uri,
+            "--seeds", "0", "--controls", "none", "pretrained", "--quiet", "--tracking-uri", uri,
             "--storage", str(tmp_path / "ray"), "--experiment", "crash"]
     # The store's schema made before the driver starts: the polling below would otherwise
     # create it while the driver does (in a loaded CI run, the driver lost that race once
@@ -258,7 +258,8 @@ def test_driver_killed_then_resume_completes_every_cell_once(tmp_path):
     mlflow.search_experiments()
     driver = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
-    plan = build_plan(load_spec("smoke").replace(epochs=3, seeds=(0,)))
+    plan = build_plan(load_spec("smoke").replace(epochs=3, seeds=(0,),
+                                                 controls=("none", "pretrained")))
     deadline = time.time() + 400
     mlflow.set_tracking_uri(uri)
     while time.time() < deadline:  # kill once some cells are done and others are not

@@ -103,7 +103,8 @@ def test_a_trial_reports_what_it_cost_and_how_it_ran():
     assert (first["device_name"], first["peak_tflops"], first["mfu"]) == ("cpu", "", None)
     assert {k: first[k] for k in RUN_SETTINGS} == {
         "num_workers": 0, "cpus": 3, "autocast": "off", "tf32": False, "fused_adamw": False,
-        "compile": False}
+        "compile": False, "global_batch": 32, "micro_batch_size": 32, "accum_steps": 1,
+        "accumulation_exact": "exact"}
 
 
 def test_deferred_non_finite_check_names_the_first_bad_step():
