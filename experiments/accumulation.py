@@ -61,7 +61,7 @@ def exactness(model: nn.Module, per_sample_loss: bool, mixing: bool) -> str:
     docstring): recorded on the run, so a reader of accumulated results knows."""
     reasons = []
     norms = sorted({type(m).__name__ for m in model.modules()
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training})
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm)})
     if norms:
         reasons.append(f"{'/'.join(norms)} statistics per micro-batch")
     if not per_sample_loss:

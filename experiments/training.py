@@ -158,6 +158,8 @@ def run_trial(
         loss_fn = with_auxiliary_loss(loss_fn, block, hp.aux_weight)
     multiple = micro_batch_multiple(trial)
     micro = trial_micro_batch(trial, gpu_bytes(device, gpu_share))
+    # what k micro-batches would change (read before any evaluation puts BatchNorm in eval)
+    inexact = exactness(model, getattr(objective, "per_sample_loss", True), multiple == 2)
     cpus = cpus or available_cpus()
     workers = resolve_num_workers(hp.num_workers, cpus, task.embedded, device)
     settings = loader_settings(workers, device)
@@ -232,7 +234,7 @@ def run_trial(
             **epoch_cost(stats, flops, device, peak),
             **built,
             **run_settings,
-            **batch_settings(hp.batch_size, micro, model, objective, multiple == 2),
+            **batch_settings(hp.batch_size, micro, inexact),
             **recipe,
             **filtering,
             **initial,  # Bai et al.'s measures before the first step, then at this epoch
@@ -253,15 +255,12 @@ def gpu_bytes(device: torch.device, share: float) -> float | None:
     return torch.cuda.get_device_properties(device).total_memory * share
 
 
-def batch_settings(batch_size: int, micro: int, model: nn.Module, objective,
-                   mixing: bool) -> dict[str, object]:
+def batch_settings(batch_size: int, micro: int, inexact: str) -> dict[str, object]:
     """How the global batch ran (``experiments.cost.RUN_SETTINGS``): its micro-batches, and
-    whether k of them are the whole batch's step (``experiments.accumulation``)."""
+    whether k of them are the whole batch's step (``inexact``: ``accumulation.exactness``)."""
     steps = -(-batch_size // micro)
-    exact = ("exact" if steps == 1 else
-             exactness(model, getattr(objective, "per_sample_loss", True), mixing))
     return {"global_batch": batch_size, "micro_batch_size": micro, "accum_steps": steps,
-            "accumulation_exact": exact}
+            "accumulation_exact": "exact" if steps == 1 else inexact}
 
 
 def cost_params(model: nn.Module, block: nn.Module | None, flops: StepFlops | None,

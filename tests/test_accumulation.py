@@ -179,3 +179,13 @@ def test_the_largest_fitting_micro_batch_divides_the_batch():
         assert memory.at(micro) <= 0.9 * gb * 1e9
         assert micro == 1024 or memory.at(2 * micro) > 0.9 * gb * 1e9  # the largest
     assert largest_fitting(1024, memory, 1e9) is None  # its frozen layer alone: 0.4 GB + 2 GB
+
+
+def test_a_batch_norm_trial_records_that_its_micro_batches_are_not_its_batch():
+    """Read before evaluation puts the model in eval mode: every epoch's report says it."""
+    seen = []
+    hp = Hyperparameters(epochs=2, batch_size=32, micro_batch="16")
+    run_trial(TrialSpec("", "", (), "digits-convstem", "none", 0, hp),
+              lambda m, s: seen.append(m), cpus=1)
+    assert [m["accum_steps"] for m in seen] == [2, 2]
+    assert all("BatchNorm2d statistics per micro-batch" in m["accumulation_exact"] for m in seen)
