@@ -50,15 +50,17 @@ class EpochStats:
         return self.data_wait_s / self.seconds if self.seconds > 0 else 0.0
 
 
-def _check_finite(losses: list[torch.Tensor], checked: int, epoch: int) -> int:
-    """Raise on the first non-finite loss after index ``checked``; returns the new mark."""
+def _check_finite(losses: list[torch.Tensor], steps: list[int], checked: int,
+                  epoch: int) -> int:
+    """Raise on the first non-finite loss after index ``checked`` (a micro-batch's), naming
+    its optimizer step (``steps``, aligned with ``losses``); returns the new mark."""
     if len(losses) > checked:
         recent = torch.stack(losses[checked:])
         bad = ~torch.isfinite(recent)
         if bad.any():
-            step = checked + int(bad.nonzero()[0, 0])
+            first = checked + int(bad.nonzero()[0, 0])
             raise NonFiniteLossError(
-                f"loss is {losses[step].item()} at epoch {epoch + 1}, step {step}")
+                f"loss is {losses[first].item()} at epoch {epoch + 1}, step {steps[first]}")
     return len(losses)
 
 
@@ -92,6 +94,7 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
     check_every = check_every or (1 if device.type == "cpu" else NONFINITE_CHECK_STEPS)
     losses: list[torch.Tensor] = []
     sizes: list[int] = []
+    at_step: list[int] = []  # each loss's optimizer step (k losses a step when accumulating)
     checked, wait, excluded = 0, 0.0, 0.0
     start = time.perf_counter()
     batches = iter(loader)
@@ -114,8 +117,9 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
             loss = loss_fn(out, yi)
             losses.append(loss.detach())
             sizes.append(batch_len(yi))
+            at_step.append(step)
             if check_every == 1:  # before the step: the weights stay finite
-                checked = _check_finite(losses, checked, epoch)
+                checked = _check_finite(losses, at_step, checked, epoch)
             share = loss if micro >= n else loss * (batch_len(yi) / n)
             (scaler.scale(share) if scaler is not None else share).backward()
 
@@ -137,6 +141,7 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
                 pass  # out of the handler first: its traceback holds the step's activations
             losses.clear()
             sizes.clear()
+            at_step.clear()
             checked = 0
             micro = out_of_memory_retry(batch_len(y), micro, multiple_of, clear)
 
@@ -170,8 +175,8 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
             after_step()
         step += 1
         if len(losses) - checked >= check_every:
-            checked = _check_finite(losses, checked, epoch)
-    _check_finite(losses, checked, epoch)
+            checked = _check_finite(losses, at_step, checked, epoch)
+    _check_finite(losses, at_step, checked, epoch)
     n = sum(sizes)
     weights = torch.tensor(sizes, dtype=torch.float32, device=device)
     total = (torch.stack(losses).float() * weights).sum().item() if losses else float("nan")

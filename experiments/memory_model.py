@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from encoders.lm.controls import get_control
 from encoders.lm.registry import get_family
 from experiments.cost_model import has_linears
+from experiments.tasks.registry import task_entry
 from experiments.trial import AUTO_MICRO_BATCH, TrialSpec
 
 TRAINED_VIT_BYTES = 37  # per token, layer and unit of width, bf16 autocast (measured 36.8)
@@ -63,8 +64,6 @@ def vit_layers(encoder_gflops: float, tokens: int, width: int) -> float:
 
 def step_memory(trial: TrialSpec) -> StepMemory:
     """The trial's training step in bytes (see the module's docstring for the constants)."""
-    from experiments.tasks.registry import task_entry
-
     row = task_entry(trial.task).cost
     tokens = row.tokens if row is not None else MAX_TOKENS
     fixed, per_sample = float(OVERHEAD_BYTES), 0.0
@@ -110,8 +109,6 @@ def divisors(n: int) -> list[int]:
 
 def micro_batch_multiple(trial: TrialSpec) -> int:
     """2 where Mixup/CutMix mix each micro-batch (timm's Mixup needs an even batch), else 1."""
-    from experiments.tasks.registry import task_entry
-
     hp = trial.hparams
     return 2 if task_entry(trial.task).classification and (hp.mixup or hp.cutmix) else 1
 

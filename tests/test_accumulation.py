@@ -189,3 +189,14 @@ def test_a_batch_norm_trial_records_that_its_micro_batches_are_not_its_batch():
               lambda m, s: seen.append(m), cpus=1)
     assert [m["accum_steps"] for m in seen] == [2, 2]
     assert all("BatchNorm2d statistics per micro-batch" in m["accumulation_exact"] for m in seen)
+
+
+def test_a_non_finite_loss_names_its_optimizer_step_not_its_micro_batch():
+    from experiments.training import NonFiniteLossError
+
+    model = nn.Linear(4, 3)
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
+    data[2][0][5] = float("nan")  # step 2's second micro-batch of 4: micro-batch 5 overall
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1, step 2$"):
+        train_epoch(model, data, torch.optim.SGD(model.parameters(), lr=0.0), "cpu",
+                    micro_batch=4)
