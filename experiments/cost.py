@@ -55,7 +55,8 @@ COST_METRICS = (
 # How the trial ran where it landed: MLflow tags (set again when a retry lands elsewhere).
 RUN_SETTINGS = (
     "num_workers",  # DataLoader worker processes ("auto" resolved)
-    "cpus",  # CPUs Ray gave the trial
+    "cpus",  # CPUs Ray gave the trial (each of its processes, data-parallel)
+    "data_parallel",  # processes training it data-parallel (--gpus-per-trial N > 1), else 1
     "autocast",  # the autocast dtype, or "off"
     "tf32",  # TF32 allowed for float32 matmuls/convolutions (CUDA)
     "fused_adamw",  # AdamW's fused kernel in use

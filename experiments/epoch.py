@@ -4,7 +4,7 @@ micro-batches (``experiments.accumulation``), the loss kept on the device."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from experiments.accumulation import out_of_memory_retry, split_batch
 from experiments.batches import batch_len, forward, to_device
 from experiments.cost import rng_states, set_rng_states
+from experiments.parallel import SINGLE, DataParallel
 
 # On CUDA the loss is checked for NaN/inf every this many steps (a check is a host sync,
 # which would stall the GPU's queue every step); on CPU every step, where it costs nothing.
@@ -72,7 +73,9 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
                 check_every: int | None = None, clip: Callable[[], None] | None = None,
                 after_step: Callable[[], None] | None = None,
                 micro_batch: int | None = None, retry_out_of_memory: bool = False,
-                multiple_of: int = 1) -> EpochStats:
+                multiple_of: int = 1, seed_micro: Callable[[int, int], None] | None = None,
+                parallel: DataParallel = SINGLE, global_sizes: Sequence[int] | None = None,
+                no_sync: Callable[[], AbstractContextManager] = nullcontext) -> EpochStats:
     """One pass; ``lr(step)`` sets the learning rate before each optimizer step (the
     schedule), ``mixer`` turns (x, y) into mixed inputs and soft targets for ``loss_fn`` (the
     task's objective's loss; cross-entropy when not given), ``autocast()`` wraps each forward.
@@ -87,7 +90,13 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
     is one optimizer step over its micro-batches, their losses weighted by their share.
     ``retry_out_of_memory``: the first step that runs out of memory clears its gradients, puts
     the RNGs back and runs again at the next smaller micro-batch dividing the batch (a
-    multiple of ``multiple_of``); the stats name the one it ended with."""
+    multiple of ``multiple_of``); the stats name the one it ended with.
+
+    ``seed_micro(step, index)`` seeds the RNGs before micro-batch ``index`` of the step
+    (counted over the global batch). Data-parallel (``experiments.parallel``): the loader
+    yields this rank's slice of each global batch, ``global_sizes[step]`` the whole batch's
+    size (the weights' denominator, times ``parallel.world`` as DDP averages the ranks), and
+    every micro-batch but the rank's last runs under ``no_sync()``."""
     model.train()
     device = torch.device(device)
     loss_fn = loss_fn or F.cross_entropy
@@ -103,25 +112,32 @@ def train_epoch(model, loader, optimizer, device, epoch: int = 0, *,
     def accumulate(x, y, micro: int) -> None:
         nonlocal checked, excluded
         n = batch_len(y)
-        for xi, yi in zip(split_batch(x, micro), split_batch(y, micro), strict=True):
+        whole = global_sizes[step] if global_sizes is not None else n
+        parts = list(zip(split_batch(x, micro), split_batch(y, micro), strict=True))
+        for j, (xi, yi) in enumerate(parts):
+            if seed_micro is not None:
+                seed_micro(step, parallel.rank * len(parts) + j)
             xi = to_device(xi, device, non_blocking=True)
             yi = to_device(yi, device, non_blocking=True)
             if mixer is not None:
                 xi, yi = mixer(xi, yi)
             if before_first_step is not None and step == 0 and not losses:
-                t = time.perf_counter()
+                t, rng = time.perf_counter(), rng_states()
                 before_first_step(xi, yi)
+                set_rng_states(rng)  # the count draws nothing the step would have drawn
                 excluded += time.perf_counter() - t
-            with autocast():
-                out = forward(model, xi)  # floating outputs in float32: the loss is not in bf16
-            loss = loss_fn(out, yi)
-            losses.append(loss.detach())
-            sizes.append(batch_len(yi))
-            at_step.append(step)
-            if check_every == 1:  # before the step: the weights stay finite
-                checked = _check_finite(losses, at_step, checked, epoch)
-            share = loss if micro >= n else loss * (batch_len(yi) / n)
-            (scaler.scale(share) if scaler is not None else share).backward()
+            with no_sync() if j < len(parts) - 1 else nullcontext():
+                with autocast():
+                    out = forward(model, xi)  # floating outputs in float32: no bf16 loss
+                loss = loss_fn(out, yi)
+                losses.append(loss.detach())
+                sizes.append(batch_len(yi))
+                at_step.append(step)
+                if check_every == 1:  # before the step: the weights stay finite
+                    checked = _check_finite(losses, at_step, checked, epoch)
+                share = (loss if len(parts) == 1 and parallel.world == 1
+                         else loss * (batch_len(yi) * parallel.world / whole))
+                (scaler.scale(share) if scaler is not None else share).backward()
 
     def fitting_first_step(x, y, micro: int) -> int:
         nonlocal checked

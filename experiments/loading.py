@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from experiments.parallel import SINGLE, DataParallel, RankBatchSampler
 from experiments.trial import AUTO_WORKERS
 
 AUTO = AUTO_WORKERS
@@ -48,6 +49,23 @@ def resolve_num_workers(setting: str | int, cpus: int, in_memory: bool,
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of one epoch of one trial: its shuffle and the main process's RNGs."""
     return seed * 100_003 + epoch
+
+
+def micro_seed(seed: int, epoch: int, step: int, index: int) -> int:
+    """The seed of one micro-batch's draws (dropout, drop-path, Mixup/CutMix): micro-batch
+    ``index`` of optimizer step ``step``, counted over the whole global batch, so that the
+    same micro-batch draws the same on one process or on the rank that holds it
+    (``experiments.parallel``), and on a retried first step."""
+    digest = hashlib.blake2b(f"micro/{seed}/{epoch}/{step}/{index}".encode(),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def seed_all(seed: int) -> None:
+    """torch's (CPU and CUDA), ``random``'s and numpy's global RNGs, from one seed."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # numpy's seeds are 32-bit; torch's and random's are not
+    random.seed(seed)
 
 
 def sample_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
@@ -169,11 +187,17 @@ def loader_settings(num_workers: int, device: torch.device, *, persistent: bool 
 
 
 def train_loader(dataset: Dataset, batch_size: int, seed: int, *, drop_last: bool,
-                 repeats: int = 0, **settings: object) -> tuple[DataLoader, EpochSampler]:
+                 repeats: int = 0, parallel: DataParallel = SINGLE, **settings: object
+                 ) -> tuple[DataLoader, EpochSampler]:
     """The trial's one training loader (its workers live as long as it does) and the sampler
-    whose ``set_epoch`` moves it to the next epoch; ``repeats`` > 1: repeated augmentation."""
+    whose ``set_epoch`` moves it to the next epoch; ``repeats`` > 1: repeated augmentation.
+    Data-parallel, the loader yields this rank's slice of each global batch (its
+    ``batch_sampler``: ``experiments.parallel.RankBatchSampler``, which knows their sizes)."""
     n = len(dataset)  # type: ignore[arg-type]
     sampler = RepeatedEpochSampler(n, seed, repeats) if repeats > 1 else EpochSampler(n, seed)
-    loader = DataLoader(SeededSamples(dataset, seed), batch_size=batch_size, sampler=sampler,
-                        drop_last=drop_last, **settings)  # type: ignore[arg-type]
-    return loader, sampler
+    samples = SeededSamples(dataset, seed)
+    if parallel.world == 1:
+        return DataLoader(samples, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                          **settings), sampler  # type: ignore[arg-type]
+    batches = RankBatchSampler(sampler, batch_size, drop_last, parallel)
+    return DataLoader(samples, batch_sampler=batches, **settings), sampler  # type: ignore[arg-type]

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -29,7 +27,7 @@ from encoders.lm.frozen_block import (
 )
 from encoders.lm.inserted import VisualBlockSlot
 from experiments.accumulation import exactness, trial_micro_batch
-from experiments.batches import as_float32, to_device
+from experiments.batches import as_float32, forward, to_device
 from experiments.block_measures import block_measures
 from experiments.compute import configure
 from experiments.cost import (
@@ -47,9 +45,27 @@ from experiments.epoch import (  # noqa: F401  (the loop's home; re-exported for
     NonFiniteLossError,
     train_epoch,
 )
-from experiments.loading import epoch_seed, loader_settings, resolve_num_workers, train_loader
+from experiments.loading import (
+    epoch_seed,
+    loader_settings,
+    micro_seed,
+    resolve_num_workers,
+    seed_all,
+    train_loader,
+)
 from experiments.memory_model import micro_batch_multiple
 from experiments.objectives.classification import CLASSIFICATION
+from experiments.parallel import (
+    SINGLE,
+    DataParallel,
+    RankBatchSampler,
+    Reduced,
+    rank_trial,
+    reduce_epoch,
+    unused_parameters,
+    wrap,
+)
+from experiments.parallel import no_sync as no_sync_of
 from experiments.param_groups import param_groups
 from experiments.plateau import chance_loss
 from experiments.probe import probe_batch, probe_filtering, spread_batch
@@ -73,7 +89,7 @@ class TrainState:
     ema: dict | None = None  # the weights' moving average (its trainable tensors), when kept
 
 
-Report = Callable[[dict[str, object], TrainState], None]
+Report = Callable[[dict[str, object], TrainState | None], None]
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -90,17 +106,20 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def epoch_cost(stats: EpochStats, flops: StepFlops | None, device: torch.device,
-               peak: float | None) -> dict[str, object]:
-    """The per-epoch cost metrics (``experiments.cost.COST_METRICS``)."""
-    achieved = flops.train_step_per_sample * stats.samples_per_s if flops else None
+def epoch_cost(run: Reduced, steps: int, flops: StepFlops | None, peak: float | None,
+               world: int = 1) -> dict[str, object]:
+    """The per-epoch cost metrics (``experiments.cost.COST_METRICS``) over every process of
+    the trial: samples/s summed (every rank's samples over the slowest rank's time), MFU
+    over the ``world`` GPUs' peak."""
+    per_s = run.samples / run.seconds if run.seconds > 0 else 0.0
+    achieved = flops.train_step_per_sample * per_s if flops else None
     return {
-        "samples_per_s": stats.samples_per_s,
-        "step_time_s": stats.step_time_s,
-        "data_wait_share": stats.data_wait_share,
-        "peak_memory_bytes": peak_memory_bytes(device),
+        "samples_per_s": per_s,
+        "step_time_s": run.seconds / steps if steps else 0.0,
+        "data_wait_share": run.data_wait_s / run.seconds if run.seconds > 0 else 0.0,
+        "peak_memory_bytes": run.peak_memory_bytes,
         "achieved_tflops": achieved / 1e12 if achieved is not None else None,
-        "mfu": mfu(achieved, peak) if achieved is not None else None,
+        "mfu": mfu(achieved, peak * world) if achieved is not None and peak else None,
     }
 
 
@@ -115,6 +134,7 @@ def run_trial(
     cpus: int | None = None,
     peak_tflops: float | None = None,
     gpu_share: float = 1.0,
+    parallel: DataParallel = SINGLE,
 ) -> BlockInfo:
     """Train ``trial`` from its start (or from ``restore``), reporting every epoch's metrics
     with the state to checkpoint. Reports carry what the block was built from (weights'
@@ -122,7 +142,10 @@ def run_trial(
     it cost: the driver records the constants once. ``cpus``: the CPUs the trial was given
     (sizes ``num_workers=auto``; default: this process's), ``peak_tflops``: the device's bf16
     peak for MFU when the known-GPU table lacks it, ``gpu_share``: the part of the GPU the
-    trial was given (``--micro-batch auto`` fits its step in that part)."""
+    trial was given (``--micro-batch auto`` fits its step in that part), ``parallel``: this
+    process's rank among the trial's data-parallel processes (``experiments.parallel``; a
+    process group is up): rank 0 evaluates and reports the metrics, the others report
+    ``({"epoch": n}, None)``."""
     hp = trial.hparams
     task = task_for(trial.task, trial.encoder, data_dir)
     device = torch.device(device)
@@ -157,7 +180,7 @@ def run_trial(
     if isinstance(block, AuxiliaryBranch):  # Bai et al.: + aux_weight x the branch's loss
         loss_fn = with_auxiliary_loss(loss_fn, block, hp.aux_weight)
     multiple = micro_batch_multiple(trial)
-    micro = trial_micro_batch(trial, gpu_bytes(device, gpu_share))
+    micro = trial_micro_batch(rank_trial(trial, parallel.world), gpu_bytes(device, gpu_share))
     # what k micro-batches would change (read before any evaluation puts BatchNorm in eval)
     inexact = exactness(model, getattr(objective, "per_sample_loss", True), multiple == 2)
     cpus = cpus or available_cpus()
@@ -165,7 +188,9 @@ def run_trial(
     settings = loader_settings(workers, device)
     loader, sampler = train_loader(train_ds, hp.batch_size, trial.seed,
                                    drop_last=mixer is not None,  # timm's Mixup: even batches
-                                   repeats=hp.repeated_aug, **settings)
+                                   repeats=hp.repeated_aug, parallel=parallel, **settings)
+    batches = loader.batch_sampler
+    global_sizes = batches.global_sizes() if isinstance(batches, RankBatchSampler) else None
     val_settings = loader_settings(workers, device, persistent=False)
     make_val_loader = getattr(objective, "val_loader", None)
     val_loader = (make_val_loader(val_ds, batch_size=VAL_BATCH_SIZE, **val_settings)
@@ -173,8 +198,14 @@ def run_trial(
                   else DataLoader(val_ds, batch_size=VAL_BATCH_SIZE, **val_settings))
     probe_x = probe_batch(val_ds, task.probe_size)
     probe_xy = tuple(to_device(b, device) for b in spread_batch(val_ds, task.probe_size))
-    initial = block_measures(model, task, probe_xy, "_init") if restore is None else {}
-    runner = torch.compile(model) if compute.compile else model  # shares model's parameters
+    initial = (block_measures(model, task, probe_xy, "_init")
+               if restore is None and parallel.leader else {})
+    evaluated = torch.compile(model) if compute.compile else model  # model's parameters
+    runner = evaluated  # data-parallel: DDP trains; rank 0 evaluates alone, without it
+    if parallel.world > 1:
+        runner = wrap(model, device, parallel,
+                      unused_parameters(model, to_device(probe_x, device), forward))
+        runner = torch.compile(runner) if compute.compile else runner
 
     name = device_name(device)
     peak = peak_flops(name, peak_tflops) if device.type == "cuda" else None
@@ -194,17 +225,15 @@ def run_trial(
         "compute_dtype": str(compute.dtype).removeprefix("torch.") if block is not None else "none",
         **encoder,
     }
-    run_settings = {"num_workers": workers, "cpus": cpus, **compute.settings()}
+    run_settings = {"num_workers": workers, "cpus": cpus, "data_parallel": parallel.world,
+                    **compute.settings()}
     recipe = {"effective_lr": effective_lr(hp), "drop_path_blocks": drop_path_blocks}
     best = restore.best if restore is not None else None
     better = max if task.mode == "max" else min
     for epoch in range(start, hp.epochs):
         # Every RNG of the main process seeded per (seed, epoch) (dropout, timm's Mixup draws
         # from numpy), the samples per (seed, epoch, index): a resumed trial sees the same.
-        seed = epoch_seed(trial.seed, epoch)
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)  # numpy's seeds are 32-bit; torch's and random's are not
-        random.seed(seed)
+        seed_all(epoch_seed(trial.seed, epoch))
         sampler.set_epoch(epoch)
         steps = len(loader)
         stats = train_epoch(
@@ -215,26 +244,34 @@ def run_trial(
             clip=clipper(optimizer, hp.clip_grad),
             after_step=(lambda: ema.update(model)) if ema is not None else None,
             micro_batch=micro, multiple_of=multiple,
-            retry_out_of_memory=device.type == "cuda" and hp.micro_batch == AUTO_MICRO_BATCH)
+            retry_out_of_memory=(device.type == "cuda" and hp.micro_batch == AUTO_MICRO_BATCH
+                                 and parallel.world == 1),  # ranks must agree on one
+            seed_micro=lambda step, i, e=epoch: seed_all(micro_seed(trial.seed, e, step, i)),
+            parallel=parallel, global_sizes=global_sizes, no_sync=no_sync_of(runner))
         micro = stats.micro_batch  # what the first step settled on, for every later one
+        run = reduce_epoch(stats.loss, stats.samples, stats.seconds, stats.data_wait_s,
+                           peak_memory_bytes(device), parallel, device)
+        if not parallel.leader:
+            report({"epoch": epoch + 1}, None)
+            continue
         with compute.autocast():
-            scores = objective.evaluate(runner, val_loader, device)
+            scores = objective.evaluate(evaluated, val_loader, device)
             scores.update(ema_scores(ema, lambda m: objective.evaluate(m, val_loader, device)))
         value = scores[task.metric]
         best = value if best is None else better(best, value)
         filtering = probe_filtering(model, task, to_device(probe_x, device))
         metrics = {
             "epoch": epoch + 1,
-            "train_loss": stats.loss,
+            "train_loss": run.loss,
             **scores,
             "lr": lr_at(hp, epoch, steps - 1, steps),  # the schedule's (groups scale it)
             f"best_{task.metric}": best,
             "chance_loss": chance_loss(task.chance) if objective is CLASSIFICATION else None,
             **cost_params(model, block, flops, name, peak),
-            **epoch_cost(stats, flops, device, peak),
+            **epoch_cost(run, stats.steps, flops, peak, parallel.world),
             **built,
             **run_settings,
-            **batch_settings(hp.batch_size, micro, inexact),
+            **batch_settings(hp.batch_size, micro, inexact, parallel.world),
             **recipe,
             **filtering,
             **initial,  # Bai et al.'s measures before the first step, then at this epoch
@@ -255,12 +292,15 @@ def gpu_bytes(device: torch.device, share: float) -> float | None:
     return torch.cuda.get_device_properties(device).total_memory * share
 
 
-def batch_settings(batch_size: int, micro: int, inexact: str) -> dict[str, object]:
-    """How the global batch ran (``experiments.cost.RUN_SETTINGS``): its micro-batches, and
-    whether k of them are the whole batch's step (``inexact``: ``accumulation.exactness``)."""
-    steps = -(-batch_size // micro)
+def batch_settings(batch_size: int, micro: int, inexact: str, world: int = 1
+                   ) -> dict[str, object]:
+    """How the global batch ran (``experiments.cost.RUN_SETTINGS``): its micro-batches (k
+    per process: ``accum_steps``; ``world`` processes data-parallel), and whether the
+    ``world`` x k of them are the whole batch's step (``inexact``: ``accumulation.exactness``;
+    data-parallel, BatchNorm's running statistics are rank 0's)."""
+    steps = -(-(batch_size // world) // micro)
     return {"global_batch": batch_size, "micro_batch_size": micro, "accum_steps": steps,
-            "accumulation_exact": "exact" if steps == 1 else inexact}
+            "accumulation_exact": "exact" if steps * world == 1 else inexact}
 
 
 def cost_params(model: nn.Module, block: nn.Module | None, flops: StepFlops | None,

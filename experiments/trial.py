@@ -285,3 +285,12 @@ class TrialSpec:
         layer = (f"-L{self.layer_label}" if self.layers else "") + (
             f"-at-{self.position}" if self.position != DEFAULT_POSITION else "")
         return f"{self.family}-{self.size}{layer}-{self.control}-{task}-s{self.seed}"
+
+
+def rank_trial(trial: TrialSpec, world: int) -> TrialSpec:
+    """The trial as one rank runs it: its share of the global batch (what ``--micro-batch
+    auto`` must fit on the rank's GPU)."""
+    if world == 1:
+        return trial
+    return dataclasses.replace(trial, hparams=dataclasses.replace(trial.hparams,
+                                          batch_size=trial.hparams.batch_size // world))

@@ -214,10 +214,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise SpecError(f"--{flag} must be positive (got {value})")
         _check_peak_env(args.peak_tflops)
         from orchestrator.estimate import ASSUMED_GPU_MEMORY_BYTES
-        from orchestrator.resources import check_fits
+        from orchestrator.resources import (
+            check_data_parallel,
+            check_fits,
+            check_gpus_per_trial,
+            data_parallel_workers,
+        )
 
+        check_gpus_per_trial(args.gpus_per_trial)
+        workers = data_parallel_workers(args.gpus_per_trial)
+        check_data_parallel(plan, workers)
         check_fits(plan, args.gpu_memory_gb * 1e9 if args.gpu_memory_gb else
-                   ASSUMED_GPU_MEMORY_BYTES)
+                   ASSUMED_GPU_MEMORY_BYTES, workers)
         if args.search_hparams not in (None, *HPARAM_SEARCHES):
             raise SpecError(f"unknown --search-hparams {args.search_hparams!r}; "
                             f"valid: {', '.join(HPARAM_SEARCHES)}")
@@ -251,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _run(args, spec, plan, plugins)
-    except TrackingStoreError as e:  # the store cannot be opened: one line, nothing lost
+    except (TrackingStoreError, SpecError) as e:  # the store cannot be opened, the cluster
+        # cannot hold a trial: one line, nothing lost
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

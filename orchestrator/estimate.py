@@ -19,8 +19,8 @@ from encoders.lm.controls import get_control
 from encoders.lm.registry import get_family
 from experiments.cost_model import GPU, trial_cost
 from experiments.memory_model import planned_micro_batch
-from experiments.trial import TrialSpec
-from orchestrator.resources import gpu_share
+from experiments.trial import TrialSpec, rank_trial
+from orchestrator.resources import data_parallel_workers, gpu_share
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,6 +49,7 @@ def estimate_table(plan: list[TrialSpec], assumptions: Assumptions) -> pd.DataFr
     names = (*CELL, "train_gflops", "samples", "gpu_hours", "gpu_share", "micro_batch", "k")
     share = assumptions.gpus_per_trial
     trial_bytes = assumptions.gpu_memory_bytes * (min(1.0, share) if share else 1.0)
+    workers = data_parallel_workers(share)  # N > 1: each GPU runs 1/N of the batch
     known: dict[tuple, tuple] = {}  # per cell kind: the row (seeds and layers share it)
     rows = []
     for t in plan:
@@ -58,7 +59,8 @@ def estimate_table(plan: list[TrialSpec], assumptions: Assumptions) -> pd.DataFr
         row = known.get(key)
         if row is None:
             cost = trial_cost(t)
-            micro = planned_micro_batch(t, trial_bytes) or 0  # check_fits refuses 0
+            micro = planned_micro_batch(rank_trial(t, workers), trial_bytes) or 0  # check_fits
+            # refuses 0
             row = known[key] = (
                 t.family or "-", t.size or "-", t.position if t.family else "-", t.task,
                 t.control,
@@ -66,7 +68,7 @@ def estimate_table(plan: list[TrialSpec], assumptions: Assumptions) -> pd.DataFr
                 cost.train_samples if cost else math.nan,
                 cost.gpu_hours(assumptions.gpu) if cost else math.nan,
                 share if share is not None else gpu_share(t, assumptions.gpu_memory_bytes),
-                micro, -(-hp.batch_size // micro) if micro else 0)
+                micro, -(-hp.batch_size // workers // micro) if micro else 0)
         rows.append(row)
     return pd.DataFrame.from_records(rows, columns=names)
 
@@ -80,7 +82,7 @@ def cell_table(estimates: pd.DataFrame) -> pd.DataFrame:
         gpu_h=("gpu_hours", lambda h: h.sum(min_count=1)), gpu_share=("gpu_share", "max"),
         micro_batch=("micro_batch", "min"), k=("k", "max"),
     ).reset_index()
-    cells["per_gpu"] = (1 / cells["gpu_share"] + 1e-9).map(math.floor)
+    cells["per_gpu"] = (1 / cells["gpu_share"] + 1e-9).map(math.floor)  # 0: N GPUs a trial
     return cells
 
 
@@ -128,7 +130,8 @@ def estimate_lines(plan: list[TrialSpec], assumptions: Assumptions,
                   "weights train, 1x through a frozen block")
     micro_line = ("  micro_batch, k: the samples per forward and the micro-batches per optimizer "
                   "step (--micro-batch auto: the largest that fits the GPU by "
-                  "experiments/memory_model.py; k 1: the whole batch at once)")
+                  "experiments/memory_model.py; k 1: the whole batch at once); with "
+                  "--gpus-per-trial N > 1, per GPU, each of the N taking 1/N of the batch")
     samples_line = ("  samples per trial: epochs x the task's training set, plus a validation "
                     "forward each epoch; small models reach far less than the assumed MFU: "
                     "their hours are a lower bound")
@@ -145,14 +148,19 @@ def estimate_lines(plan: list[TrialSpec], assumptions: Assumptions,
     lines.append(shown.to_string(index=False))
     runs = assumptions.runs_per_trial
     total = float(est["gpu_hours"].sum()) * runs
-    longest = float(est["gpu_hours"].max()) if est["gpu_hours"].notna().any() else 0.0
-    walls = ", ".join(f"{hours(max(total / n, longest))} h on {n} GPU{'s' * (n > 1)}"
-                      for n in WALL_CLOCK_GPUS)
+    workers = data_parallel_workers(assumptions.gpus_per_trial)
+    # an N-GPU trial: its GPU-hours over N GPUs at once (at the assumed MFU on each: linear
+    # scaling, an upper bound on the speed-up); a cluster of fewer GPUs cannot run it
+    longest = (float(est["gpu_hours"].max()) if est["gpu_hours"].notna().any() else 0.0) / workers
+    walls = ", ".join(
+        f"{hours(max(total / n, longest)) + ' h' if n >= workers else '-'} on {n} "
+        f"GPU{'s' * (n > 1)}"
+        for n in WALL_CLOCK_GPUS)
     unknown = int(est["gpu_hours"].isna().sum())
     seconds = f" ({total * 3600:.3g} GPU-seconds)" if total < 1 else ""
     lines.append(f"\nstudy: {round(len(plan) * runs):,} trials, {hours(total)} GPU-hours{seconds}; "
                  f"wall clock at best {walls} (no sooner than its longest trial, "
-                 f"{hours(longest)} h)")
+                 f"{hours(longest)} h{f' on {workers} GPUs' if workers > 1 else ''})")
     if unknown:
         lines.append(f"  {unknown} trials not estimated: their tasks have no cost row in "
                      "experiments/tasks/catalog.py")

@@ -241,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials per plan row with --search-hparams per-cell, an integer >= 1 "
                         "(default 4)")
     r.add_argument("--gpus-per-trial", type=float,
-                   help="GPU share of every trial, a number > 0 (default: from the block's "
-                        "memory)")
+                   help="GPUs of every trial: a share in (0, 1], or a whole number N >= 2 "
+                        "(N data-parallel workers through Ray Train; CPU workers with gloo "
+                        "on a cluster without GPUs) (default: a share from the step's memory)")
     r.add_argument("--cpus-per-trial", type=int,
                    help="CPUs per trial, an integer >= 1 (default: 1 on a CPU cluster; on GPUs "
                         "the node's CPUs divided by the trials its GPUs hold)")

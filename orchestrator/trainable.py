@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 from collections.abc import Sequence
 
@@ -14,33 +13,23 @@ from ray import tune
 from experiments.checkpointing import load_state, save_state
 from experiments.training import TrainState, run_trial
 from experiments.trial import TrialSpec
+from orchestrator.data_parallel import fit_data_parallel
 from orchestrator.plugins import LoadedPlugin, import_on_worker
-
-
-def exit_quietly_on_sigterm() -> None:
-    """Ray's worker turns SIGTERM (its actor stopped by Tune, or Ray shutting down) into
-    ``SystemExit``. When the signal lands inside a weakref callback or a ``__del__``, Python
-    cannot raise it there and prints "Exception ignored in ..." with a traceback, which Ray
-    forwards to the sweep's console: noise from a process that is exiting as it was asked to
-    (seen in CI as a smoke sweep's stray stderr). Only that case is dropped; every other
-    unraisable error is printed as before, by the hook that was in place."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_lmblocks_quiet_exit", False):
-        return  # the actor is reused for another trial: installed once
-
-    def hook(unraisable) -> None:
-        if isinstance(unraisable.exc_value, SystemExit):
-            return
-        previous(unraisable)
-
-    hook._lmblocks_quiet_exit = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
+from orchestrator.worker_exit import exit_quietly_on_sigterm
 
 
 def tune_trial(config: dict, *, weights_dir: str | None = None,
                data_dir: str | None = None, peak_tflops: float | None = None,
-               plugins: Sequence[LoadedPlugin] = ()) -> None:
+               plugins: Sequence[LoadedPlugin] = (), workers: int = 1,
+               cpus_per_worker: int = 1, use_gpu: bool = False) -> None:
+    """One trial: here, or (``workers`` > 1) data-parallel on that many Ray Train workers of
+    ``cpus_per_worker`` CPUs and (``use_gpu``) one GPU each (``orchestrator.data_parallel``)."""
     exit_quietly_on_sigterm()
+    if workers > 1:
+        fit_data_parallel(config, workers, weights_dir=weights_dir, data_dir=data_dir,
+                          peak_tflops=peak_tflops, plugins=plugins,
+                          cpus_per_worker=cpus_per_worker, use_gpu=use_gpu)
+        return
     # First the plugins the driver loaded: the trial's task, LM family or control may be theirs.
     context = ray.get_runtime_context()
     import_on_worker(plugins, f"{ray.util.get_node_ip_address()} ({context.get_node_id()})")

@@ -23,13 +23,19 @@ from ray import tune
 from experiments.tasks.registry import get_task
 from experiments.trial import AXES, ENCODER_CONFIG, TrialSpec
 from orchestrator import console
+from orchestrator.data_parallel import stoppable
 from orchestrator.failures import quiet_trial_failures
 from orchestrator.plugins import LoadedPlugin, load_plugins, runtime_env
 from orchestrator.progress import ProgressLine
-from orchestrator.resources import cpus_per_gpu, per_trial_resources
+from orchestrator.resources import (
+    cpus_per_gpu,
+    data_parallel_workers,
+    per_trial_resources,
+    worker_resources,
+)
 from orchestrator.schedulers import PlateauStopper, QueuedASHAScheduler, QueuedFIFOScheduler
 from orchestrator.search import make_searcher, release_stale_trials, trial_count
-from orchestrator.spec import SweepSpec
+from orchestrator.spec import SpecError, SweepSpec
 from orchestrator.store import open_client, run_rows
 from orchestrator.tracking import MlflowTrialLogger, start_parent_run
 from orchestrator.trainable import tune_trial
@@ -103,6 +109,7 @@ def run_sweep(
         opening = pool.submit(_open_tracking, tracking_uri, experiment, spec, len(plan))
         try:
             _start_ray(address, quiet, verbose, plugins)
+            check_cluster_holds(gpus_per_trial, cpus_per_trial)
             client, parent = opening.result()
         except BaseException:
             ray.shutdown()  # a no-op when Ray did not start
@@ -130,8 +137,11 @@ def run_sweep(
                 search_alg=searcher,
                 scheduler=make_scheduler(scheduler, task.metric, task.mode, spec.hparams.epochs),
                 num_samples=total,
-                max_concurrent_trials=max_concurrent,
-                reuse_actors=True,  # a new worker re-imports torch/transformers: ~10 s a trial
+                max_concurrent_trials=concurrent_trials(max_concurrent, gpus_per_trial,
+                                                        cpus_per_trial),
+                # a new worker re-imports torch/transformers: ~10 s a trial; a data-parallel
+                # trial's driver imports little, and a stopped one must end its Train run
+                reuse_actors=data_parallel_workers(gpus_per_trial) == 1,
                 trial_dirname_creator=lambda t: f"{TrialSpec.from_config(t.config).run_name}-{t.trial_id}",
             ),
             run_config=tune.RunConfig(
@@ -184,6 +194,7 @@ def resume_sweep(path: str | Path, *, address: str | None = None, quiet: bool = 
     plugins = load_plugins(meta.get("plugins", []))  # as the sweep had them (SpecError first)
     _start_ray(address, quiet, verbose, plugins)
     try:
+        check_cluster_holds(meta["gpus_per_trial"], meta.get("cpus_per_trial"))
         trainable = _trainable(meta["weights_dir"], meta.get("data_dir"),
                                meta["gpus_per_trial"], meta["gpu_memory_bytes"],
                                meta.get("cpus_per_trial"), meta.get("peak_tflops"), plugins)
@@ -213,13 +224,54 @@ def _trainable(weights_dir: str | None, data_dir: str | None, gpus_per_trial: fl
                plugins: Sequence[LoadedPlugin] = ()):
     """The trial function with its fixed arguments (the plugins its worker imports first) and
     its per-trial resources, sized from the cluster Ray is connected to (its GPUs, and the
-    CPUs per GPU of its GPU nodes)."""
+    CPUs per GPU of its GPU nodes). ``--gpus-per-trial N`` > 1: N data-parallel workers
+    per trial (``orchestrator.data_parallel``), refused in one line where the cluster has
+    not that many GPUs (``check_cluster_holds``)."""
+    cluster = ray.cluster_resources()
+    per_gpu = cpus_per_gpu(ray.nodes())
+    workers = data_parallel_workers(gpus_per_trial)
+    cpus, use_gpu = worker_resources(cluster.get("GPU", 0), cpus_per_trial, per_gpu)
+    trial = tune.with_parameters(tune_trial, weights_dir=weights_dir, data_dir=data_dir,
+                                 peak_tflops=peak_tflops, plugins=tuple(plugins),
+                                 workers=workers, cpus_per_worker=cpus, use_gpu=use_gpu)
     return tune.with_resources(
-        tune.with_parameters(tune_trial, weights_dir=weights_dir, data_dir=data_dir,
-                             peak_tflops=peak_tflops, plugins=tuple(plugins)),
-        per_trial_resources(ray.cluster_resources().get("GPU", 0), gpus_per_trial, gpu_bytes,
-                            cpus_per_trial, cpus_per_gpu(ray.nodes())),
+        stoppable(trial) if workers > 1 else trial,  # a stopped trial ends its Train run
+        per_trial_resources(cluster.get("GPU", 0), gpus_per_trial, gpu_bytes,
+                            cpus_per_trial, per_gpu),
     )
+
+
+def check_cluster_holds(gpus_per_trial: float | None, cpus_per_trial: int | None) -> None:
+    """SpecError, one line, when the cluster Ray is connected to cannot hold one trial's
+    data-parallel workers (each would wait for resources forever)."""
+    workers = data_parallel_workers(gpus_per_trial)
+    if workers == 1:
+        return
+    cluster = ray.cluster_resources()
+    cpus, use_gpu = worker_resources(cluster.get("GPU", 0), cpus_per_trial,
+                                     cpus_per_gpu(ray.nodes()))
+    have, need = ((cluster.get("GPU", 0), workers) if use_gpu
+                  else (cluster.get("CPU", 0), workers * cpus))
+    if need > have:
+        raise SpecError(
+            f"--gpus-per-trial {workers}: a trial's {workers} workers need {need:g} "
+            f"{'GPUs' if use_gpu else 'CPUs (the cluster has no GPU)'}, the cluster has "
+            f"{have:g}; valid: at most {int(have) // (1 if use_gpu else cpus)}")
+
+
+def concurrent_trials(max_concurrent: int | None, gpus_per_trial: float | None,
+                      cpus_per_trial: int | None) -> int | None:
+    """``--max-concurrent``, else for data-parallel trials as many as the cluster holds at
+    once (Ray's advice for Train runs inside Tune: a trial started beyond that would hold a
+    Train driver that waits for workers, and the searcher's suggestion with it)."""
+    workers = data_parallel_workers(gpus_per_trial)
+    if max_concurrent is not None or workers == 1:
+        return max_concurrent
+    cluster = ray.cluster_resources()
+    cpus, use_gpu = worker_resources(cluster.get("GPU", 0), cpus_per_trial,
+                                     cpus_per_gpu(ray.nodes()))
+    have = cluster.get("GPU", 0) if use_gpu else cluster.get("CPU", 0) // cpus
+    return max(1, int(have) // workers)
 
 
 def ray_address(address: str | None) -> str:

@@ -42,6 +42,7 @@ RAY_MODULES = {"test_sweep_e2e", "test_cluster_e2e", "test_failures", "test_cli"
                "test_dry_run", "test_search", "test_objectives", "test_filtering_paper",
                "test_mlflow_server", "test_ray_start_cluster", "test_encoder_choice",
                "test_plugins", "test_positions_cli", "test_positions_sweep",
+               "test_data_parallel_sweep",
                "test_suite_guard"}  # its runaway run starts a process named like Ray's raylet
 
 # Ray runs its workers at nice 15 (Ray's ``worker_niceness``). Beside the other xdist worker's

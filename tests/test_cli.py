@@ -64,6 +64,13 @@ def run_bad(capsys, *argv: str) -> str:
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
         (["--micro-batch", "7", "--batch-size", "32"],
          "bad micro_batch '7' for batch_size 32; valid: auto or a divisor of 32"),
+        (["--gpus-per-trial", "1.5"], ("bad --gpus-per-trial 1.5; valid: a share of one GPU in "
+         "(0, 1], or a whole number N >= 2 (N data-parallel workers)")),
+        (["--gpus-per-trial", "3", "--batch-size", "32"],
+         ("bad batch_size 32 for --gpus-per-trial 3 (task digits-convstem); valid: a multiple "
+         "of 3")),
+        (["--gpus-per-trial", "2", "--batch-size", "32", "--micro-batch", "32"],
+         "bad micro_batch '32' for batch_size 16; valid: auto or a divisor of 16"),
         (["--family", "llama", "--sizes", "2-70b", "--layers", "0:60"],
          ("needs 104.96 GB at a micro-batch of 1 (experiments/memory_model.py), more than "
           "90% of a 80 GB GPU (--gpu-memory-gb); valid: fewer layers per trial")),

@@ -479,3 +479,26 @@ def test_the_deit_preset_names_the_micro_batch_of_the_7b_layer_per_gpu(capsys):
     assert int(small["micro_batch"]) < 512 and int(small["k"]) * int(small["micro_batch"]) == 1024
     assert (block_row("--micro-batch", "128")["micro_batch"],
             block_row("--micro-batch", "128")["k"]) == ("128", "8")
+
+
+def test_n_gpu_trials_split_the_batch_and_shorten_the_study(capsys):
+    """--gpus-per-trial 8: each GPU's micro-batch is planned for its eighth of the batch, and
+    the wall clock counts 8-GPU trials: the longest trial's GPU-hours over 8 GPUs, none on
+    fewer than 8 GPUs."""
+    one = dry_run(capsys, "--preset", "imagenet_deit")
+    eight = dry_run(capsys, "--preset", "imagenet_deit", "--gpus-per-trial", "8")
+    row = next(r for r in estimate_rows(eight) if r["control"] == "pretrained")
+    assert (row["micro_batch"], row["k"], row["gpu_share"]) == ("128", "1", "8")
+    assert STUDY.search(one).groups() == STUDY.search(eight).groups()  # the same GPU-hours
+    walls = re.compile(r"wall clock at best (.+) on 1 GPU, ([\d.]+) h on 8 GPUs, ([\d.]+) h "
+                       r"on 64 GPUs \(no sooner than its longest trial, ([\d.]+) h")
+    w1, w8, w64, longest1 = walls.search(one).groups()
+    x1, x8, x64, longest8 = walls.search(eight).groups()
+    assert x1 == "-" and w1 != "-"  # an 8-GPU trial cannot run on one
+    assert float(longest8) == pytest.approx(float(longest1) / 8, rel=0.01)
+    assert float(x64) == float(longest8) < float(w64) == float(longest1)
+    assert float(x8) < float(w8)
+    rows = estimate_rows(dry_run(capsys, "--preset", "imagenet_deit", "--gpus-per-trial", "2",
+                                 "--gpu-memory-gb", "24"))
+    block = next(r for r in rows if r["control"] == "pretrained")
+    assert int(block["micro_batch"]) * int(block["k"]) == 512  # each of 2 GPUs: half of 1024

@@ -9,8 +9,10 @@ from experiments.trial import Hyperparameters, TrialSpec
 from orchestrator.resources import (
     cpus_for,
     cpus_per_gpu,
+    data_parallel_workers,
     gpu_share,
     per_trial_resources,
+    worker_resources,
 )
 
 GB = 10**9
@@ -42,6 +44,19 @@ def test_per_trial_resources_follow_the_cluster_and_the_override():
     assert forced.bundles[0]["GPU"] == 0.5
     none_control = TrialSpec("", "", (), "digits", "none", 0).to_config()
     assert per_trial_resources(4, None, 80 * GB)(none_control).bundles[0]["GPU"] == 0.125
+
+
+def test_n_gpus_per_trial_are_n_workers_of_a_gpu_each_driven_by_a_cpu_less_trial():
+    """--gpus-per-trial 8: the Tune trial only drives Ray Train's workers (memory, no CPU or
+    GPU of its own); each worker gets a whole GPU and its part of the node's CPUs, or on a
+    cluster without GPUs a CPU (gloo)."""
+    assert [data_parallel_workers(n) for n in (None, 0.5, 1.0, 2.0, 8.0)] == [1, 1, 1, 2, 8]
+    cfg = t("opt", "125m").to_config()
+    driver = per_trial_resources(16, 8.0, 80 * GB)(cfg).bundles
+    assert driver == [{"memory": 2**29}]
+    assert worker_resources(16, None, per_gpu=12.0) == (12, True)
+    assert worker_resources(16, 4, per_gpu=12.0) == (4, True)
+    assert worker_resources(0, None, per_gpu=0.0) == (1, False)
 
 
 # A GPU cluster as ray.nodes() describes it: two 8-GPU nodes with different CPU counts, a

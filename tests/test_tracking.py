@@ -74,7 +74,7 @@ def _cost_result(epoch: int, **changes) -> dict:
             "device_name": "cpu", "peak_tflops": "",  # unknown on a CPU: logged "none"
             "samples_per_s": 300.0 + epoch, "step_time_s": 0.1, "data_wait_share": 0.01,
             "peak_memory_bytes": 1.3e9, "achieved_tflops": 0.04, "mfu": None,
-            "num_workers": 0, "cpus": 1, "autocast": "off", "tf32": False,
+            "num_workers": 0, "cpus": 1, "data_parallel": 1, "autocast": "off", "tf32": False,
             "fused_adamw": False, "compile": False, "global_batch": 32, "micro_batch_size": 8,
             "accum_steps": 4, "accumulation_exact": "exact", **changes}
 
@@ -103,7 +103,7 @@ def test_cost_constants_are_params_once_measurements_metrics_settings_tags(tmp_p
     history = client.get_metric_history(run_id, "samples_per_s")
     assert [(m.step, m.value) for m in history] == [(1, 301.0), (2, 302.0)]
     assert {k: data.tags[k] for k in RUN_SETTINGS} == {
-        "num_workers": "0", "cpus": "2", "autocast": "off", "tf32": "True",
+        "num_workers": "0", "cpus": "2", "data_parallel": "1", "autocast": "off", "tf32": "True",
         "fused_adamw": "False", "compile": "False", "global_batch": "32",
         "micro_batch_size": "8", "accum_steps": "4", "accumulation_exact": "exact"}
 

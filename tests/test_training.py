@@ -102,7 +102,8 @@ def test_a_trial_reports_what_it_cost_and_how_it_ran():
     assert first["frozen_params"] == 1_774_464 and first["trainable_params"] > 0
     assert (first["device_name"], first["peak_tflops"], first["mfu"]) == ("cpu", "", None)
     assert {k: first[k] for k in RUN_SETTINGS} == {
-        "num_workers": 0, "cpus": 3, "autocast": "off", "tf32": False, "fused_adamw": False,
+        "num_workers": 0, "cpus": 3, "data_parallel": 1, "autocast": "off", "tf32": False,
+        "fused_adamw": False,
         "compile": False, "global_batch": 32, "micro_batch_size": 32, "accum_steps": 1,
         "accumulation_exact": "exact"}
 

@@ -15,7 +15,7 @@ SCRIPT = """
 import sys, weakref
 quiet = sys.argv[1] == "quiet"
 if quiet:
-    from orchestrator.trainable import exit_quietly_on_sigterm
+    from orchestrator.worker_exit import exit_quietly_on_sigterm
     exit_quietly_on_sigterm()
     exit_quietly_on_sigterm()  # a reused actor calls it again: still one hook
 class Thing: pass
