@@ -11,12 +11,23 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+# MLflow 3's UI guesses an experiment's kind when it has none, and opens a sweep's experiment
+# as a GenAI one (traces, "No data available"); this kind opens it on the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
 
 def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment ``name``, created when missing; either way tagged as model training
+    (``EXPERIMENT_KIND``) unless it already says what kind it is."""
     exp = client.get_experiment_by_name(name)
-    if exp:
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
+    if exp is None:
+        return client.create_experiment(
+            name, artifact_location=artifact_location(client.tracking_uri, name),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # made before lmblocks tagged, or by hand
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:

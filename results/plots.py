@@ -149,6 +149,19 @@ def heatmap_grid(pre: pd.DataFrame, value: str) -> tuple[np.ndarray, list, list[
     return grid, layers, labels
 
 
+def delta_bound(grid: np.ndarray, cells: pd.DataFrame) -> float:
+    """Half the range of a gain heat map's symmetric colour scale, centred on 0: the largest
+    gain, but at least the widest confidence interval among the cells and at least 1% of
+    the metric's typical value (a floor where one seed gives no interval), so that gains
+    inside the noise are pale: a scale fitted to the largest gain alone paints +0.000 and
+    -1e-8 as opposite extremes."""
+    largest = float(np.nanmax(np.abs(grid)))
+    widths = (cells["ci_hi"] - cells["ci_lo"]).abs() if {"ci_lo", "ci_hi"} <= set(cells) else []
+    widest = float(np.nanmax(widths)) if len(widths) and np.isfinite(widths).any() else 0.0
+    typical = float(np.nanmedian(cells["mean"].abs())) if "mean" in cells else 0.0
+    return max(largest, widest, 0.01 * typical if np.isfinite(typical) else 0.0, 1e-6)
+
+
 def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
     """One heat map a task (a task's cells would otherwise overwrite another's at one layer
     and LM), each with its own colour scale (tasks differ in metric and range). Rows: layer
@@ -170,7 +183,8 @@ def layer_size_heatmap(summary: pd.DataFrame, path: Path) -> Path:
     cmap = matplotlib.colormaps["RdBu" if use_delta else "viridis"].with_extremes(
         bad="#d9d9d9")  # grey: no such cell (white would read as a gain of 0)
     for ax, (task, grid, layers, labels) in zip(axes[:, 0], panels, strict=True):
-        bound = np.nanmax(np.abs(grid)) if use_delta and np.isfinite(grid).any() else None
+        bound = (delta_bound(grid, pre[pre["task"] == task])
+                 if use_delta and np.isfinite(grid).any() else None)
         im = ax.imshow(grid, aspect="auto", cmap=cmap,
                        vmin=-bound if bound else None, vmax=bound if bound else None)
         for i in range(grid.shape[0] if grid.size <= ANNOTATE_MAX else 0):

@@ -386,3 +386,32 @@ def test_the_heat_map_draws_each_task_apart(tmp_path, monkeypatch):
         want = (summary[(summary["task"] == task) & (summary["control"] == "pretrained")]
                 .pivot(index="layer_index", columns="size", values="delta")[["125m", "1.3b"]])
         assert np.allclose(ax.images[0].get_array(), want.to_numpy())
+
+
+def test_gains_inside_the_noise_are_pale_on_the_heat_map(tmp_path, monkeypatch):
+    """Two cells at +0.000 and -1e-8 (the default sweep's): the same pale colour, not the
+    scale's two ends; a gain as wide as the cells' interval reaches the end of the scale."""
+    import matplotlib.colors as mcolors
+    import numpy as np
+    import pandas as pd
+
+    from results import plots
+
+    rows = [{"task": "digits", "family": "minilm", "size": "l6", "lm_params": 2.2e7,
+             "control": "pretrained", "layer_index": float(layer), "mean": 0.98,
+             "delta": delta, "ci_lo": -0.011, "ci_hi": 0.014}
+            for layer, delta in ((0, 0.0), (5, -1e-8))]
+    summary = pd.DataFrame(rows)
+    summary.attrs["control"] = "none"
+    drawn = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig)
+                        and save(fig, path))
+    plots.layer_size_heatmap(summary, tmp_path / "heat.png")
+    [image] = [im for ax in drawn["fig"].axes for im in ax.images]
+    colours = [image.cmap(image.norm(v)) for v in image.get_array().ravel()]
+    # one colour (adjacent entries of the colour map's 256 at most) where the gains are equal
+    assert np.allclose(colours[0], colours[1], atol=0.01)
+    lightness = [mcolors.rgb_to_hsv(c[:3])[2] for c in colours]
+    assert min(lightness) > 0.9  # pale, not saturated
+    assert image.norm.vmax == pytest.approx(0.025) and image.norm.vmin == pytest.approx(-0.025)

@@ -73,3 +73,19 @@ def test_the_sql_read_is_used_on_a_sql_store(runs, monkeypatch):
     _, client = runs
     monkeypatch.setattr(client, "search_runs", lambda *a, **k: pytest.fail("search_runs"))
     assert len(store.trial_statuses(client, "e")) == 8
+
+
+def test_experiments_open_in_mlflow_s_ui_as_model_training(tmp_path):
+    """MLflow 3's UI opens an experiment without ``mlflow.experimentKind`` as a GenAI one (no
+    runs table): lmblocks' experiments say they are model training, new ones at creation and
+    older ones the next time a sweep opens them; a kind someone chose is kept."""
+    client = store.open_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    new = store.experiment_id(client, "new")
+    assert client.get_experiment(new).tags[store.EXPERIMENT_KIND_TAG] == store.EXPERIMENT_KIND
+    older = client.create_experiment("older")  # as an earlier lmblocks made it
+    assert store.EXPERIMENT_KIND_TAG not in client.get_experiment(older).tags
+    assert store.experiment_id(client, "older") == older
+    assert client.get_experiment(older).tags[store.EXPERIMENT_KIND_TAG] == store.EXPERIMENT_KIND
+    chosen = client.create_experiment("chosen", tags={store.EXPERIMENT_KIND_TAG: "genai_development"})
+    store.experiment_id(client, "chosen")
+    assert client.get_experiment(chosen).tags[store.EXPERIMENT_KIND_TAG] == "genai_development"
