@@ -134,6 +134,33 @@ def _image(path: Path) -> str:
     return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
 
 
+# Differences and their intervals: signed, at the findings' precision (``+0.008``).
+SIGNED_COLUMNS = ("difference", "ci_low", "ci_high", "delta", "ci_lo", "ci_hi")
+
+
+def number_text(value: float, signed: bool = False) -> str:
+    """A table's number as the findings print it: 3 decimals (signed for a difference), 3
+    significant digits for what 3 decimals would show as 0 or too long (FLOPs, bytes)."""
+    if pd.isna(value):
+        return ""
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:+.3f}" if signed else f"{value:.3f}"
+    if signed and abs(value) < 1e-3:
+        return f"{value:+.3f}"  # a difference inside the last decimal: +0.000 / -0.000
+    return f"{value:.3g}"
+
+
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its float columns as text (``number_text``): the HTML report never
+    prints a raw float (``8.333325e-03``); the CSV files keep the numbers."""
+    out = table.copy()
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            signed = str(col) in SIGNED_COLUMNS
+            out[col] = [number_text(v, signed) for v in out[col]]
+    return out
+
+
 def write_html(path: Path, title: str, intro: str, named_tables: dict[str, pd.DataFrame],
                figures: list[Path | str], findings_html: str = "",
                left_out: dict[str, str] | None = None) -> Path:
@@ -145,14 +172,22 @@ def write_html(path: Path, title: str, intro: str, named_tables: dict[str, pd.Da
             parts.append(f"<p class='left-out'>{html.escape(left_out[name])}</p>")
         elif not table.empty:
             parts.append(f"<h2>{html.escape(TABLES.get(name, name))}</h2>")
-            parts.append(table.to_html(index=False, classes="ablation", na_rep="", border=0))
+            parts.append("<div class='table'>" + shown(table).to_html(
+                index=False, classes="ablation", na_rep="", border=0) + "</div>")
     parts.append("<h2>Figures</h2>")
     parts += [_image(f) if isinstance(f, Path) else f"<p class='left-out'>{html.escape(f)}</p>"
               for f in figures]
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
-             "table.ablation{border-collapse:collapse;font-size:13px;margin-bottom:1.5em}"
-             "table.ablation td,table.ablation th{border:1px solid #ccc;padding:3px 8px}"
-             "table.ablation th{background:#eee}img{max-width:100%}figure{margin:1em 0}"
+    style = ("body{font-family:sans-serif;margin:2em auto;padding:0 2em;max-width:1200px;"
+             "line-height:1.45}"
+             # a wide table scrolls inside its own box (the page does not), header kept in view
+             "div.table{overflow:auto;max-height:70vh;margin-bottom:1.5em;"
+             "border:1px solid #ddd}"
+             "table.ablation{border-collapse:collapse;font-size:13px}"
+             "table.ablation td,table.ablation th{border:1px solid #ccc;padding:3px 8px;"
+             "white-space:nowrap}"
+             "table.ablation th{background:#eee;position:sticky;top:0}"
+             "table.ablation td{font-variant-numeric:tabular-nums}"
+             "img{max-width:100%}figure{margin:1em 0}"
              "p.left-out{color:#555;font-style:italic}")
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>"
                     f"{html.escape(title)}</title><style>{style}</style></head><body>"

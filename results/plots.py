@@ -74,35 +74,49 @@ def _finish_lines(fig, ax, summary: pd.DataFrame, ns, title: str, table: str,
                   path: Path) -> Path:
     """A line figure's y label (the metric; the bands' intervals by the cells' n), title,
     grid and legend (or the table that names its lines), saved."""
+    _finish_axes(ax, summary, ns, title, table)
+    return _save(fig, path)
+
+
+def _finish_axes(ax, summary: pd.DataFrame, ns, title: str, table: str) -> None:
+    """One axes' y label (the metric; the bands' intervals by the cells' n), title, grid and
+    legend (or the table that names its lines)."""
     band = interval_words(ns)
     ax.set_ylabel(f"{_metric_label(summary)} (mean" + (f"; band: {band})" if band else ")"),
                   fontsize=9)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     _legend(ax, table)
-    return _save(fig, path)
 
 
 def metric_vs_layer(summary: pd.DataFrame, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    swept = summary["control"].isin(layer_controls())
-    for (task, family, size, control), grp in summary[swept].groupby(
-            ["task", "family", "size", "control"], sort=False):
-        grp = grp.sort_values("layer_index")
-        line, = ax.plot(grp["layer_index"], grp["mean"], marker="o",
-                        label=f"{family}-{size}, {control} ({task})")
-        if grp["mean_lo"].notna().any():
-            ax.fill_between(grp["layer_index"], grp["mean_lo"], grp["mean_hi"],
-                            color=line.get_color(), alpha=0.2)
-    for _, row in summary[~swept].iterrows():  # the controls: one level each
-        control = get_control(row["control"])
-        color, style = control.style
-        lm = f"{row['family']}-{row['size']} " if control.per_lm else ""
-        ax.axhline(row["mean"], color=color, linestyle=style,
-                   label=f"{lm}{control.label} ({row['task']})")
-    ax.set_xlabel("index of the frozen LM layer inserted after the last visual block")
-    return _finish_lines(fig, ax, summary, summary.loc[swept, "n"], "Which layer helps: "
-                         "validation metric by layer, against the controls", "by_layer.csv", path)
+    """One panel a task (tasks differ in metric and range: pooled on one axes, a task's
+    lines would flatten another's), each with its swept cells' lines and the controls'
+    levels."""
+    swept_all = summary["control"].isin(layer_controls())
+    tasks = list(dict.fromkeys(summary.loc[swept_all, "task"])) or list(
+        dict.fromkeys(summary["task"]))
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(7.5, 4.5 * len(tasks)), squeeze=False)
+    for ax, task in zip(axes[:, 0], tasks, strict=True):
+        part = summary[summary["task"] == task]
+        swept = part["control"].isin(layer_controls())
+        for (family, size, control), grp in part[swept].groupby(
+                ["family", "size", "control"], sort=False):
+            grp = grp.sort_values("layer_index")
+            line, = ax.plot(grp["layer_index"], grp["mean"], marker="o",
+                            label=f"{family}-{size}, {control}")
+            if grp["mean_lo"].notna().any():
+                ax.fill_between(grp["layer_index"], grp["mean_lo"], grp["mean_hi"],
+                                color=line.get_color(), alpha=0.2)
+        for _, row in part[~swept].iterrows():  # the controls: one level each
+            control = get_control(row["control"])
+            color, style = control.style
+            lm = f"{row['family']}-{row['size']} " if control.per_lm else ""
+            ax.axhline(row["mean"], color=color, linestyle=style, label=f"{lm}{control.label}")
+        ax.set_xlabel("index of the frozen LM layer inserted after the last visual block")
+        _finish_axes(ax, part, part.loc[swept, "n"], f"Which layer helps ({task})\n"
+                     "validation metric by layer, against the controls", "by_layer.csv")
+    return _save(fig, path)
 
 
 def metric_vs_size(summary: pd.DataFrame, path: Path, layer: str = "last") -> Path:

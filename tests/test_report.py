@@ -415,3 +415,55 @@ def test_gains_inside_the_noise_are_pale_on_the_heat_map(tmp_path, monkeypatch):
     lightness = [mcolors.rgb_to_hsv(c[:3])[2] for c in colours]
     assert min(lightness) > 0.9  # pale, not saturated
     assert image.norm.vmax == pytest.approx(0.025) and image.norm.vmin == pytest.approx(-0.025)
+
+
+def test_report_tables_print_numbers_as_the_findings_do(tmp_path):
+    """The claims' raw floats (``0.000000e+00``, ``8.333325e-03``, ``-1.986821e-08``) print
+    as the findings lines do, signed to 3 decimals; other numbers to 3 decimals, or 3
+    significant digits where those would hide them; each table scrolls in its own box
+    under a header that stays in view."""
+    import pandas as pd
+
+    from results.build import shown, write_html
+
+    claims = pd.DataFrame({"claim": ["a", "b", "c"], "difference": [0.0, 8.333325e-03, -1.986821e-08],
+                           "ci_low": [-0.011, float("nan"), -2e-4], "n": [3, 3, 1],
+                           "mean": [0.98236, 1234567.0, 2.5e-5]})
+    text = shown(claims)
+    assert list(text["difference"]) == ["+0.000", "+0.008", "-0.000"]
+    assert list(text["ci_low"]) == ["-0.011", "", "-0.000"]
+    assert list(text["mean"]) == ["0.982", "1.23e+06", "2.5e-05"]
+    assert list(text["n"]) == [3, 3, 1]  # counts stay counts
+    assert claims["difference"].iloc[1] == 8.333325e-03  # the caller's frame (and CSVs) untouched
+    page = write_html(tmp_path / "r.html", "t", "intro", {"claims": claims}, []).read_text()
+    assert "e-03" not in page and "e-08" not in page and "+0.008" in page
+    assert "<div class='table'><table" in page and "position:sticky" in page
+    assert "overflow:auto" in page
+
+
+def test_metric_vs_layer_draws_one_panel_a_task(tmp_path, monkeypatch):
+    """Two tasks of different ranges: each its own axes, its lines and control levels
+    alone on it (pooled, one task's lines flatten the other's)."""
+    import numpy as np
+    import pandas as pd
+
+    from results import plots
+
+    rows = [{"task": task, "family": "opt", "size": "125m", "lm_params": 1.25e8,
+             "control": "pretrained", "layer_index": float(layer), "mean": base + layer / 100,
+             "mean_lo": np.nan, "mean_hi": np.nan, "n": 1}
+            for task, base in (("digits", 0.9), ("road-graphs", 3.0)) for layer in (0, 5, 11)]
+    rows += [{"task": task, "family": "", "size": "", "lm_params": np.nan, "control": "none",
+              "layer_index": np.nan, "mean": level, "mean_lo": np.nan, "mean_hi": np.nan,
+              "n": 1} for task, level in (("digits", 0.85), ("road-graphs", 3.5))]
+    drawn = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig)
+                        and save(fig, path))
+    plots.metric_vs_layer(pd.DataFrame(rows), tmp_path / "layers.png")
+    axes = [ax for ax in drawn["fig"].axes if ax.lines]
+    assert [ax.get_title().split("\n")[0] for ax in axes] == [
+        "Which layer helps (digits)", "Which layer helps (road-graphs)"]
+    for ax, (lo, hi) in zip(axes, ((0.85, 1.01), (3.0, 3.5)), strict=True):
+        ys = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.lines])
+        assert ys.min() == pytest.approx(lo) and ys.max() == pytest.approx(hi)
