@@ -18,6 +18,17 @@ from results.stores import local_store_path
 from tests.conftest import assert_figure
 
 
+def keep_figure(monkeypatch) -> dict:
+    """The figure the next ``results.plots`` call saves, kept (``["fig"]``) for its axes."""
+    from results import plots
+
+    drawn: dict = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig)
+                        and save(fig, path))
+    return drawn
+
+
 def log_sweep(uri: str, experiment: str, rows: list[dict]) -> str:
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
@@ -372,10 +383,7 @@ def test_the_heat_map_draws_each_task_apart(tmp_path, monkeypatch):
                  "control": "none", "layer_index": np.nan, "mean": 0.4, "delta": np.nan})
     summary = pd.DataFrame(rows)
     summary.attrs["control"] = "none"
-    drawn = {}
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig)
-                        and save(fig, path))
+    drawn = keep_figure(monkeypatch)
     path = plots.layer_size_heatmap(summary, tmp_path / "heat.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     panels = [ax for ax in drawn["fig"].axes if ax.images]
@@ -403,10 +411,7 @@ def test_gains_inside_the_noise_are_pale_on_the_heat_map(tmp_path, monkeypatch):
             for layer, delta in ((0, 0.0), (5, -1e-8))]
     summary = pd.DataFrame(rows)
     summary.attrs["control"] = "none"
-    drawn = {}
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig)
-                        and save(fig, path))
+    drawn = keep_figure(monkeypatch)
     plots.layer_size_heatmap(summary, tmp_path / "heat.png")
     [image] = [im for ax in drawn["fig"].axes for im in ax.images]
     colours = [image.cmap(image.norm(v)) for v in image.get_array().ravel()]
@@ -456,10 +461,7 @@ def test_metric_vs_layer_draws_one_panel_a_task(tmp_path, monkeypatch):
     rows += [{"task": task, "family": "", "size": "", "lm_params": np.nan, "control": "none",
               "layer_index": np.nan, "mean": level, "mean_lo": np.nan, "mean_hi": np.nan,
               "n": 1} for task, level in (("digits", 0.85), ("road-graphs", 3.5))]
-    drawn = {}
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig)
-                        and save(fig, path))
+    drawn = keep_figure(monkeypatch)
     plots.metric_vs_layer(pd.DataFrame(rows), tmp_path / "layers.png")
     axes = [ax for ax in drawn["fig"].axes if ax.lines]
     assert [ax.get_title().split("\n")[0] for ax in axes] == [
