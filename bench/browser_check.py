@@ -2,7 +2,8 @@
 
 Serves the report folder on 127.0.0.1, starts ``mlflow ui`` on the sweep's store, and has
 Chromium render (1) ``report.html``, (2) MLflow's compare-runs page for the sweep's trials and
-(3) the latest sweep run's page. For each it saves a screenshot and checks the rendered DOM: the
+(3) the experiment's page (its runs table), (4) the latest sweep run's page and
+(5) a report figure in that run's artifact view. For each it saves a screenshot and checks the rendered DOM: the
 report's tables and inline figures; the trials' run names, metric and param keys; the sweep
 run's name, its summary metrics and its note. Prints what it found; exit 1 if something did
 not render.
@@ -49,10 +50,10 @@ def chromium() -> str:
     sys.exit("browser_check: no Chromium on PATH; install Debian's: apt-get install chromium")
 
 
-def render(url: str, png: Path, budget_ms: int = 15000) -> str:
+def render(url: str, png: Path, budget_ms: int = 15000, window: str = "1400,2200") -> str:
     """Screenshot ``url`` and return its DOM after scripts ran (virtual time budget)."""
     common = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-              f"--virtual-time-budget={budget_ms}", "--window-size=1400,2200"]
+              f"--virtual-time-budget={budget_ms}", f"--window-size={window}"]
     subprocess.run([*common, f"--screenshot={png}", url], check=True, capture_output=True,
                    timeout=120)
     dom = subprocess.run([*common, "--dump-dom", url], check=True, capture_output=True,
@@ -88,6 +89,7 @@ def main() -> int:
     args = p.parse_args()
     from mlflow.tracking import MlflowClient
 
+    from orchestrator.store import EXPERIMENT_KIND_TAG, RUNS_VIEW, VIEW
     from results.stores import ReportError, require_store, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -130,7 +132,7 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{port}/health")
         ids = json.dumps([r.info.run_id for r in runs])
         query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp.experiment_id])})
-        compare = f"http://127.0.0.1:{port}/#/compare-runs?{query}"
+        compare = f"http://127.0.0.1:{port}/#/compare-runs?{query}&workflowType=machine_learning"
         dom = render(compare, out / "mlflow_compare.png", budget_ms=30000)
         names = sum(r.info.run_name in dom for r in runs)
         metrics = [m for m in ("val_acc", "conc_act_after") if m in dom]
@@ -141,10 +143,28 @@ def main() -> int:
         explicit = ">none<" in dom.replace(" ", "")  # a run with no LM: layers/family "none"
         print(f"  params shown {params}; explicit 'none' values: {explicit}")
         ok &= names > 0 and "val_acc" in metrics and share > 0.02 and len(params) == 3
+        # The experiment page, by the link the sweep prints (orchestrator.store.runs_page): the
+        # runs table in the "Model training" view. The bare link is rendered too, for the
+        # record: MLflow 3.17 opens it on the GenAI overview in a fresh browser whatever the
+        # experiment's kind tag says (mlflow/mlflow#24498).
+        page = f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/{RUNS_VIEW}"
+        dom = render(page, out / "mlflow_experiment.png", budget_ms=30000)
+        listed = any(s.info.run_name in dom for s in sweeps)
+        genai = [w for w in ("Evaluation runs", "Agent versions") if w in dom]  # GenAI sidebar
+        share = ink_share(out / "mlflow_experiment.png")
+        print(f"MLflow experiment page (the sweep's link): sweep run listed {listed}, 'Run Name' "
+              f"column {'Run Name' in dom}, GenAI views {genai or 'none'}, kind tag "
+              f"{exp.tags.get(EXPERIMENT_KIND_TAG)!r}, {share:.1%} inked "
+              f"-> {out / 'mlflow_experiment.png'}")
+        ok &= listed and "Run Name" in dom and not genai
+        bare = render(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}",
+                      out / "mlflow_experiment_bare.png", budget_ms=30000)
+        print(f"  the bare link #/experiments/{exp.experiment_id}: "
+              f"{'GenAI overview (MLflow UI default)' if 'Evaluation runs' in bare else 'runs'}")
         if sweeps:  # the sweep run: its name, summary metrics and findings note
             sweep = sweeps[0]
             page = (f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/"
-                    f"{sweep.info.run_id}")
+                    f"{sweep.info.run_id}{VIEW}")
             dom = render(page, out / "mlflow_sweep_run.png", budget_ms=30000)
             shown = [m for m in ("trials_finished", "trials_failed", "trial_hours", "best_val_acc")
                      if m in dom]
@@ -153,6 +173,15 @@ def main() -> int:
             print(f"MLflow sweep run {sweep.info.run_name!r}: metrics shown {shown}, {found}, "
                   f"{share:.1%} inked -> {out / 'mlflow_sweep_run.png'}")
             ok &= found["name"] and len(shown) >= 3 and share > 0.02
+            # The report's figures, logged to the sweep run, previewed by MLflow's artifact view
+            figure = "report/metric_vs_layer.png"
+            page = (f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/"
+                    f"{sweep.info.run_id}/artifacts/{figure}{VIEW}")
+            dom = render(page, out / "mlflow_report_figure.png", budget_ms=30000)
+            previewed = bool(re.search(r'<img alt="report/metric_vs_layer.png" src="blob:', dom))
+            print(f"MLflow artifact view of {figure}: image previewed {previewed} "
+                  f"-> {out / 'mlflow_report_figure.png'}")
+            ok &= previewed
     finally:
         ui.terminate()
         ui.wait(timeout=30)

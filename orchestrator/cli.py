@@ -317,6 +317,19 @@ def _run(args: argparse.Namespace, spec: SweepSpec, plan, plugins: list[LoadedPl
     return _finish(outcome, args)
 
 
+def _browse(tracking_uri: str, experiment: str) -> str:
+    """How to look at the runs: the link opens MLflow's runs table (not its GenAI view)."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.store import runs_page
+
+    found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    page = runs_page(tracking_uri, found.experiment_id if found else "0")
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {page}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}, then open {page}"
+
+
 def _print_results(report) -> None:
     """What the sweep found, findings first: the claims' lines (none when its cells test no
     claim), then the full control table (task x control, the pretrained block at the last
@@ -368,7 +381,7 @@ def _finish(outcome, args: argparse.Namespace) -> int:
         print(f"  (each failed run's whole error text: its artifact {ERROR_ARTIFACT})")
     print(
         f"MLflow: experiment {experiment!r}, sweep run {outcome.parent_run_id} at {tracking_uri}"
-        f"\n  browse: mlflow ui --backend-store-uri {tracking_uri}"
+        f"\n  browse: {_browse(tracking_uri, experiment)}"
         f"\nRay Tune results: {outcome.storage}"
         f"\nreport: {report_dir / 'report.html'} (tables, figures: {report_dir})"
     )

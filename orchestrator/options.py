@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"LM families: {_one_of(tuple(list_families()))}")
     g.add_argument("--sizes", nargs="+",
                    help="a family's sizes (e.g. opt: 125m 350m 1.3b ...; --dry-run and the "
-                        "README list them), all, or default (the family's default size; what "
+                        "docs list them), all, or default (the family's default size; what "
                         "a --family other than the preset's gets)")
     g.add_argument("--layers", nargs="+",
                    help="last, all, 5, -1 (from the end), 2..5 (one trial each), 3:5 (layers "

@@ -11,10 +11,27 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-# MLflow 3's UI guesses an experiment's kind when it has none, and opens a sweep's experiment
-# as a GenAI one (traces, "No data available"); this kind opens it on the runs table.
+# MLflow 3's UI guesses an experiment's kind when it has none (a sweep's experiment looked like
+# a GenAI one: traces, "No data available"); this kind says it is model training, and in the
+# UI's Model-training view (below) the experiment opens on its runs table.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+
+
+# MLflow 3.17's UI keeps its "GenAI / Model training" switch in the browser (localStorage,
+# GenAI by default) and does not follow the experiment's kind (mlflow/mlflow#24498): a bare
+# link to the experiment opens the GenAI overview in a fresh browser. The URL parameter wins.
+UI_PORT = 5000  # `mlflow ui`'s default
+VIEW = "?workflowType=machine_learning"  # any page of the UI: its "Model training" view
+RUNS_VIEW = f"runs{VIEW}"
+
+
+def runs_page(tracking_uri: str, experiment: str) -> str:
+    """The experiment's runs table in MLflow's UI: the tracking server itself for an http(s)
+    store, else ``mlflow ui`` on its default address."""
+    base = (tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://"))
+            else f"http://127.0.0.1:{UI_PORT}")
+    return f"{base}/#/experiments/{experiment}/{RUNS_VIEW}"
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

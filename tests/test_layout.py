@@ -77,7 +77,7 @@ def imports(path: Path) -> list[tuple[str, list[str], bool]]:
 
 
 def cross_package_imports() -> set[tuple[str, str]]:
-    """(importer's floor, imported floor) pairs across floors: the graph shown in the README."""
+    """(importer's floor, imported floor) pairs across floors: the graph shown in docs/development.md."""
     return {(FLOORS[floor(m)], FLOORS[floor(target)])
             for m, path in MODULES.items() for target, _, _ in imports(path)
             if floor(target) != floor(m)}

@@ -89,3 +89,21 @@ def test_experiments_open_in_mlflow_s_ui_as_model_training(tmp_path):
     chosen = client.create_experiment("chosen", tags={store.EXPERIMENT_KIND_TAG: "genai_development"})
     store.experiment_id(client, "chosen")
     assert client.get_experiment(chosen).tags[store.EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_the_printed_link_opens_the_runs_table_of_that_experiment(tmp_path):
+    """MLflow 3.17's UI opens a bare experiment link on its GenAI view in a fresh browser
+    (mlflow/mlflow#24498); the link the sweep prints names the Model-training runs view."""
+    from orchestrator.cli import _browse
+
+    assert store.runs_page("sqlite:///x.db", "7") == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning")
+    assert store.runs_page("http://mlflow.lab:5000/", "7").startswith(
+        "http://mlflow.lab:5000/#/experiments/7/runs?")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = store.open_client(uri)
+    client.create_experiment("first")
+    second = store.experiment_id(client, "second")
+    line = _browse(uri, "second")
+    assert line.startswith(f"mlflow ui --backend-store-uri {uri}, then open ")
+    assert line.endswith(f"/#/experiments/{second}/runs?workflowType=machine_learning")

@@ -64,7 +64,7 @@ class TaskEntry:
 # their generators' sizes (len() of the task's build_data() train and validation sets). Of
 # the real-data tasks: the datasets' public split sizes, as the task module iterates them
 # (questions for VQA, caption pairs for retrieval, clips for video), at the layouts the
-# README names.
+# docs (Running sweeps: Tasks) name.
 _T = "experiments.tasks."
 CATALOG: dict[str, TaskEntry] = {e.name: e for e in (
     # scikit-learn digits: 1,797 images, 80/20 stratified split; ViT 64 wide, 16 patches + cls
