@@ -222,7 +222,7 @@ def test_finish_prints_the_claims_before_the_table(monkeypatch, tmp_path, capsys
     monkeypatch.setattr("results.build.build_report", lambda *a, **k: report)
     monkeypatch.setattr("orchestrator.failures.failed_trials", lambda *a: [])
     monkeypatch.setattr("orchestrator.tracking.log_sweep_summary", lambda *a: None)
-    outcome = types.SimpleNamespace(experiment="e", tracking_uri="sqlite:///x.db",
+    outcome = types.SimpleNamespace(experiment="e", tracking_uri=f"sqlite:///{tmp_path}/x.db",
                                     parent_run_id="p", finished=9, failed=0, seconds=1.0,
                                     storage=str(tmp_path))
     assert cli._finish(outcome, types.SimpleNamespace(report_dir=str(tmp_path))) == 0
