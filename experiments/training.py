@@ -222,6 +222,7 @@ def run_trial(
         "checkpoint_identity": info.checkpoint,
         "checkpoint_path": info.checkpoint_path,
         "layers_sha256": info.layers_sha256,
+        "checkpoint_quantization": info.quantization,
         "compute_dtype": str(compute.dtype).removeprefix("torch.") if block is not None else "none",
         **encoder,
     }

@@ -96,7 +96,7 @@ def weights_per_node(plan: list[TrialSpec]) -> tuple[int, int]:
 
     def layer_bytes(family: str, size: str) -> int:
         fam = get_family(family)
-        return fam.layer_params(size) * fam.size(size).itemsize
+        return round(fam.layer_params(size) * fam.size(size).disk_bytes_per_param)
 
     return (sum(layer_bytes(f, s) for f, s, _ in layers),
             max((layer_bytes(f, s) * n for f, s, n in spans), default=0))

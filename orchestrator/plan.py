@@ -331,7 +331,7 @@ def plan_table(trials: list[TrialSpec]) -> pd.DataFrame:
             fam = get_family(t.family)
             params = fam.layer_params(t.size) * len(t.layers)
             if t.weights_source == "pretrained":  # read from the checkpoint
-                read = params * fam.size(t.size).itemsize
+                read = round(params * fam.size(t.size).disk_bytes_per_param)
         rows.append(
             {
                 "family": t.family or "-",
@@ -355,11 +355,11 @@ def size_table(trials: list[TrialSpec]) -> pd.DataFrame:
     rows = []
     for family, size in dict.fromkeys((t.family, t.size) for t in trials if t.family):
         fam = get_family(family)
-        itemsize = fam.size(size).itemsize
+        itemsize = fam.size(size).disk_bytes_per_param
         layer, whole = fam.layer_params(size), fam.model_params(size)
         rows.append({
             "family": family, "size": size, "layers": fam.size(size).num_layers,
-            "layer_bytes": layer * itemsize, "checkpoint_bytes": whole * itemsize,
+            "layer_bytes": round(layer * itemsize), "checkpoint_bytes": round(whole * itemsize),
             "layer_share": layer / whole,
         })
     return pd.DataFrame(rows)

@@ -148,8 +148,9 @@ def preflight_weights(plan, weights_dir: str | None) -> None:
     actually loads is recorded by the trial."""
     from encoders.lm.lookup import check_checkpoint
 
-    if weights_dir is not None and not Path(weights_dir).is_dir():
-        raise SpecError(f"--weights-dir {weights_dir!r} is not a directory")
+    if weights_dir is not None and "://" not in weights_dir and not Path(weights_dir).exists():
+        raise SpecError(f"--weights-dir {weights_dir!r} does not exist; valid: a folder of "
+                        "checkpoints, a GGUF file (e.g. an Ollama blob) or an fsspec URL")
     for (family, size), (layers, final_norm) in planned_weights(plan).items():
         try:
             check_checkpoint(family, size, weights_dir, layers, final_norm=final_norm)

@@ -51,6 +51,7 @@ TRIAL_METRICS = (
 # weights the trial actually loaded, not one the driver guessed).
 BUILT_TAGS = {"checkpoint_identity": "checkpoint.identity", "checkpoint_path": "checkpoint.path",
               "layers_sha256": "checkpoint.layers_sha256", "compute_dtype": "compute_dtype",
+              "checkpoint_quantization": "checkpoint.quantization",
               # the visual encoder's own starting weights (--encoder-weights): the file's
               # sha256, what became of its classifier, the encoder parameters frozen
               "encoder_checkpoint": "encoder.checkpoint", "encoder_head": "encoder.head",

@@ -149,7 +149,7 @@ def test_checkpoint_not_matching_the_registry(capsys, tmp_path):
 
 def test_weights_dir_must_exist(capsys, tmp_path):
     err = run_bad(capsys, "--weights-dir", str(tmp_path / "nowhere"))
-    assert "nowhere" in err and "not a directory" in err
+    assert "nowhere" in err and "does not exist" in err and "GGUF file" in err
 
 
 @pytest.mark.parametrize("preset", list_presets())

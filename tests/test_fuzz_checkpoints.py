@@ -398,3 +398,131 @@ def test_mutated_shard_indexes(sharded, data):
         index_path.write_text(json.dumps(index))
     assert _same(loaded.layers[0].state_dict(), layer), "loaded a different layer"
     event("loaded: identical to the original")
+
+
+# ---- GGUF headers -------------------------------------------------------------------------
+
+def _gguf_fields(data: bytes) -> list[tuple[int, int]]:
+    """(offset, width) of every number in a GGUF header: counts, lengths, value types, array
+    headers, scalar values, dimensions, GGML types and tensor offsets (what a mutation hits)."""
+    fields = [(4, 4), (8, 8), (16, 8)]
+    pos = 24
+    n_tensors, n_kv = struct.unpack_from("<QQ", data, 8)
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+    def string(pos):
+        fields.append((pos, 8))
+        return pos + 8 + struct.unpack_from("<Q", data, pos)[0]
+
+    def value(pos, kind):
+        if kind == 8:
+            return string(pos)
+        if kind == 9:
+            fields.extend([(pos, 4), (pos + 4, 8)])
+            item, count = struct.unpack_from("<IQ", data, pos)
+            pos += 12
+            for _ in range(count):
+                pos = value(pos, item)
+            return pos
+        fields.append((pos, sizes[kind]))
+        return pos + sizes[kind]
+
+    for _ in range(n_kv):
+        pos = string(pos)
+        fields.append((pos, 4))
+        pos = value(pos + 4, struct.unpack_from("<I", data, pos)[0])
+    for _ in range(n_tensors):
+        pos = string(pos)
+        fields.append((pos, 4))
+        dims = struct.unpack_from("<I", data, pos)[0]
+        fields.extend((pos + 4 + 8 * d, 8) for d in range(dims))
+        pos += 4 + 8 * dims
+        fields.extend([(pos, 4), (pos + 4, 8)])
+        pos += 12
+    return fields
+
+
+def _gguf_tensors(table, raw: dict[str, torch.Tensor]) -> dict[str, tuple]:
+    return {n: (*table.ggml[n], bytes(raw[n].numpy())) for n in raw}
+
+
+@pytest.fixture(scope="module")
+def gguf_base(tmp_path_factory):
+    import gguf
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("gguf")
+    writer = gguf.GGUFWriter(str(folder / "base.gguf"), "llama")
+    writer.add_block_count(1)
+    writer.add_embedding_length(32)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_array("general.tags", ["a", "bc"])
+    writer.add_array("test.numbers", [1, 2, 3])
+    rng = np.random.default_rng(0)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    writer.add_tensor("a", rng.standard_normal((2, 32)).astype(np.float32))
+    writer.add_tensor("b", rng.standard_normal(32).astype(np.float16))
+    writer.add_tensor("c", gguf.quants.quantize(rng.standard_normal((2, 32)).astype(np.float32),
+                                                q8), raw_dtype=q8)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = (folder / "base.gguf").read_bytes()
+    reader = SafetensorsReader()
+    raw = reader.read_tensors(folder / "base.gguf", ["a", "b", "c"])
+    original = _gguf_tensors(reader.read_header(folder / "base.gguf"), raw)
+    return folder, data, _gguf_fields(data), original
+
+
+def _gguf_reference(path: Path) -> dict[str, tuple]:
+    """gguf-py's own reader: each tensor's type, shape (torch order) and bytes."""
+    from gguf import GGUFReader
+
+    return {t.name: (t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)),
+                     t.data.tobytes()) for t in GGUFReader(path).tensors}
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_gguf_headers(gguf_base, data):
+    """Numbers of the header overwritten (small, near-limit or any 64-bit values), bytes
+    flipped, the file cut or extended: refused in one line naming the file, or read as the
+    original, or as gguf-py's own reader reads the mutated file; nothing opened outside."""
+    folder, blob, fields, original = gguf_base
+    mutated = bytearray(blob)
+    for _ in range(data.draw(st.integers(1, 3))):
+        kind = data.draw(st.sampled_from(["field", "field", "field", "byte", "cut", "extra"]))
+        if kind == "field":
+            pos, width = data.draw(st.sampled_from(fields))
+            value = data.draw(st.integers(0, 64) | st.integers(0, 2 ** (8 * width) - 1)
+                              | st.sampled_from([1 << 24, (1 << 24) + 1, 31, 33, 96, 128]))
+            mutated[pos:pos + width] = (value % 2 ** (8 * width)).to_bytes(width, "little")
+        elif kind == "byte":
+            pos = data.draw(st.integers(0, len(blob) - 1))
+            if pos < len(mutated):
+                mutated[pos] = data.draw(st.integers(0, 255))
+        elif kind == "cut":
+            del mutated[data.draw(st.integers(0, len(mutated))):]
+        else:
+            mutated += bytes(data.draw(st.integers(1, 64)))
+    path = folder / "mutated.gguf"
+    path.write_bytes(bytes(mutated))
+    try:
+        def read():
+            reader = SafetensorsReader()
+            return _gguf_tensors(reader.read_header(path), reader.read_tensors(path, original))
+        got = _read(read, folder)
+    except CheckpointFormatError as e:
+        assert str(path) in str(e) and "\n" not in str(e), str(e)
+        event("refused: CheckpointFormatError")
+        return
+    if got == original:
+        event("loaded: identical to the original")
+        return
+    try:
+        ref = _gguf_reference(path)
+    except Exception as e:  # noqa: BLE001 - the reference refusing is the finding
+        raise AssertionError(f"loaded tensors gguf-py's reader refuses ({e})") from None
+    assert all(ref.get(n) == v for n, v in got.items()), "differs from gguf-py's reading"
+    event("loaded: a different valid file, same as gguf-py's reader")

@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaModel
 
 from encoders.lm.frozen_block import bidirectional_mask
+from encoders.lm.gguf_format import GGUF_LLAMA
 from encoders.lm.hf_format import HF_CHECKPOINT
 from encoders.lm.layer_loading import load_config, load_layers
 from encoders.lm.meta_llama import LAYER_MAP, META_LLAMA
@@ -106,11 +107,12 @@ def test_the_family_declares_its_formats_and_the_first_present_one_reads(meta_ch
     family's name. A folder with both reads config.json; one with neither names both."""
     model, ckpt = meta_checkpoint
     assert LLAMA.format_for(ckpt) is META_LLAMA
-    assert LLAMA.weight_formats == (HF_CHECKPOINT, META_LLAMA)
+    assert LLAMA.weight_formats == (HF_CHECKPOINT, META_LLAMA, GGUF_LLAMA)
     LlamaModel(model.config).save_pretrained(ckpt.path)  # a Hugging Face copy beside it
     both = CheckpointDir(ckpt.path, "weights-dir", "meta/llama")
     assert LLAMA.format_for(both) is HF_CHECKPOINT
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointFormatError, match="missing config.json or params.json"):
+    with pytest.raises(CheckpointFormatError,
+                       match=r"missing config.json or params.json or a \*.gguf file"):
         load_layers(LLAMA, CheckpointDir(tmp_path / "empty", "weights-dir", "x"), [0])
     assert all(f.marker == "config.json" for f in get_family("opt").weight_formats)

@@ -39,13 +39,15 @@ def test_the_run_records_what_the_worker_built_once(tmp_path):
     tags = MlflowClient(uri).get_run(logger.runs["t0"]).data.tags
     assert tags["weights.source"] == "random" and "checkpoint.identity" not in tags
     built = {"checkpoint_identity": "random-init:BertModel._init_weights:x:seed=0",
-             "checkpoint_path": "", "layers_sha256": "", "compute_dtype": "float32"}
+             "checkpoint_path": "", "layers_sha256": "", "compute_dtype": "float32",
+             "checkpoint_quantization": "blk.29: attn_q=Q4_1 attn_norm=F32"}
     logger.log_trial_result(1, trial, {"epoch": 1, "train_loss": 1.0, **built})
     logger.log_trial_result(2, trial, {"epoch": 2, "train_loss": 0.5, **built,
                                        "checkpoint_identity": "something else"})
     tags = MlflowClient(uri).get_run(logger.runs["t0"]).data.tags
     assert tags["checkpoint.identity"] == built["checkpoint_identity"]
     assert tags["compute_dtype"] == "float32" and "checkpoint.path" not in tags  # empty: unset
+    assert tags["checkpoint.quantization"] == "blk.29: attn_q=Q4_1 attn_norm=F32"
 
 
 def _logger_and_trial(tmp_path, name: str):

@@ -47,6 +47,7 @@ class BlockInfo:
     layers_sha256: str = ""  # hash of the loaded layers' tensors (pretrained only)
     bytes_read: int = 0
     weights_source: str = ""  # pretrained | random | none
+    quantization: str = ""  # a quantised checkpoint's GGML type per layer tensor (GGUF)
 
 
 def pretrained_block(req: BlockRequest) -> tuple[FrozenLMBlock, BlockInfo]:
@@ -57,8 +58,8 @@ def pretrained_block(req: BlockRequest) -> tuple[FrozenLMBlock, BlockInfo]:
     checkpoint = locate(fam, lm, req.weights_dir)
     loaded = load_layers(fam, checkpoint, req.layers, dtype=req.dtype, cache=LayerCache(),
                          final_norm=req.final_norm == "lm", size=lm)
-    info = BlockInfo(checkpoint.identity, str(checkpoint.location), loaded.sha256,
-                     loaded.bytes_read)
+    info = BlockInfo(loaded.identity or checkpoint.identity, str(checkpoint.location),
+                     loaded.sha256, loaded.bytes_read, quantization=loaded.quantization)
     block = FrozenLMBlock(loaded.layers, req.visual_dim, loaded.config.hidden_size,
                           fam.layer_kwargs(loaded.config), loaded.final_norm,
                           unit_norm=req.final_norm == "unit-rms", trainable=req.trainable)

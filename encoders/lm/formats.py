@@ -5,7 +5,7 @@ preference); the generic loader (``layer_loading.py``) asks the first whose mark
 checkpoint has for the config and for the tensors of the requested layers, and then builds
 transformers' layer modules from them the same way for every format. So a new layout (Meta's
 ``consolidated.*.pth``, say) is one format object in its own module, with no name checks in
-the loader. Each format also lists the layers' tensor shapes from the files' headers alone
+the loader (GGUF, ``gguf_format.py``, is one). Each format also lists the layers' tensor shapes from the files' headers alone
 (``layer_shapes``: the sweep's pre-flight, ``layer_loading.check_layers``), no data read.
 """
 
@@ -36,6 +36,10 @@ class LayerTensors:
     layers: dict[int, dict[str, tuple[str, torch.Tensor]]]
     final_norm: dict[str, torch.Tensor] | None = None
     cache_hit: bool = False
+    # What a format knows of the weights beyond the folder's identity: a single-file format's
+    # digest (GGUF: the file's sha256) replaces it; quantised tensors' types, per layer.
+    identity: str | None = None
+    quantization: str = ""
 
 
 @dataclass
@@ -59,10 +63,15 @@ def header_shape(header: TensorTable, name: str) -> tuple[int, ...]:
 
 
 class WeightFormat(Protocol):
-    """One checkpoint layout. ``marker``: the file whose presence says a checkpoint is in it
-    (``config.json``, ``params.json``)."""
+    """One checkpoint layout. ``marker``: what says a checkpoint is in it, for messages
+    (``config.json``, ``params.json``, a ``*.gguf`` file); ``present`` looks for it;
+    ``config_location``: where its config is read from, for messages."""
 
     marker: str
+
+    def present(self, checkpoint: CheckpointDir) -> bool: ...
+
+    def config_location(self, checkpoint: CheckpointDir) -> str: ...
 
     def load_config(self, family: LMFamily, checkpoint: CheckpointDir) -> PretrainedConfig: ...
 

@@ -81,6 +81,12 @@ class HuggingFaceCheckpoint:
 
     marker = "config.json"
 
+    def present(self, checkpoint: CheckpointDir) -> bool:
+        return checkpoint.exists(self.marker)
+
+    def config_location(self, checkpoint: CheckpointDir) -> str:
+        return checkpoint.resolve(self.marker)
+
     def load_config(self, family: LMFamily, checkpoint: CheckpointDir) -> PretrainedConfig:
         where = checkpoint.resolve(self.marker)
         if not checkpoint.exists(self.marker):

@@ -42,6 +42,8 @@ class LoadedLayers:
     sha256: str = ""  # of the layers' tensor names and bytes: the identity of what was loaded
     cache_hit: bool = False
     final_norm: nn.Module | None = None
+    identity: str | None = None  # the format's own (a GGUF file's sha256), else the folder's
+    quantization: str = ""  # GGML type of each layer tensor, for quantised formats
 
 
 def load_config(family: LMFamily, checkpoint: CheckpointDir) -> PretrainedConfig:
@@ -55,7 +57,7 @@ def _checked_config(
     fmt = family.format_for(checkpoint)
     config = fmt.load_config(family, checkpoint)
     if size is not None:
-        family.check_config(size, config, checkpoint.resolve(fmt.marker))
+        family.check_config(size, config, fmt.config_location(checkpoint))
     n_layers = config.num_hidden_layers
     if not isinstance(n_layers, int) or n_layers < 1:
         raise CheckpointFormatError(f"{checkpoint.location}: config has {n_layers!r} layers")
@@ -136,6 +138,8 @@ def load_layers(
         tensor_bytes=sum(t.numel() * t.element_size() for t in tensors),
         sha256=digest.hexdigest(),
         cache_hit=read.cache_hit,
+        identity=read.identity,
+        quantization=read.quantization,
     )
 
 

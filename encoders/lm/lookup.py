@@ -1,5 +1,8 @@
 """Which folder holds a family/size's checkpoint, and whether it is the one the registry says.
 
+``--weights-dir`` may also name a single-file checkpoint (a GGUF file, an Ollama blob): the
+format whose marker it is reads it.
+
 Lookup order: ``--weights-dir`` (a local folder or any fsspec URL), the family's own location
 (a package), the local Hugging Face cache, then the hub through huggingface_hub's filesystem
 (``hf://``) when online. Offline and not cached, the error says how to provide the weights.
@@ -7,16 +10,17 @@ Lookup order: ``--weights-dir`` (a local folder or any fsspec URL), the family's
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from huggingface_hub import constants, try_to_load_from_cache
 
+from encoders.lm.formats import WeightFormat
 from encoders.lm.layer_loading import check_layers
 from encoders.lm.registry import LMFamily, LMSize, get_family
 from encoders.weights.checkpoint_dir import CheckpointDir, hub_reachable, is_url
 from encoders.weights.safetensors_reader import SafetensorsReader
+from encoders.weights.tensors import CheckpointFormatError
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -37,8 +41,8 @@ def locate(
         for cand in weights_dir_candidates(root, size):
             ckpt = CheckpointDir(cand if is_url(cand) else Path(cand).resolve(), "weights-dir",
                                  size.repo_id)
-            marker = next((f.marker for f in family.weight_formats if ckpt.exists(f.marker)), None)
-            if marker and (cand != root or _config_matches(ckpt, marker, size)):
+            fmt = next((f for f in family.weight_formats if f.present(ckpt)), None)
+            if fmt and (cand != root or _config_matches(family, ckpt, fmt, size)):
                 return ckpt
     if family.locate is not None:
         return CheckpointDir(Path(family.locate(size)), "package", size.repo_id)
@@ -58,14 +62,15 @@ def locate(
     )
 
 
-def _config_matches(ckpt: CheckpointDir, marker: str, size: LMSize) -> bool:
+def _config_matches(family: LMFamily, ckpt: CheckpointDir, fmt: WeightFormat,
+                    size: LMSize) -> bool:
     """``DIR`` itself is only taken when its config is this size (not a sibling size)."""
-    cfg = json.loads(ckpt.read_text(marker))
-    if not isinstance(cfg, dict):
+    try:
+        config = fmt.load_config(family, ckpt)
+    except (CheckpointFormatError, ValueError):
         return False
-    hidden = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("dim")))
-    layers = cfg.get("num_hidden_layers", cfg.get("n_layer", cfg.get("n_layers")))
-    return hidden == size.hidden_size and layers == size.num_layers
+    return (config.hidden_size == size.hidden_size
+            and config.num_hidden_layers == size.num_layers)
 
 
 def check_checkpoint(

@@ -172,7 +172,9 @@ def _join(parts: list[torch.Tensor], dim: int | None, name: str, files: list[str
     return torch.cat(parts, dim=dim)
 
 
-def _permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+def interleaved_to_halves(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """q/k rows from the interleaved rotary order (Meta's, llama.cpp's) to transformers'
+    rotate-half order, per head."""
     rows, cols = w.shape  # (heads * head_dim, dim)
     return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
@@ -203,7 +205,7 @@ def read_meta_tensors(
                 raise CheckpointFormatError(
                     f"{files[0]}: tensor {name!r} has shape {tuple(tensor.shape)}, params.json "
                     f"expects {(heads * head_dim, config.hidden_size)}")
-            tensor = _permute(tensor, heads)
+            tensor = interleaved_to_halves(tensor, heads)
         out.setdefault(key, {})[hf_name] = tensor
     return out
 
@@ -213,6 +215,12 @@ class MetaLlamaCheckpoint:
     lists it after the Hugging Face layout, so a folder holding both reads ``config.json``)."""
 
     marker = PARAMS
+
+    def present(self, checkpoint: CheckpointDir) -> bool:
+        return checkpoint.exists(self.marker)
+
+    def config_location(self, checkpoint: CheckpointDir) -> str:
+        return checkpoint.resolve(self.marker)
 
     def load_config(self, family: LMFamily, checkpoint: CheckpointDir) -> LlamaConfig:
         return load_meta_config(checkpoint)

@@ -37,6 +37,9 @@ ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 # The shipped weight formats, by reference (``LMFamily.formats``).
 HF_FORMAT = "encoders.lm.hf_format:HF_CHECKPOINT"
 META_LLAMA_FORMAT = "encoders.lm.meta_llama:META_LLAMA"
+GGUF_LLAMA_FORMAT = "encoders.lm.gguf_format:GGUF_LLAMA"
+GGUF_MISTRAL_FORMAT = "encoders.lm.gguf_format:GGUF_MISTRAL"
+GGUF_QWEN2_FORMAT = "encoders.lm.gguf_format:GGUF_QWEN2"
 
 
 @cache
@@ -65,6 +68,10 @@ class LMSize:
     # the meta device when needed (imports torch and the family's modeling module).
     layer_params: int | None = None
     model_params: int | None = None
+    # Bytes a weight takes in the published file when it is quantised (a Q4_1 GGUF: 20 bytes
+    # a block of 32, norms in float32: 0.626); ``dtype`` is then what the layers are
+    # dequantised to. Only the bytes to read use it: memory is planned at ``dtype``.
+    disk_itemsize: float | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ITEMSIZE:
@@ -73,8 +80,14 @@ class LMSize:
 
     @property
     def itemsize(self) -> int:
-        """Bytes per element of the published weights."""
+        """Bytes per element of the weights as loaded (the published dtype, or what a
+        quantised file is dequantised to)."""
         return ITEMSIZE[self.dtype]
+
+    @property
+    def disk_bytes_per_param(self) -> float:
+        """Bytes per weight read from the published file."""
+        return self.disk_itemsize or ITEMSIZE[self.dtype]
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -151,16 +164,15 @@ class LMFamily:
         return tuple(resolve(ref) for ref in self.formats)
 
     def format_for(self, checkpoint: CheckpointDir) -> WeightFormat:
-        """The first of the family's formats whose marker file the checkpoint has."""
+        """The first of the family's formats present in the checkpoint (its marker file)."""
         from encoders.weights.tensors import CheckpointFormatError
 
         formats = self.weight_formats
         for fmt in formats:
-            if checkpoint.exists(fmt.marker):
+            if fmt.present(checkpoint):
                 return fmt
         markers = " or ".join(f.marker for f in formats)
-        raise CheckpointFormatError(
-            f"{checkpoint.resolve(formats[0].marker)}: missing {markers}")
+        raise CheckpointFormatError(f"{checkpoint.location}: missing {markers}")
 
     def build_layer(self, config: PretrainedConfig, index: int) -> nn.Module:
         return self.layer_class(config, layer_idx=index)

@@ -119,7 +119,7 @@ class CheckpointDir:
                 if not is_url(location) and os.path.exists(path) and not os.path.isdir(path):
                     _check_regular(path, MAX_METADATA_BYTES)
                 data = fs.cat_file(path)
-            except (FileNotFoundError, IsADirectoryError):
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 self._texts[name] = None
                 return None
             try:
@@ -137,7 +137,7 @@ class CheckpointDir:
         fs, path = self._fs_for(self.resolve(name))
         try:
             return fs.info(path).get("type", "file") == "file"
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return False
 
     def read_text(self, name: str) -> str:

@@ -19,6 +19,8 @@ from typing import BinaryIO
 
 import torch
 
+from encoders.weights.gguf_reader import MAGIC as GGUF_MAGIC
+from encoders.weights.gguf_reader import parse_gguf
 from encoders.weights.tensors import (
     ITEMSIZE,
     SAFETENSORS_DTYPES,
@@ -80,12 +82,16 @@ class SafetensorsReader:
         return self._headers[path]
 
     def _any_header(self, f: BinaryIO, path: str) -> TensorTable:
-        """safetensors, or a torch.save zip (``.bin``/``.pth``/``.pt``, or any name whose
-        bytes start as a zip does) read weights-only."""
+        """safetensors, a torch.save zip (``.bin``/``.pth``/``.pt``, or any name whose bytes
+        start as a zip does) read weights-only, or a GGUF file (by its magic: an Ollama blob
+        has no extension), its tensors as raw byte ranges."""
         magic = f.read(4)
         f.seek(0)
+        read_exact = lambda fh, n, what: self._read_exact(fh, n, path, what)
         if path.endswith((".bin", ".pth", ".pt")) or magic == b"PK\x03\x04":
-            return parse_torch_zip(f, path, lambda fh, n, what: self._read_exact(fh, n, path, what))
+            return parse_torch_zip(f, path, read_exact)
+        if magic == GGUF_MAGIC:
+            return parse_gguf(f, path, read_exact, _file_size(f))
         return self._parse_header(f, path, _file_size(f))
 
     def read_tensors(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from encoders.lm.registry import (
+    GGUF_LLAMA_FORMAT,
     HF_FORMAT,
     META_LLAMA_FORMAT,
     LMFamily,
@@ -88,7 +89,7 @@ LLAMA = register_family(
         config="transformers.models.llama.configuration_llama:LlamaConfig",
         layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
-        formats=(HF_FORMAT, META_LLAMA_FORMAT),
+        formats=(HF_FORMAT, META_LLAMA_FORMAT, GGUF_LLAMA_FORMAT),
         description="Meta LLaMA 1/2/3/3.1 decoder layers",
         rotary=True,
         final_norm_key=r"^(?:model\.)?norm\.(.+)$",

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from encoders.lm.registry import HF_FORMAT, LMFamily, LMSize, register_family, with_counts
+from encoders.lm.registry import (
+    GGUF_MISTRAL_FORMAT,
+    HF_FORMAT,
+    LMFamily,
+    LMSize,
+    register_family,
+    with_counts,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -50,7 +57,7 @@ MISTRAL = register_family(
         config="transformers.models.mistral.configuration_mistral:MistralConfig",
         layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
-        formats=(HF_FORMAT,),
+        formats=(HF_FORMAT, GGUF_MISTRAL_FORMAT),
         description="Mistral 7B decoder layers",
         rotary=True,
         final_norm_key=r"^(?:model\.)?norm\.(.+)$",

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from encoders.lm.registry import HF_FORMAT, LMFamily, LMSize, register_family, with_counts
+from encoders.lm.registry import (
+    GGUF_QWEN2_FORMAT,
+    HF_FORMAT,
+    LMFamily,
+    LMSize,
+    register_family,
+    with_counts,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -67,7 +74,7 @@ QWEN2 = register_family(
         config="transformers.models.qwen2.configuration_qwen2:Qwen2Config",
         layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
-        formats=(HF_FORMAT,),
+        formats=(HF_FORMAT, GGUF_QWEN2_FORMAT),
         description="Alibaba Qwen2.5 decoder layers",
         rotary=True,
         final_norm_key=r"^(?:model\.)?norm\.(.+)$",
