@@ -176,7 +176,7 @@ def main() -> None:
           f"layer {args.layers // 2}; median of {args.repeats}")
     print(f"{'family':8}{'checkpoint':>12}{'layer read':>12}{'shards':>8}{'bytes x':>9}"
           f"{'layer s':>9}{'whole s':>9}{'time x':>8}{'layer MB':>10}{'whole MB':>10}{'mem x':>7}")
-    for family in args.families.split(","):
+    for family in filter(None, args.families.split(",")):
         r = bench_family(family, args.hidden, args.layers, args.repeats)
         lo, wh = r["layer"], r["whole"]
         print(f"{family:8}{r['total'] / 1e6:>9.1f} MB{lo['bytes'] / 1e6:>9.2f} MB"
