@@ -6,7 +6,7 @@ own dependencies, ``llm`` and ``llama-cpp-python``, are not needed) carries
 key/value heads, SwiGLU 1536, RMSNorm eps 1e-5, its layer weights Q4_1-quantised (norms
 float32). The block is that quantised copy dequantised to float32, not the published float
 weights; each run records the tensors' GGML types and the file's sha256. A family of its own
-(the LLaMA classes, ``encoders/lm/families/llama.py``'s layer, model and final norm) so that
+(``LLAMA`` with its own sizes, formats and location: ``dataclasses.replace``) so that
 its package location does not shadow the LLaMA sizes' lookup. The package is found without
 importing it (its ``__init__`` imports ``llm``).
 """
@@ -14,14 +14,14 @@ importing it (its ``__init__`` imports ``llm``).
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from encoders.lm.families.llama import MODELING, final_norm
+from encoders.lm.families.llama import LLAMA
 from encoders.lm.registry import (
     GGUF_LLAMA_FORMAT,
     HF_FORMAT,
-    LMFamily,
     LMSize,
     register_family,
     with_counts,
@@ -62,8 +62,11 @@ PARAMS = {
     "135m": (3_540_096, 134_515_008),
 }
 
+# LLaMA's layer, model, config, tensor-name patterns, rotary removal and final norm; its own
+# sizes, config, formats and location.
 SMOLLM2 = register_family(
-    LMFamily(
+    replace(
+        LLAMA,
         name="smollm2",
         sizes=with_counts({
             # float32: what the Q4_1 layers are dequantised to; 0.626 bytes a weight on disk
@@ -71,18 +74,10 @@ SMOLLM2 = register_family(
                            "float32", {"num_key_value_heads": 3}, disk_itemsize=0.626),
         }, PARAMS),
         default_size="135m",
-        layer=f"{MODELING}:LlamaDecoderLayer",
-        model=f"{MODELING}:LlamaModel",
-        config="transformers.models.llama.configuration_llama:LlamaConfig",
-        layer_key=r"^(?:.*\.)?layers\.{index}\.(.+)$",
         make_config=make_config,
         # the package's GGUF; --weights-dir may hold the Hugging Face release instead
         formats=(GGUF_LLAMA_FORMAT, HF_FORMAT),
         description=f"SmolLM2-135M-Instruct LLaMA decoder layers, Q4_1 GGUF shipped in {PACKAGE}",
         locate=locate,
-        rotary=True,
-        final_norm_key=r"^(?:model\.)?norm\.(.+)$",
-        build_final_norm=final_norm,
-        ignore=r"^self_attn\.rotary_emb\.inv_freq$",
     )
 )
